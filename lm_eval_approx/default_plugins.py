@@ -1,0 +1,44 @@
+"""The built-in plugin: registers built-in strategies, task folders and commands through the same
+hooks a third-party plugin uses."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from .hookspecs import hookimpl
+
+# "module:Class" of each built-in strategy, imported when the registry is first built.
+BUILTIN_STRATEGIES = [
+    "lm_eval_approx.strategies.random:RandomStrategy",
+]
+
+# Modules under lm_eval_approx.commands, each with ``add_parser(subparsers)``.
+BUILTIN_COMMANDS = [
+    "run",
+    "listing",
+]
+
+
+def _load(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@hookimpl
+def register_strategies(register):
+    for ref in BUILTIN_STRATEGIES:
+        register(_load(ref))
+
+
+@hookimpl
+def register_tasks(register):
+    from . import tasks
+
+    register(Path(tasks.__file__).parent)
+
+
+@hookimpl
+def register_commands(cli):
+    for name in BUILTIN_COMMANDS:
+        importlib.import_module(f"lm_eval_approx.commands.{name}").add_parser(cli)

@@ -1,0 +1,33 @@
+"""Where things live: the cache folder and the offline data mirror, both set by environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "LM_EVAL_APPROX_CACHE"
+DATA_ENV = "LM_EVAL_APPROX_DATA"
+PLUGINS_ENV = "LM_EVAL_APPROX_LOAD_PLUGINS"
+MIRROR_LAYOUT = "ag_news/{train,test}.jsonl, msmarco/{train,test}.jsonl, seed/*.jsonl"
+
+
+def cache_dir() -> Path:
+    """The root of every cached artifact (converted models, features, selections, adapters)."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lm-eval-approx"
+    )
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir() -> Path | None:
+    """The local data mirror named by LM_EVAL_APPROX_DATA, or None when it is not set."""
+    value = os.environ.get(DATA_ENV)
+    return Path(value).expanduser().resolve() if value else None
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted."""
+    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(f, "").strip().lower() in {"1", "true", "yes", "on"} for f in flags)

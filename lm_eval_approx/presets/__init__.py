@@ -1,0 +1,1 @@
+"""Preset leaderboard configurations shipped with the package."""
