@@ -11,12 +11,24 @@ from .hookspecs import hookimpl
 # "module:Class" of each built-in strategy, imported when the registry is first built.
 BUILTIN_STRATEGIES = [
     "lm_eval_approx.strategies.random:RandomStrategy",
+    "lm_eval_approx.strategies.topk:TopkStrategy",
+    "lm_eval_approx.strategies.topk:TopkBalancedStrategy",
+    "lm_eval_approx.strategies.likelihood:LikelihoodMinStrategy",
+    "lm_eval_approx.strategies.likelihood:LikelihoodMaxStrategy",
+    "lm_eval_approx.strategies.likelihood:LikelihoodRatioStrategy",
+    "lm_eval_approx.strategies.select:SelectStrategy",
+    "lm_eval_approx.strategies.select:SelectBatchedStrategy",
+    "lm_eval_approx.strategies.select:SelectCheckpointsStrategy",
+    "lm_eval_approx.strategies.omp:SelectOmpStrategy",
 ]
 
 # Modules under lm_eval_approx.commands, each with ``add_parser(subparsers)``.
 BUILTIN_COMMANDS = [
     "run",
     "listing",
+    "train",
+    "select",
+    "features",
 ]
 
 

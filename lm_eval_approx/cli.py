@@ -1,0 +1,48 @@
+"""The ``lm-eval-approx`` command: subcommands come from the ``register_commands`` hook."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .errors import ApproxError
+from .plugins import call_each
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lm-eval-approx",
+        description=(
+            "Approximate a finetune's training data from its weights (SELECT), retrain on it, and "
+            "score the result inside lm-evaluation-harness."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"lm-eval-approx {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    call_each("register_commands", lambda plugin: subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ApproxError as exc:
+        print(f"lm-eval-approx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``lm-eval-approx train`` (retrain θ0 on a selection file) and ``lm-eval-approx finetune`` (make a
+benchmark's expert θf from true training data): one command, one recipe, two data sources.
+
+    lm-eval-approx train --base smollm2-135m --task approx_agnews --data sel.jsonl --out adapters/sel
+    lm-eval-approx finetune --base smollm2-135m --task approx_agnews --data ag_news:train --limit 1000 --out experts/agnews
+
+The output folder is a PEFT adapter that ``lm_eval --model hf --model_args
+pretrained=BASE,peft=OUT`` evaluates (or a model folder with ``--method full``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import ConfigError
+from ..recipe import TrainingRecipe, add_recipe_arguments, recipe_from_args
+
+SELECTION = "selection"
+CORPUS = "corpus"
+
+
+def add_parser(subparsers) -> None:
+    for name, source, help_text, data_help in (
+        ("train", SELECTION, "retrain a base model on a selection file (JSONL of id, text, label, weight)",
+         "selection JSONL file (rows with text, label, weight)"),
+        ("finetune", CORPUS, "make a benchmark's expert: train a base model on a corpus with its true labels",
+         "corpus spec with true labels for classification tasks, e.g. ag_news:train"),
+    ):
+        parser = subparsers.add_parser(name, help=help_text, description=__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--base", required=True, help="base model: folder, hub id, .gguf file or alias (smollm2-135m)")
+        parser.add_argument("--task", required=True, help="approximation task whose template renders the examples (approx_agnews, ...)")
+        parser.add_argument("--data", required=True, help=data_help)
+        parser.add_argument("--out", required=True, help="output folder (written atomically; reused when it holds this training)")
+        parser.add_argument("--limit", type=int, default=None,
+                            help="use this many examples (selection: the first in pick order; corpus: drawn with --data-seed)")
+        if source == CORPUS:
+            parser.add_argument("--data-seed", type=int, default=None, help="seed of the corpus draw (default: the recipe seed)")
+        parser.add_argument("--recipe", default=None, help="recipe.json to start from (e.g. the expert's); flags override its fields")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_recipe_arguments(parser)
+        parser.set_defaults(func=train_command, data_source=source)
+
+
+def load_examples(args: argparse.Namespace, spec, seed: int) -> list:
+    """The training rows: a selection file as it is, or a corpus converted with its true labels."""
+    from ..selection_file import SelectedExample, read_selection
+    from ..task_specs import CLASSIFICATION
+
+    if args.limit is not None and args.limit <= 0:
+        raise ConfigError("limit", args.limit, "a positive integer")
+    if args.data_source == SELECTION:
+        return read_selection(args.data)[: args.limit]
+    from ..corpus import load_corpus
+
+    data_seed = seed if args.data_seed is None else args.data_seed
+    corpus = load_corpus(args.data, limit=args.limit, seed=data_seed)
+    classification = spec.kind == CLASSIFICATION
+    if classification and any(label is None for label in corpus.labels):
+        raise ConfigError("data", args.data, f"a corpus with true labels for the classification task {spec.name} "
+                                             f"(e.g. {spec.corpus}:train)")
+    return [
+        SelectedExample(
+            id=corpus.ids[i], text=corpus.texts[i],
+            label=corpus.labels[i] if classification else None,
+            label_text=spec.label_name(corpus.labels[i]) if classification else None,
+            order=i, source=corpus.sources[i],
+        )
+        for i in range(len(corpus))
+    ]
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from ..task_specs import get_task_spec
+    from ..training import TRAINING_FILE, train_adapter
+
+    base_recipe = TrainingRecipe.load(args.recipe) if args.recipe else None
+    recipe = recipe_from_args(args, base_recipe)
+    spec = get_task_spec(args.task)
+    examples = load_examples(args, spec, recipe.seed)
+    out = train_adapter(args.base, spec, examples, recipe, args.out, progress=not args.no_progress)
+    record = json.loads((out / TRAINING_FILE).read_text(encoding="utf-8"))
+    print(
+        f"{out}: {record['n_train']} training / {record['n_validation']} validation examples, "
+        f"best epoch {record['best_epoch']} of {record['epochs_run']}, validation loss "
+        f"{record['best_validation_loss']}, {record['examples_per_second']:.1f} examples/s",
+        file=sys.stdout,
+    )
+    return 0

@@ -1,0 +1,222 @@
+"""Candidate corpora: named mirror corpora, mixtures, local files and hub data sets.
+
+A spec is one source or several joined by ``+``: ``ag_news:train``, ``msmarco:test``,
+``seed:wikitext2``, ``seed:wikitext2+seed:dbpedia``, a local ``.jsonl``/``.json``/``.csv``/
+``.parquet``/``.txt`` path, or a hub data set ``owner/name[:split]``. Named corpora read the
+mirror folder of ``LM_EVAL_APPROX_DATA`` first and the hub second. Exact repeats (after whitespace
+normalisation) and empty documents are dropped; every document keeps a stable id
+``<source>:<row>`` (its row in the source), so a selection can always be traced back.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, DataNotFoundError
+from .paths import DATA_ENV, MIRROR_LAYOUT, data_dir, hub_offline
+
+logger = logging.getLogger(__name__)
+
+TEXT_FIELDS = ("text", "content", "passage", "sentence", "document")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+MIRROR_NAMED = {"ag_news": ("train", "test"), "msmarco": ("train", "test")}
+# Hub equivalents of the mirror, for machines that reach the hub: (dataset id, config, text field).
+HUB_EQUIVALENTS = {
+    "ag_news": ("fancyzhx/ag_news", None, "text"),
+    "msmarco": ("Tevatron/msmarco-passage-corpus", None, "text"),
+    "seed:nq": ("jxm/nq_corpus_dpr", None, "text"),
+    "seed:dbpedia": ("fancyzhx/dbpedia_14", None, "content"),
+}
+
+
+@dataclass
+class Corpus:
+    """Documents with stable ids, optional true labels and the name of the source of each."""
+
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    dropped_duplicates: int = 0
+    dropped_empty: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices) -> Corpus:
+        idx = [int(i) for i in indices]
+        return Corpus(
+            [self.ids[i] for i in idx], [self.texts[i] for i in idx],
+            [self.labels[i] for i in idx], [self.sources[i] for i in idx],
+        )
+
+    def fingerprint(self) -> str:
+        """A hash of ids and texts: equal fingerprints mean the same documents in the same order."""
+        digest = hashlib.sha256()
+        for doc_id, text in zip(self.ids, self.texts):
+            digest.update(doc_id.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\n")
+        return digest.hexdigest()[:16]
+
+    def index(self) -> dict[str, int]:
+        return {doc_id: i for i, doc_id in enumerate(self.ids)}
+
+
+def _mirror_missing(what: str) -> DataNotFoundError:
+    where = data_dir()
+    state = f"{DATA_ENV}={str(where)!r} has no such file" if where else f"{DATA_ENV} is not set"
+    return DataNotFoundError(
+        f"cannot load {what}: the hub is offline and {state}. Point {DATA_ENV} at a mirror folder "
+        f"laid out as {MIRROR_LAYOUT} (e.g. export {DATA_ENV}=/path/to/shared/data)."
+    )
+
+
+def mirror_file(relative: str) -> Path | None:
+    """A file of the data mirror, or None when the mirror is unset or lacks it."""
+    root = data_dir()
+    if root is None:
+        return None
+    path = root / relative
+    return path if path.is_file() else None
+
+
+def read_records(path: Path) -> list[dict]:
+    """Rows of a local JSONL/JSON/CSV/Parquet/TXT file as dicts."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ConfigError(f"{path}:{lineno}", line[:80], f"valid JSON ({exc.msg})") from None
+        return rows
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+        return data if isinstance(data, list) else data.get("data", [])
+    if suffix == ".csv":
+        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+            return list(csv.DictReader(fh))
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if suffix == ".txt":
+        return [{"text": line} for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    raise ConfigError("corpus", str(path), f"a file ending in one of {', '.join(LOCAL_SUFFIXES)}")
+
+
+def _rows_to_docs(rows: list[dict], source: str, text_field: str | None = None):
+    if rows and not isinstance(rows[0], dict):
+        raise ConfigError("corpus", source, "rows that are JSON objects with a text field")
+    fields = (text_field,) if text_field else TEXT_FIELDS
+    docs = []
+    for row_no, row in enumerate(rows):
+        key = next((f for f in fields if f in row), None)
+        if key is None:
+            raise ConfigError(
+                f"{source} row {row_no}", sorted(row)[:10], f"a text field named one of {', '.join(fields)}"
+            )
+        label = row.get("label")
+        try:
+            label = int(label) if label not in (None, "") else None
+        except (TypeError, ValueError):
+            label = None
+        docs.append((f"{source}:{row_no}", str(row[key]), label, source))
+    return docs
+
+
+def _load_hub(dataset_id: str, split: str, text_field: str | None, source: str):
+    if hub_offline():
+        raise _mirror_missing(f"{source!r} (hub data set {dataset_id})")
+    import datasets
+
+    try:
+        data = datasets.load_dataset(dataset_id, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError) as exc:
+        raise DataNotFoundError(f"cannot load hub data set {dataset_id!r} split {split!r}: {exc}") from None
+    return _rows_to_docs(list(data), source, text_field)
+
+
+def _load_source(spec: str):
+    spec = spec.strip()
+    name, _, split = spec.partition(":")
+    if name in MIRROR_NAMED:
+        split = split or "train"
+        if split not in MIRROR_NAMED[name]:
+            raise ConfigError("corpus", spec, f"{name}:" + f" or {name}:".join(MIRROR_NAMED[name]))
+        path = mirror_file(f"{name}/{split}.jsonl")
+        if path is not None:
+            return _rows_to_docs(read_records(path), spec)
+        hub_id, _, field_name = HUB_EQUIVALENTS[name]
+        return _load_hub(hub_id, split, field_name, spec)
+    if name == "seed":
+        if not split:
+            raise ConfigError("corpus", spec, "seed:<name>, e.g. seed:wikitext2")
+        path = mirror_file(f"seed/{split}.jsonl")
+        if path is not None:
+            return _rows_to_docs(read_records(path), spec)
+        if spec in HUB_EQUIVALENTS:
+            hub_id, _, field_name = HUB_EQUIVALENTS[spec]
+            return _load_hub(hub_id, "train", field_name, spec)
+        root = data_dir()
+        known = sorted(p.stem for p in (root / "seed").glob("*.jsonl")) if root and (root / "seed").is_dir() else []
+        if known:
+            raise ConfigError("corpus", spec, "one of " + ", ".join(f"seed:{k}" for k in known))
+        raise _mirror_missing(f"corpus {spec!r}")
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise ConfigError("corpus", spec, "an existing local file (.jsonl, .json, .csv, .parquet, .txt)")
+        return _rows_to_docs(read_records(path), path.name)
+    if "/" in name:
+        return _load_hub(name, split or "train", None, spec)
+    raise ConfigError(
+        "corpus", spec,
+        "ag_news:train|test, msmarco:train|test, seed:<name>, a local file path, or a hub id owner/name[:split]",
+    )
+
+
+def load_corpus(spec: str, limit: int | None = None, seed: int = 0) -> Corpus:
+    """Load, deduplicate and optionally subsample (``limit`` documents drawn with ``seed``)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError("corpus", spec, "a non-empty corpus spec such as seed:wikitext2")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ConfigError("limit", limit, "a positive integer or None")
+    corpus, seen = Corpus(), set()
+    for part in spec.split("+"):
+        for doc_id, text, label, source in _load_source(part):
+            key = " ".join(text.split())
+            if not key:
+                corpus.dropped_empty += 1
+                continue
+            if key in seen:
+                corpus.dropped_duplicates += 1
+                continue
+            seen.add(key)
+            corpus.ids.append(doc_id)
+            corpus.texts.append(text)
+            corpus.labels.append(label)
+            corpus.sources.append(source)
+    if not corpus.ids:
+        raise ConfigError("corpus", spec, "a corpus with at least one non-empty document")
+    if limit is not None and limit < len(corpus):
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(corpus), size=limit, replace=False))
+        dropped = (corpus.dropped_duplicates, corpus.dropped_empty)
+        corpus = corpus.subset(keep)
+        corpus.dropped_duplicates, corpus.dropped_empty = dropped
+    if corpus.dropped_duplicates or corpus.dropped_empty:
+        logger.info(
+            "corpus %s: dropped %d exact duplicates and %d empty documents",
+            spec, corpus.dropped_duplicates, corpus.dropped_empty,
+        )
+    return corpus

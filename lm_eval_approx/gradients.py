@@ -1,0 +1,224 @@
+"""Per-example gradient factors of the task loss, for the output head or any set of linear layers.
+
+A linear layer y_t = W x_t (W: out×in) has per-example gradient ∇W = Σ_t δ_t x_tᵀ with
+δ_t = ∂L/∂y_t. This module returns the factors (Δ, X) — never ∇W itself — for each example:
+
+- ``head``: one forward pass, no backward. With logits z_t = W h_t and the loss of
+  ``labels.batch_losses`` (weight w_t per loss token y_{t+1}, predicted by position t),
+  δ_t = w_t (softmax(z_t) − onehot(y_{t+1})) and x_t = h_t, the input of the head at the *same*
+  position t (the released code of the paper pairs t with t+1: an off-by-one avoided here).
+  The head gradient is the one of the head's use only, also when the head is tied to the input
+  embedding (SmolLM2, GPT-2).
+- ``changed`` / explicit names: one forward and one backward with every weight frozen; forward
+  hooks keep each layer's input x_t and the backward returns δ_t = ∂(Σ_i L_i)/∂y_t, which is
+  example i's own δ because examples do not interact. Padded positions get δ = x = 0.
+
+Layers are ``nn.Linear``, GPT-2's ``Conv1D`` (weight stored in×out; factors here are always in the
+out×in orientation) and PEFT LoRA layers, whose gradient is taken with respect to the effective
+weight W + s·B A (the parameter whose change θf − θ0 = s·B A is the LoRA update).
+Module names are canonical: those of the plain transformers model (PEFT's ``base_model.model.``
+prefix and ``.base_layer`` infix removed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, UnknownNameError
+from .labels import Batch, batch_losses, gather_positions
+
+PEFT_PREFIX = "base_model.model."
+BASE_LAYER = ".base_layer"
+LORA_PARTS = (".lora_", ".base_layer")
+
+
+@dataclass
+class LayerFactors:
+    """Per-example factors of one layer: G_b = Σ_r delta[b, r] x[b, r]ᵀ (out×in), zero rows unused."""
+
+    delta: torch.Tensor
+    x: torch.Tensor
+
+    def gradient(self) -> torch.Tensor:
+        """The materialised per-example gradients (B, out, in) — for oracles and small layers only."""
+        return torch.einsum("bro,bri->boi", self.delta, self.x)
+
+    def sqnorm(self) -> torch.Tensor:
+        """‖G_b‖² = Σ_{r,r'} (x_r·x_r')(δ_r·δ_r'), exact, without forming G_b."""
+        return ((self.x @ self.x.transpose(1, 2)) * (self.delta @ self.delta.transpose(1, 2))).sum(dim=(1, 2))
+
+
+@dataclass
+class WeightDelta:
+    """θ0 − θf of one layer (out×in) as a sum of terms: (M, None) is the full matrix M,
+    (L, R) the low-rank product L @ R (a LoRA update, never multiplied out here)."""
+
+    terms: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+
+    def materialise(self) -> torch.Tensor:
+        return sum(m if r is None else m @ r for m, r in self.terms)
+
+
+def canonical_name(name: str) -> str:
+    """The module name of the plain transformers model, for PEFT-wrapped and plain models alike."""
+    name = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+    return name.replace(BASE_LAYER, "")
+
+
+def _lora_layer_type():
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return ()
+    return LoraLayer
+
+
+def _conv1d_type():
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
+
+
+def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Linear, Conv1D and LoRA layer of ``model`` by canonical name (LoRA internals skipped)."""
+    lora, conv1d = _lora_layer_type(), _conv1d_type()
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if any(part in name for part in LORA_PARTS):
+            continue
+        if (lora and isinstance(module, lora)) or isinstance(module, (nn.Linear, conv1d)):
+            found[canonical_name(name)] = module
+    return found
+
+
+def oriented_weight(module: nn.Module) -> torch.Tensor:
+    """The (base) weight of a layer in out×in orientation."""
+    lora = _lora_layer_type()
+    if lora and isinstance(module, lora):
+        return oriented_weight(module.get_base_layer())
+    return module.weight.t() if isinstance(module, _conv1d_type()) else module.weight
+
+
+def layer_shape(module: nn.Module) -> tuple[int, int]:
+    return tuple(oriented_weight(module).shape)
+
+
+def _lora_updates(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    lora = _lora_layer_type()
+    if not (lora and isinstance(module, lora)) or module.disable_adapters:
+        return []
+    return [(module.lora_B[a].weight, module.lora_A[a].weight, float(module.scaling[a]))
+            for a in module.active_adapters if a in module.lora_A]
+
+
+@torch.no_grad()
+def weight_delta(module0: nn.Module, module_f: nn.Module) -> WeightDelta:
+    """θ0 − θf of one layer; LoRA updates stay factored as (−s·B, A)."""
+    delta = WeightDelta()
+    w0, wf = oriented_weight(module0).float(), oriented_weight(module_f).float()
+    if not torch.equal(w0, wf):
+        delta.terms.append((w0 - wf, None))
+    for b, a, scale in _lora_updates(module_f):
+        if torch.count_nonzero(b) and torch.count_nonzero(a):
+            delta.terms.append((-scale * b.float(), a.float()))
+    return delta
+
+
+def changed_modules(model0: nn.Module, model_f: nn.Module) -> list[str]:
+    """Canonical names of the linear layers whose weights differ between θ0 and θf, in model order."""
+    base = linear_modules(model0)
+    changed = []
+    for name, module in linear_modules(model_f).items():
+        if name in base and weight_delta(base[name], module).terms:
+            changed.append(name)
+    return changed
+
+
+def head_name(model: nn.Module) -> str:
+    """Canonical name of the output head (the module that produces the logits)."""
+    plain = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = plain.get_output_embeddings()
+    for name, module in plain.named_modules():
+        if module is head:
+            return canonical_name(name)
+    raise ConfigError("model", type(plain).__name__, "a causal LM with an output head (get_output_embeddings)")
+
+
+def resolve_modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """The modules of ``names``; an unknown name lists the linear layers that exist."""
+    known = linear_modules(model)
+    for name in names:
+        if name not in known:
+            raise UnknownNameError("linear layer", name, known)
+    return {name: known[name] for name in names}
+
+
+@torch.no_grad()
+def head_factors(model: nn.Module, batch: Batch, head: str) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+    """Per-example loss and head factors from one forward pass (see the module docstring)."""
+    module = resolve_modules(model, [head])[head]
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    try:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    finally:
+        handle.remove()
+    z = gather_positions(logits, batch.positions).float()
+    loss = batch_losses(z, batch)
+    delta = torch.softmax(z, dim=-1)
+    delta.scatter_add_(-1, batch.targets.unsqueeze(-1), -torch.ones_like(batch.weights).unsqueeze(-1))
+    delta.mul_(batch.weights.unsqueeze(-1))
+    used = (batch.weights > 0).unsqueeze(-1).float()
+    x = gather_positions(captured[0], batch.positions).float() * used
+    return loss, {head: LayerFactors(delta, x)}
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """Every parameter frozen (no weight gradients are ever computed), restored afterwards."""
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, saved):
+            p.requires_grad_(flag)
+
+
+def layer_factors(model: nn.Module, batch: Batch, names: list[str]) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+    """Per-example loss and factors of the named layers: forward + one backward, weights frozen."""
+    modules = resolve_modules(model, names)
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(_module, args, out):
+            if name in outputs:
+                raise ConfigError("params", name, "layers that run once per forward pass")
+            inputs[name], outputs[name] = args[0].detach(), out
+        return hook
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in modules.items()]
+    embed = model.get_input_embeddings()
+    handles.append(embed.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True)))
+    try:
+        with frozen(model), torch.enable_grad():
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            loss = batch_losses(gather_positions(logits, batch.positions), batch)
+            grads = torch.autograd.grad(loss.sum(), [outputs[n] for n in names], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    mask = batch.attention_mask.unsqueeze(-1).float()
+    factors = {}
+    for name, grad in zip(names, grads):
+        x = inputs[name].float() * mask
+        delta = torch.zeros(*x.shape[:2], outputs[name].shape[-1]) if grad is None else grad.float() * mask
+        factors[name] = LayerFactors(delta.to(x.device), x)
+    return loss.detach(), factors

@@ -1,0 +1,34 @@
+"""Prompt functions of the approximation tasks; they call lm_eval_approx.task_specs so that lm-eval
+scores exactly the text that pseudo-labelling and training render."""
+
+from lm_eval_approx import task_data
+from lm_eval_approx.task_specs import AGNEWS, MSMARCO
+
+load_agnews = task_data.load_agnews
+load_msmarco = task_data.load_msmarco
+load_wikitext2 = task_data.load_wikitext2
+
+
+def agnews_text(doc: dict) -> str:
+    return AGNEWS.context(doc["text"])
+
+
+def agnews_choices(doc: dict) -> list[str]:
+    return list(AGNEWS.choices)
+
+
+def msmarco_text(doc: dict) -> str:
+    return MSMARCO.context(doc["text"])
+
+
+def msmarco_last_context(doc: dict) -> str:
+    """Every word of the passage but the last (the LAMBADA-style last-word variant)."""
+    return " ".join(MSMARCO.clip(doc["text"]).split()[:-1])
+
+
+def msmarco_last_word(doc: dict) -> str:
+    return MSMARCO.clip(doc["text"]).split()[-1]
+
+
+def wikitext_page(doc: dict) -> str:
+    return doc["page"]

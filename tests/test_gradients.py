@@ -1,0 +1,141 @@
+"""Per-example gradient factors against one plain backward per example (float32, no padding)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import build_tiny_model
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from lm_eval_approx.errors import UnknownNameError
+from lm_eval_approx.gradients import (changed_modules, head_factors, head_name, layer_factors,
+                                      linear_modules, oriented_weight, weight_delta)
+from lm_eval_approx.labels import collate, encode_examples
+from lm_eval_approx.task_specs import AGNEWS, MSMARCO
+
+TEXTS = ["The team won the final match.", "Stocks fell as the central bank raised rates again today.",
+         "Leaders met", "A new chip doubles the speed of scientific computing in labs."]
+LABELS = [1, 2, 0, 3]
+ATOL = 1e-5
+
+
+def _untied(model: nn.Module) -> nn.Module:
+    """A copy whose head weight is its own parameter, so its .grad is the head's use only."""
+    twin = copy.deepcopy(model)
+    head = twin.get_output_embeddings()
+    head.weight = nn.Parameter(head.weight.detach().clone())
+    return twin
+
+
+def _oracle(model, encoded, names):
+    """Loss and per-layer gradient (out×in) of each example alone: the obvious definition."""
+    twin = _untied(model).requires_grad_(True)
+    modules = linear_modules(twin)
+    results = []
+    for enc in encoded:
+        twin.zero_grad()
+        ids = torch.tensor([enc.ids])
+        logp = torch.log_softmax(twin(input_ids=ids).logits[0].float(), dim=-1)
+        nll = torch.stack([-logp[t - 1, enc.ids[t]] for t in range(enc.start, len(enc.ids))])
+        loss = nll.sum() * enc.weight
+        loss.backward()
+        grads = {}
+        for name in names:
+            weight = modules[name].weight
+            grads[name] = weight.grad.t() if isinstance(modules[name], Conv1D) else weight.grad
+        results.append((loss.item(), {n: g.clone() for n, g in grads.items()}))
+    return results
+
+
+def _setup(kind, spec, tokenizer):
+    model = build_tiny_model(kind, len(tokenizer), seed=3)
+    labels = LABELS if spec is AGNEWS else None
+    encoded = encode_examples(tokenizer, spec, TEXTS, labels, max_length=48)
+    return model, encoded, collate(encoded, tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("spec", [AGNEWS, MSMARCO], ids=["classification", "lm"])
+def test_head_factors_equal_per_example_backward(kind, spec, tiny_tokenizer):
+    model, encoded, batch = _setup(kind, spec, tiny_tokenizer)
+    assert len({len(e.ids) for e in encoded}) > 1, "the batch must contain padding"
+    head = head_name(model)
+    loss, factors = head_factors(model, batch, head)
+    grads = factors[head].gradient()
+    for i, (want_loss, want) in enumerate(_oracle(model, encoded, [head])):
+        assert loss[i].item() == pytest.approx(want_loss, rel=1e-5)
+        torch.testing.assert_close(grads[i], want[head], atol=ATOL, rtol=1e-4)
+        assert factors[head].sqnorm()[i].item() == pytest.approx(want[head].pow(2).sum().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("spec", [AGNEWS, MSMARCO], ids=["classification", "lm"])
+def test_layer_factors_equal_per_example_backward(kind, spec, tiny_tokenizer):
+    model, encoded, batch = _setup(kind, spec, tiny_tokenizer)
+    names = list(linear_modules(model))
+    loss, factors = layer_factors(model, batch, names)
+    assert all(p.requires_grad for p in model.parameters()), "weights must be unfrozen afterwards"
+    for i, (want_loss, want) in enumerate(_oracle(model, encoded, names)):
+        assert loss[i].item() == pytest.approx(want_loss, rel=1e-5)
+        for name in names:
+            torch.testing.assert_close(factors[name].gradient()[i], want[name], atol=ATOL, rtol=1e-4)
+            assert factors[name].sqnorm()[i].item() == pytest.approx(want[name].pow(2).sum().item(),
+                                                                      rel=1e-3, abs=1e-9)
+
+
+def test_head_via_backward_equals_head_via_forward(tiny_tokenizer):
+    model, _, batch = _setup("llama", AGNEWS, tiny_tokenizer)
+    head = head_name(model)
+    _, fast = head_factors(model, batch, head)
+    _, slow = layer_factors(model, batch, [head])
+    torch.testing.assert_close(fast[head].gradient(), slow[head].gradient(), atol=ATOL, rtol=1e-4)
+
+
+def _lora(model, seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"], lora_dropout=0.0,
+                        fan_in_fan_out=True, init_lora_weights=False)
+    return get_peft_model(copy.deepcopy(model), config).eval()
+
+
+def test_lora_layers_changed_delta_and_gradient(tiny_tokenizer):
+    base, encoded, batch = _setup("gpt2", AGNEWS, tiny_tokenizer)
+    tuned = _lora(base)
+    names = changed_modules(base, tuned)
+    assert names == [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "mlp.c_fc")]
+    merged = copy.deepcopy(tuned).merge_and_unload()
+    mods0, mods_f, mods_m = linear_modules(base), linear_modules(tuned), linear_modules(merged)
+    for name in names:
+        delta = weight_delta(mods0[name], mods_f[name])
+        assert all(right is not None for _, right in delta.terms), "a LoRA delta stays factored"
+        want = oriented_weight(mods0[name]) - oriented_weight(mods_m[name])
+        torch.testing.assert_close(delta.materialise(), want, atol=1e-6, rtol=1e-5)
+    _, factors = layer_factors(tuned, batch, names)
+    for i, (_, want) in enumerate(_oracle(merged, encoded, names)):
+        for name in names:
+            torch.testing.assert_close(factors[name].gradient()[i], want[name], atol=ATOL, rtol=1e-4)
+
+
+def test_changed_modules_finds_exactly_the_modified_layers(tiny_tokenizer):
+    base = build_tiny_model("llama", len(tiny_tokenizer), seed=0)
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        tuned.model.layers[1].mlp.down_proj.weight[0, 0] += 1.0
+        tuned.model.layers[0].self_attn.q_proj.weight.mul_(2.0)
+    assert changed_modules(base, tuned) == ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    assert changed_modules(base, copy.deepcopy(base)) == []
+    # Tied embeddings: a changed embedding is a changed head.
+    with torch.no_grad():
+        tuned.get_input_embeddings().weight[5] += 1.0
+    assert "lm_head" in changed_modules(base, tuned)
+
+
+def test_unknown_layer_name_lists_known(tiny_tokenizer):
+    model, _, batch = _setup("gpt2", AGNEWS, tiny_tokenizer)
+    with pytest.raises(UnknownNameError, match="lm_head"):
+        layer_factors(model, batch, ["transformer.h.9.attn"])

@@ -1,0 +1,94 @@
+"""Pseudo-labels and task losses against one unpadded forward per (text, label)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.labels import encode_classification, encode_lm, example_losses, pseudo_label
+from lm_eval_approx.task_specs import AGNEWS, MSMARCO
+
+TEXTS = ["The team won the final match of the season.", "Stocks fell.", "Leaders met in Geneva to discuss peace.",
+         "A new chip doubles the speed of scientific computing.", "x", "Sports Business World news " * 3]
+
+
+def _tokens(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _logprob(model, tokenizer, context: str, continuation: str) -> float:
+    """Summed log p(continuation | context), one sequence, no padding: the obvious definition."""
+    ctx = _tokens(tokenizer, context)
+    cont = _tokens(tokenizer, context + continuation)[len(ctx):]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0], dim=-1)
+    return sum(logp[len(ctx) + j - 1, tok].item() for j, tok in enumerate(cont))
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_tokenizer):
+    return build_tiny_model("llama", len(tiny_tokenizer), seed=5)
+
+
+def test_verbalisers_are_multi_token(tiny_tokenizer):
+    lengths = [len(e.ids) - e.start for e in (encode_classification(tiny_tokenizer, AGNEWS, "a b", c, 64)
+                                              for c in range(4))]
+    assert max(lengths) >= 3 and min(lengths) == 1
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_pseudo_label_equals_unpadded_argmax(llama, tiny_tokenizer, batch_size):
+    result = pseudo_label(llama, tiny_tokenizer, AGNEWS, TEXTS, batch_size=batch_size)
+    want = np.array([[_logprob(llama, tiny_tokenizer, AGNEWS.context(t), cont) for cont in AGNEWS.continuations()]
+                     for t in TEXTS])
+    np.testing.assert_allclose(result.logprobs, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(result.labels, want.argmax(axis=1))
+    np.testing.assert_allclose(result.loss, -want.max(axis=1), rtol=1e-5)
+    assert result.labels.dtype == np.int64 and result.loss.dtype == np.float32
+
+
+def test_example_losses_classification_and_lm(llama, tiny_tokenizer):
+    labels = [3, 0, 1, 2, 3, 1]
+    got = example_losses(llama, tiny_tokenizer, AGNEWS, TEXTS, labels, batch_size=4)
+    want = [-_logprob(llama, tiny_tokenizer, AGNEWS.context(t), AGNEWS.continuations()[y]) for t, y in zip(TEXTS, labels)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    got_lm = example_losses(llama, tiny_tokenizer, MSMARCO, TEXTS, None, batch_size=4)
+    eos = tiny_tokenizer.eos_token
+    clipped = [MSMARCO.clip(t) for t in TEXTS]
+    want_lm = [-_logprob(llama, tiny_tokenizer, eos, t) / len(_tokens(tiny_tokenizer, t)) for t in clipped]
+    np.testing.assert_allclose(got_lm, want_lm, rtol=1e-5)
+
+
+def test_left_clipping_keeps_the_continuation(tiny_tokenizer):
+    long_text = "word " * 200
+    enc = encode_classification(tiny_tokenizer, AGNEWS, long_text, 3, max_length=20)
+    full = encode_classification(tiny_tokenizer, AGNEWS, long_text, 3, max_length=4096)
+    assert len(enc.ids) == 20 and enc.ids == full.ids[-20:] and len(enc.ids) - enc.start == 3
+    lm = encode_lm(tiny_tokenizer, MSMARCO, long_text, max_length=16)
+    assert len(lm.ids) == 16 and lm.start == 1 and lm.weight == pytest.approx(1 / 15)
+
+
+def test_trailing_space_moves_to_the_continuation(tiny_tokenizer):
+    from dataclasses import replace
+
+    spec = replace(AGNEWS, template="Article: {text}\nTopic: ", target_delimiter="")
+    enc = encode_classification(tiny_tokenizer, spec, "a b", 1, max_length=64)
+    assert enc.ids[enc.start:] == _tokens(tiny_tokenizer, " Sports")
+
+
+def test_bad_inputs_raise(llama, tiny_tokenizer):
+    with pytest.raises(ConfigError, match="classification"):
+        pseudo_label(llama, tiny_tokenizer, MSMARCO, TEXTS)
+    with pytest.raises(ConfigError, match="labels"):
+        example_losses(llama, tiny_tokenizer, AGNEWS, TEXTS, None)
+    with pytest.raises(ConfigError, match="0 ≤ label < 4"):
+        example_losses(llama, tiny_tokenizer, AGNEWS, TEXTS[:1], [4])
+    with pytest.raises(ConfigError, match="batch_size"):
+        example_losses(llama, tiny_tokenizer, AGNEWS, TEXTS[:1], [0], batch_size=0)
+    with pytest.raises(ConfigError, match="max_length"):
+        encode_classification(tiny_tokenizer, AGNEWS, "a", 3, max_length=3)
+    assert example_losses(llama, tiny_tokenizer, AGNEWS, [], []).shape == (0,)
