@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `run` hands everything after it to lm-eval untouched; argparse would claim lm-eval's flags.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "command", None) != "run":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if getattr(args, "command", None) == "run":
+        args.lm_eval_args = argv[argv.index("run") + 1 :]
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

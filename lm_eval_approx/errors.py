@@ -26,7 +26,7 @@ class UnknownNameError(ApproxError, KeyError):
         close = difflib.get_close_matches(name, self.known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         listed = ", ".join(self.known) if self.known else "(none registered)"
-        self.message = f"unknown {kind} {name!r}.{hint} Known {kind}s: {listed}"
+        self.message = f"unknown {kind} {name!r}.{hint} Known {kind} names: {listed}"
         super().__init__(self.message)
 
     def __str__(self) -> str:

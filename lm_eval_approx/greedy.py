@@ -28,7 +28,9 @@ the M cosines, each view keeping its own s, c, E. ``batch_size`` b resets s ever
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+import warnings
 
 import numpy as np
 import torch
@@ -42,6 +44,22 @@ UNIT_ROUNDOFF_64 = 2.0**-53
 BOUND_SAFETY = 2.0  # margin on the rigorous rounding bounds
 SCORE_SLACK = 1e-12  # cosines lie in [−1, 1]: absolute slack for float64 rounding of the bounds
 MAX_RECHECK = 512  # more candidates than this in the tie window: recompute all c in float64
+# Threads of the streaming Gram column. The pass is memory-bound, so extra threads gain little,
+# while on a shared machine each of the many small parallel regions (one per block) can stall on
+# a descheduled thread: measured 20x slower with 2 threads than with 1 under load.
+STREAM_THREADS = 1
+
+
+@contextmanager
+def _torch_threads(count: int | None):
+    """Run a block with ``count`` torch threads (None: leave as is), restoring the setting."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _row_cosines(rows: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -58,8 +76,9 @@ def _row_cosines(rows: np.ndarray, target: np.ndarray) -> np.ndarray:
 class _DenseView:
     """Dense features, read in row blocks in their stored dtype."""
 
-    def __init__(self, feats: GradientFeatures, block_rows: int):
+    def __init__(self, feats: GradientFeatures, block_rows: int, threads: int | None = STREAM_THREADS):
         self.matrix = feats.matrix
+        self.threads = threads
         self.target = np.asarray(feats.target, dtype=np.float64)
         self.n_rows, self.dim = self.matrix.shape
         self.block_rows = block_rows
@@ -88,11 +107,14 @@ class _DenseView:
         vec = torch.from_numpy(np.asarray(self.matrix[j], dtype=np.float32))
         out = torch.empty(self.n_rows, dtype=torch.float32)
         buf = torch.empty((self.block_rows, self.dim), dtype=torch.float32)
-        for lo in range(0, self.n_rows, self.block_rows):
-            hi = min(lo + self.block_rows, self.n_rows)
-            b = buf[: hi - lo]
-            b.copy_(torch.from_numpy(np.asarray(self.matrix[lo:hi])))
-            torch.mv(b, vec, out=out[lo:hi])
+        with _torch_threads(self.threads), warnings.catch_warnings():
+            # read-only memory maps: torch warns that they are not writable; we only read them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for lo in range(0, self.n_rows, self.block_rows):
+                hi = min(lo + self.block_rows, self.n_rows)
+                b = buf[: hi - lo]
+                b.copy_(torch.from_numpy(np.asarray(self.matrix[lo:hi])))
+                torch.mv(b, vec, out=out[lo:hi])
         return out.numpy().astype(np.float64), self.err_coef * self.scale * self.scale[j]
 
     def dot_all(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 WORK_SUFFIX = ".partial"
 SHUFFLE_STRIDE = 1_000_003
 KEY_CHARS = 16
+MIN_SECONDS = 1e-9  # guards the examples/s division for an empty run
 # PEFT warns whenever a layer tied to the embeddings is targeted; for LoRA on the head that is the
 # intended, safe case (see the module docstring), so this one warning is silenced.
 TIED_WARNING = "Model has `tie_word_embeddings=True`"
@@ -261,7 +262,7 @@ def train_model(
             on_epoch_end(epoch + 1, history)
     bar.close()
 
-    history["examples_per_second"] = history["examples_seen"] / max(history["train_seconds"], 1e-9)
+    history["examples_per_second"] = history["examples_seen"] / max(history["train_seconds"], MIN_SECONDS)
     model = accelerator.unwrap_model(model)
     if best_state is not None:
         _load_trainable(model, best_state)

@@ -189,7 +189,13 @@ def test_early_stopping_keeps_the_best_epoch(tiny_llama, tmp_path, monkeypatch):
     one_epoch = train_adapter(tiny_llama, AGNEWS, examples, TrainingRecipe(epochs=1, **common), tmp_path / "one",
                               progress=False)
     scripted = iter([5.0, 1.0, 2.0, 3.0, 4.0])  # initial, then epochs 1, 2, ...: best is epoch 1
-    monkeypatch.setattr(training, "_validation_loss", lambda *args: next(scripted))
+    real = training._validation_loss
+
+    def scripted_loss(*args):
+        real(*args)  # same work (and the same RNG draws of the data loader) as an unscripted run
+        return next(scripted)
+
+    monkeypatch.setattr(training, "_validation_loss", scripted_loss)
     stopped = train_adapter(tiny_llama, AGNEWS, examples, TrainingRecipe(epochs=4, **common), tmp_path / "stop",
                             progress=False)
     record = json.loads((stopped / TRAINING_FILE).read_text())
@@ -292,3 +298,26 @@ def test_finetune_from_the_mirror_uses_true_labels(tiny_llama, tmp_path, mirror,
     args = argparse.Namespace(data="ag_news:train", limit=8, data_seed=None, data_source="corpus")
     rows = load_examples(args, AGNEWS, seed=0)
     assert len(rows) == 8 and all(r.label in range(4) and r.label_text == AGNEWS.choices[r.label] for r in rows)
+
+
+@pytest.mark.slow
+def test_smollm2_adapter_reloads_in_lm_eval_with_identical_loglikelihoods(tmp_path):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from lm_eval_approx import peft_compat
+    from lm_eval_approx.models import resolve_model
+
+    peft_compat.install()
+    base = resolve_model("smollm2-135m")
+    examples = toy_examples(8)
+    recipe = TrainingRecipe(epochs=1, batch_size=4, max_length=48, validation_fraction=0.0)
+    result = train_model(base, AGNEWS, examples, recipe, tmp_path / "work", progress=False)
+    out = save_training(result, base, AGNEWS, examples, recipe, tmp_path / "adapter")
+    probes = [SelectedExample(id=d.id, text=d.text, label=c) for d in examples[:2] for c in range(AGNEWS.num_classes)]
+    ours = _per_example_loglikelihoods(result.model, result.tokenizer, AGNEWS, probes)
+    requests = [Instance("loglikelihood", {}, (AGNEWS.context(p.text), AGNEWS.continuations()[p.label]), i)
+                for i, p in enumerate(probes)]
+    lm = HFLM(pretrained=base, peft=str(out), device="cpu", batch_size=8)
+    theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert theirs == pytest.approx(ours, abs=1e-3)

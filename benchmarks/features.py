@@ -1,0 +1,143 @@
+"""Feature-extraction throughput next to a plain forward pass, measured side by side in one run.
+
+For each model (a random-init SmolLM2-135M with the real config, and a small GPT-2), batch 16 ×
+64 tokens: examples/s of a no-grad forward, of ``head`` features (classification loss on one label
+token, and the mean-token LM loss), of ``changed`` features over every decoder linear layer (LM
+loss, forward + backward with frozen weights), and of the dense-projection oracle where its matrix
+fits. Each method runs once per round, rounds interleave the methods (the machine is shared), and
+the median per method is reported. Goals: head ≥ 0.8× forward, changed ≥ 0.4× forward.
+
+    python benchmarks/features.py [--rounds 3] [--threads 2] [--models smollm2,gpt2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from lm_eval_approx.gradients import changed_modules, head_factors, head_name, layer_factors, layer_shape, linear_modules
+from lm_eval_approx.labels import Batch
+from lm_eval_approx.projection import DENSE_MAX_ELEMENTS, make_projector
+
+BATCH, TOKENS, DIM = 16, 64, 4096
+PERTURBATION = 1e-3
+
+
+def smollm2_config():
+    """The SmolLM2-135M config (from the converted model when available, else its published values)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    try:
+        from lm_eval_approx.models import resolve_model
+
+        return AutoConfig.from_pretrained(resolve_model("smollm2-135m"))
+    except Exception as exc:  # noqa: BLE001  (any failure to find the real config falls back to its values)
+        print(f"(SmolLM2 config not found: {exc.__class__.__name__}; using its published values)")
+        return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                           num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                           tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0)
+
+
+def gpt2_config():
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=8192, n_positions=256, n_embd=256, n_layer=4, n_head=4, tie_word_embeddings=True)
+
+
+def build_pair(config):
+    """Random θ0 and a θf whose every decoder linear layer differs (the worst case for ``changed``)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model0 = AutoModelForCausalLM.from_config(config).eval()
+    model_f = copy.deepcopy(model0)
+    head = model_f.get_output_embeddings()
+    with torch.no_grad():
+        for module in linear_modules(model_f).values():
+            if module is not head:
+                module.weight.add_(torch.randn_like(module.weight) * PERTURBATION)
+    return model0, model_f
+
+
+def batches(vocab: int):
+    ids = torch.randint(1, vocab, (BATCH, TOKENS), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    lm = Batch(ids, mask, torch.arange(TOKENS - 1).expand(BATCH, -1).clone(), ids[:, 1:].clone(),
+               torch.full((BATCH, TOKENS - 1), 1.0 / (TOKENS - 1)))
+    cls = Batch(ids, mask, torch.full((BATCH, 1), TOKENS - 2), ids[:, -1:].clone(), torch.ones(BATCH, 1))
+    return lm, cls
+
+
+def methods(model0, model_f):
+    lm, cls = batches(model_f.config.vocab_size)
+    head = head_name(model_f)
+    mods = linear_modules(model_f)
+    changed = changed_modules(model0, model_f)
+    head_proj = make_projector("kronecker", {head: layer_shape(mods[head])}, DIM)
+    changed_proj = make_projector("kronecker", {n: layer_shape(mods[n]) for n in changed}, DIM)
+
+    def forward():
+        with torch.no_grad():
+            model_f(input_ids=lm.input_ids, attention_mask=lm.attention_mask)
+
+    def features(batch, names, proj, fn):
+        def run():
+            _, factors = fn(model_f, batch, names[0]) if fn is head_factors else fn(model_f, batch, names)
+            with torch.no_grad():
+                proj.project(factors)
+                sum(f.sqnorm() for f in factors.values())
+        return run
+
+    table = {"forward": forward,
+             "head (classification)": features(cls, [head], head_proj, head_factors),
+             "head (lm)": features(lm, [head], head_proj, head_factors),
+             "changed (lm)": features(lm, changed, changed_proj, layer_factors)}
+    out, inp = layer_shape(mods[head])
+    dense_dim = DENSE_MAX_ELEMENTS // (out * inp)
+    if dense_dim >= 1:
+        dense = make_projector("dense", {head: (out, inp)}, min(DIM, dense_dim))
+        table[f"dense head (classification, d={dense.dim})"] = features(cls, [head], dense, head_factors)
+    return table, len(changed)
+
+
+def measure(name, config, rounds):
+    model0, model_f = build_pair(config)
+    table, n_changed = methods(model0, model_f)
+    times = {key: [] for key in table}
+    for fn in table.values():
+        fn()
+    for _ in range(rounds):
+        for key, fn in table.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    rate = {key: BATCH / statistics.median(ts) for key, ts in times.items()}
+    params = sum(p.numel() for p in model_f.parameters()) / 1e6
+    print(f"\n## {name} ({params:.1f}M params, {n_changed} changed layers), batch {BATCH} × {TOKENS} tokens")
+    print("| method | examples/s | ratio to forward |\n|---|---|---|")
+    for key, value in rate.items():
+        print(f"| {key} | {value:.1f} | {value / rate['forward']:.2f}x |")
+    for key in rate:
+        if key != "forward":
+            print(f"{name} {key} / forward: {rate[key] / rate['forward']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="smollm2,gpt2")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    configs = {"smollm2": ("SmolLM2-135M (random init)", smollm2_config), "gpt2": ("small GPT-2", gpt2_config)}
+    for key in args.models.split(","):
+        label, make = configs[key]
+        measure(label, make(), args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""build_feature_store end to end: oracle features, checkpoints, resume, mismatch, LoRA, CLI, 2 processes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import save_tiny_model
+from test_gradients import _oracle
+
+from lm_eval_approx.corpus import Corpus
+from lm_eval_approx.errors import ConfigError, StoreMismatchError
+from lm_eval_approx.features import FeatureConfig, build_feature_store, build_feature_stores, open_feature_stores
+from lm_eval_approx.gradients import linear_modules, oriented_weight, weight_delta
+from lm_eval_approx.labels import encode_examples
+from lm_eval_approx.models import load_model, load_tokenizer
+from lm_eval_approx.projection import make_projector
+from lm_eval_approx.store import FeatureStore
+from lm_eval_approx.task_specs import AGNEWS
+
+TEXTS = ["The team won the final match of the season.", "Stocks fell as the central bank raised rates.",
+         "Leaders met in Geneva.", "A new chip doubles the speed of scientific computing.",
+         "Peace talks resumed in the capital after a long pause.", "Shares of the chip maker rose.",
+         "The striker scored twice.", "Scientists found water on a distant planet."]
+F16 = {"rtol": 2e-3, "atol": 2e-4}
+
+
+def _corpus(n=len(TEXTS)):
+    return Corpus(ids=[f"doc:{i}" for i in range(n)], texts=TEXTS[:n], labels=[i % 4 for i in range(n)],
+                  sources=["test"] * n)
+
+
+@pytest.fixture(scope="module")
+def tuned_gpt2(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tuned-gpt2"), "gpt2", seed=1)
+
+
+def _config(base, tuned, **kw):
+    return FeatureConfig(base=base, finetuned=tuned, task="approx_agnews", batch_size=3, max_length=48, **kw)
+
+
+def test_config_validates_and_round_trips():
+    config = FeatureConfig(base="a", finetuned="b", params="x.y,z", checkpoints=4)
+    assert FeatureConfig.from_json(config.to_json()) == config
+    assert config.alphas == [0.25, 0.5, 0.75, 1.0] and config.param_names == ["x.y", "z"]
+    for field, value in [("dim", 0), ("projection", "sjlt9"), ("labels", "gold"), ("task", "nope"),
+                         ("base", ""), ("batch_size", True), ("device", "tpu"), ("params", " , ")]:
+        with pytest.raises(ConfigError, match=field):
+            FeatureConfig(**{"base": "a", "finetuned": "b", field: value})
+    with pytest.raises(ConfigError, match="FeatureConfig.colour"):
+        FeatureConfig.from_dict({"base": "a", "finetuned": "b", "colour": 1})
+
+
+def test_head_features_match_oracle_at_theta_f_and_checkpoint(tiny_gpt2, tuned_gpt2, tmp_path):
+    stores = build_feature_stores(_config(tiny_gpt2, tuned_gpt2, projection="identity", checkpoints=2),
+                                  _corpus(), None, tmp_path / "out")
+    assert [s.alpha for s in stores] == [0.5, 1.0] and [s.path.name for s in stores] == ["alpha-0.5000", "alpha-1.0000"]
+    assert [s.alpha for s in open_feature_stores(tmp_path / "out")] == [0.5, 1.0]
+    model0, model_f = load_model(tiny_gpt2), load_model(tuned_gpt2)
+    tokenizer = load_tokenizer(tiny_gpt2)
+    want_target = (oriented_weight(model0.lm_head) - oriented_weight(model_f.lm_head)).detach().reshape(-1)
+    middle = copy.deepcopy(model_f)
+    with torch.no_grad():
+        for p0, pm in zip(model0.parameters(), middle.parameters()):
+            pm.copy_(p0 + 0.5 * (pm - p0))
+    np.testing.assert_array_equal(stores[0].labels, stores[1].labels)
+    encoded = encode_examples(tokenizer, AGNEWS, TEXTS, stores[1].labels, 48)
+    for store, model in zip(stores, (middle, model_f)):
+        np.testing.assert_allclose(store.target, want_target.numpy(), rtol=1e-6)
+        for i, (loss, grads) in enumerate(_oracle(model, encoded, ["lm_head"])):
+            assert store.loss[i] == pytest.approx(loss, rel=1e-5)
+            assert store.sqnorm[i] == pytest.approx(grads["lm_head"].pow(2).sum().item(), rel=1e-4)
+            np.testing.assert_allclose(store.features[i].astype(np.float32), grads["lm_head"].reshape(-1), **F16)
+
+
+def test_kronecker_head_store_keeps_low_rank_factors(tiny_gpt2, tuned_gpt2, tmp_path):
+    store = build_feature_store(_config(tiny_gpt2, tuned_gpt2, dim=256), _corpus(), None, tmp_path / "k")
+    gf = store.gradient_features()
+    a, b = gf.factors
+    assert a.shape == (len(TEXTS), 3, 16) and b.shape == (len(TEXTS), 3, 16)
+    rebuilt = np.einsum("nri,nrj->nij", a.astype(np.float32), b.astype(np.float32)).reshape(len(TEXTS), -1)
+    np.testing.assert_allclose(gf.matrix.astype(np.float32), rebuilt, rtol=1e-2, atol=1e-3)
+
+
+def test_interrupted_run_resumes_to_identical_features(tiny_gpt2, tuned_gpt2, tmp_path, monkeypatch):
+    config = _config(tiny_gpt2, tuned_gpt2, params="changed", dim=200)
+    reference = build_feature_store(config, _corpus(), None, tmp_path / "ref")
+    real_write, calls = FeatureStore.write_rows, []
+
+    def dying_write(self, *args, **kwargs):
+        if len(calls) == 1:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(1)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "write_rows", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_feature_store(config, _corpus(), None, tmp_path / "run")
+    monkeypatch.setattr(FeatureStore, "write_rows", real_write)
+    partial = FeatureStore.open(tmp_path / "run")
+    assert 0 < int(partial.done.sum()) < len(TEXTS)
+    resumed = build_feature_store(config, _corpus(), None, tmp_path / "run")
+    for column in ("features", "loss", "labels", "sqnorm", "target"):
+        np.testing.assert_array_equal(getattr(resumed, column), getattr(reference, column))
+    with pytest.raises(StoreMismatchError, match="seed"):
+        build_feature_store(_config(tiny_gpt2, tuned_gpt2, params="changed", dim=200, seed=1),
+                            _corpus(), None, tmp_path / "run")
+
+
+def test_true_labels_and_errors(tiny_gpt2, tuned_gpt2, tmp_path):
+    store = build_feature_store(_config(tiny_gpt2, tuned_gpt2, labels="true", dim=64), _corpus(), None, tmp_path / "t")
+    np.testing.assert_array_equal(store.labels, [i % 4 for i in range(len(TEXTS))])
+    with pytest.raises(ConfigError, match="identical"):
+        build_feature_store(_config(tiny_gpt2, tiny_gpt2, params="changed"), _corpus(), None, tmp_path / "same")
+
+
+def test_lora_adapter_target_equals_materialised_delta(tiny_gpt2, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                      init_lora_weights=False)
+    get_peft_model(load_model(tiny_gpt2), lora).save_pretrained(tmp_path / "adapter")
+    config = _config(tiny_gpt2, str(tmp_path / "adapter"), params="changed", dim=300, seed=2)
+    store = build_feature_store(config, _corpus(4), None, tmp_path / "lora")
+    names = store.meta["params"]
+    assert len(names) == 6 and all(n.endswith(("c_attn", "c_proj")) for n in names)
+    base, merged = load_model(tiny_gpt2), load_model(str(tmp_path / "adapter")).merge_and_unload()
+    mods0, mods_m = linear_modules(base), linear_modules(merged)
+    projector = make_projector("kronecker", {n: tuple(oriented_weight(mods0[n]).shape) for n in names}, 300, 2)
+    want = projector.project_delta({n: weight_delta(mods0[n], mods_m[n]) for n in names})
+    assert all(weight_delta(mods0[n], mods_m[n]).terms[0][1] is None for n in names), "materialised here"
+    np.testing.assert_allclose(store.target, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _cli(args, env, nproc=1):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(29500 + os.getpid() % 1000), "-m"] if nproc > 1 else [sys.executable, "-m"]
+    return subprocess.run(launcher + ["lm_eval_approx.cli", "features"] + args, env=env, capture_output=True,
+                          text=True, timeout=240)
+
+
+def test_two_process_run_equals_one_process(tiny_gpt2, tuned_gpt2, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    args = ["--base", tiny_gpt2, "--finetuned", tuned_gpt2, "--task", "approx_agnews", "--corpus", str(corpus),
+            "--params", "changed", "--dim", "200", "--batch-size", "3", "--max-length", "48", "--checkpoints", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", LM_EVAL_APPROX_LOAD_PLUGINS="",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    from lm_eval_approx.cli import main
+
+    assert main(["features"] + args + ["--out", str(tmp_path / "one")]) == 0
+    two = _cli(args + ["--out", str(tmp_path / "two")], env, nproc=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    for a, b in zip(open_feature_stores(tmp_path / "one"), open_feature_stores(tmp_path / "two")):
+        assert a.ids == b.ids and a.alpha == b.alpha and b.complete
+        np.testing.assert_allclose(a.features.astype(np.float32), b.features.astype(np.float32), **F16)
+        np.testing.assert_allclose(a.loss, b.loss, rtol=1e-5)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.target, b.target)
+    assert main(["features"] + args[:-2] + ["--checkpoints", "0", "--out", str(tmp_path / "bad")]) == 2

@@ -1,0 +1,160 @@
+"""`lm-eval-approx run` is lm-eval's own CLI with our tasks and models: same results as
+lm_eval.simple_evaluate, tasks found from any working directory, readable offline errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_eval_approx.harness import resolve_model_args, rewrite_argv
+
+LIMIT = 6
+
+
+def _mini_mirror(root: Path) -> Path:
+    (root / "ag_news").mkdir(parents=True)
+    (root / "msmarco").mkdir()
+    topics = ["peace talks in the capital", "the team won the match", "stocks and profits rose", "a new chip and software"]
+    for split in ("train", "test"):
+        with (root / "ag_news" / f"{split}.jsonl").open("w") as fh:
+            for i in range(12):
+                fh.write(json.dumps({"text": f"{topics[i % 4]} number {i}", "label": i % 4}) + "\n")
+        with (root / "msmarco" / f"{split}.jsonl").open("w") as fh:
+            for i in range(8):
+                fh.write(json.dumps({"pid": i, "text": f"passage {i} answers the query about {topics[i % 4]}"}) + "\n")
+    return root
+
+
+def _cli(args, cwd, env):
+    return subprocess.run(
+        [sys.executable, "-m", "lm_eval_approx.cli", *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items()}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(extra)
+    return env
+
+
+def test_run_passthrough_matches_simple_evaluate(tiny_llama, tmp_path, monkeypatch):
+    mirror = _mini_mirror(tmp_path / "mirror")
+    out = tmp_path / "out"
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    proc = _cli(
+        ["run", "--model", "hf", "--model_args", f"pretrained={tiny_llama}", "--tasks",
+         "approx_agnews,approx_msmarco", "--limit", str(LIMIT), "--device", "cpu", "--batch_size", "4",
+         "--output_path", str(out), "--seed", "0"],
+        cwd=workdir, env=_env(LM_EVAL_APPROX_DATA=str(mirror)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "approx_agnews" in proc.stdout and "word_perplexity" in proc.stdout
+    files = list(out.rglob("results_*.json"))
+    assert len(files) == 1
+    cli_results = json.loads(files[0].read_text())
+
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(mirror))
+    import lm_eval
+
+    from lm_eval_approx.harness import task_manager
+
+    direct = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={tiny_llama}", tasks=["approx_agnews", "approx_msmarco"],
+        limit=LIMIT, device="cpu", batch_size=4, task_manager=task_manager(),
+        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+    )
+    for task in ("approx_agnews", "approx_msmarco"):
+        ours, theirs = cli_results["results"][task], direct["results"][task]
+        assert set(ours) == set(theirs)
+        for key, value in theirs.items():
+            if isinstance(value, float):
+                assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (task, key)
+            else:
+                assert ours[key] == value
+    assert cli_results["configs"]["approx_agnews"]["doc_to_choice"] is not None
+
+
+def test_user_include_path_still_works(tiny_llama, tmp_path):
+    mirror = _mini_mirror(tmp_path / "mirror")
+    user_tasks = tmp_path / "user_tasks"
+    user_tasks.mkdir()
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps({"q": f"q{i}", "a": "yes"}) + "\n" for i in range(4)))
+    (user_tasks / "my_yesno.yaml").write_text(
+        "task: my_yesno\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: ['yes', 'no']\n"
+        "doc_to_target: 0\nmetric_list:\n  - metric: acc\n"
+    )
+    proc = _cli(
+        ["run", "--model", "hf", "--model_args", f"pretrained={tiny_llama}", "--tasks", "my_yesno,approx_agnews",
+         "--include_path", str(user_tasks), "--limit", "3", "--device", "cpu"],
+        cwd=tmp_path, env=_env(LM_EVAL_APPROX_DATA=str(mirror)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "my_yesno" in proc.stdout and "approx_agnews" in proc.stdout
+
+
+def test_offline_without_mirror_is_a_readable_error(tiny_llama, tmp_path):
+    env = _env()
+    env.pop("LM_EVAL_APPROX_DATA", None)
+    proc = _cli(
+        ["run", "--model", "hf", "--model_args", f"pretrained={tiny_llama}", "--tasks", "approx_agnews", "--limit", "2",
+         "--device", "cpu"],
+        cwd=tmp_path, env=env,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lm-eval-approx run: error:") and "LM_EVAL_APPROX_DATA" in last
+
+
+def test_model_args_aliases_are_rewritten(monkeypatch, tmp_path):
+    import lm_eval_approx.harness as harness
+
+    monkeypatch.setattr(harness, "resolve_model", lambda name: f"/resolved/{name}")
+    assert resolve_model_args("pretrained=smollm2-135m,dtype=float32") == "pretrained=/resolved/smollm2-135m,dtype=float32"
+    assert resolve_model_args("pretrained=gpt2,peft=/x") == "pretrained=gpt2,peft=/x"
+    assert json.loads(resolve_model_args('{"pretrained": "smollm2-135m"}')) == {"pretrained": "/resolved/smollm2-135m"}
+    assert rewrite_argv(["--model_args=pretrained=smollm2-135m", "--tasks", "x"]) == [
+        "--model_args=pretrained=/resolved/smollm2-135m", "--tasks", "x"]
+
+
+def test_unknown_task_name_is_lm_evals_error(tiny_llama, tmp_path):
+    proc = _cli(
+        ["run", "--model", "hf", "--model_args", f"pretrained={tiny_llama}", "--tasks", "approx_agnew", "--limit", "2"],
+        cwd=tmp_path, env=_env(),
+    )
+    assert proc.returncode != 0
+    assert "approx_agnew" in proc.stderr
+
+
+@pytest.mark.slow
+def test_smollm2_alias_scores_agnews(mirror, tmp_path):
+    import time
+
+    from lm_eval_approx.models import load_model, resolve_model
+
+    first = resolve_model("smollm2-135m")
+    start = time.perf_counter()
+    again = resolve_model("smollm2-135m")
+    model = load_model("smollm2-135m")
+    reload_seconds = time.perf_counter() - start
+    assert first == again and (Path(first) / "model.safetensors").is_file()
+    assert model.config.tie_word_embeddings
+    print(f"cached smollm2-135m reload: {reload_seconds:.2f} s")
+    proc = _cli(
+        ["run", "--model", "hf", "--model_args", "pretrained=smollm2-135m", "--tasks", "approx_agnews", "--limit", "20",
+         "--device", "cpu", "--batch_size", "16", "--output_path", str(tmp_path / "out")],
+        cwd=tmp_path, env=_env(LM_EVAL_APPROX_DATA=str(mirror)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    acc = result["results"]["approx_agnews"]["acc,none"]
+    assert 0.3 <= acc <= 1.0, f"SmolLM2 zero-shot AG News accuracy {acc} is far from the expected ~0.65"
