@@ -31,11 +31,12 @@ def smollm2_config():
     """The SmolLM2-135M config (from the converted model when available, else its published values)."""
     from transformers import AutoConfig, LlamaConfig
 
-    try:
-        from lm_eval_approx.models import resolve_model
+    from lm_eval_approx.errors import ApproxError
+    from lm_eval_approx.models import resolve_model
 
+    try:
         return AutoConfig.from_pretrained(resolve_model("smollm2-135m"))
-    except Exception as exc:  # noqa: BLE001  (any failure to find the real config falls back to its values)
+    except (ApproxError, OSError, ValueError) as exc:
         print(f"(SmolLM2 config not found: {exc.__class__.__name__}; using its published values)")
         return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                            num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,

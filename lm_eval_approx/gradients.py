@@ -11,7 +11,9 @@ A linear layer y_t = W x_t (W: out×in) has per-example gradient ∇W = Σ_t δ_
   embedding (SmolLM2, GPT-2).
 - ``changed`` / explicit names: one forward and one backward with every weight frozen; forward
   hooks keep each layer's input x_t and the backward returns δ_t = ∂(Σ_i L_i)/∂y_t, which is
-  example i's own δ because examples do not interact. Padded positions get δ = x = 0.
+  example i's own δ because examples do not interact. Padded positions (right padding, causal
+  attention) reach no loss, so their δ is exactly 0 and they add nothing to G = Σ_t δ_t x_tᵀ
+  nor to the exact ‖G‖²; the head path zeroes its unused slots explicitly.
 
 Layers are ``nn.Linear``, GPT-2's ``Conv1D`` (weight stored in×out; factors here are always in the
 out×in orientation) and PEFT LoRA layers, whose gradient is taken with respect to the effective
@@ -215,10 +217,9 @@ def layer_factors(model: nn.Module, batch: Batch, names: list[str]) -> tuple[tor
     finally:
         for handle in handles:
             handle.remove()
-    mask = batch.attention_mask.unsqueeze(-1).float()
     factors = {}
     for name, grad in zip(names, grads):
-        x = inputs[name].float() * mask
-        delta = torch.zeros(*x.shape[:2], outputs[name].shape[-1]) if grad is None else grad.float() * mask
-        factors[name] = LayerFactors(delta.to(x.device), x)
+        x = inputs[name].float()
+        delta = torch.zeros(*x.shape[:2], outputs[name].shape[-1], device=x.device) if grad is None else grad.float()
+        factors[name] = LayerFactors(delta, x)
     return loss.detach(), factors

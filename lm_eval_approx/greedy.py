@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+import time
 import warnings
 
 import numpy as np
@@ -228,6 +229,8 @@ class GreedyResult:
     stopped_early: bool = False
     rechecked: int = 0
     refreshes: int = 0
+    setup_seconds: float = 0.0
+    pick_seconds: float = 0.0
 
 
 def make_views(features: GradientFeatures | Sequence[GradientFeatures], use_factors: bool = True,
@@ -251,6 +254,7 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
     ``batch_size`` resets every s_m after each b picks; ``min_cosine`` stops before a pick whose
     score falls below it (fewer than k picks, ``stopped_early``).
     """
+    start = time.perf_counter()
     views = make_views(features, use_factors, block_rows)
     n_rows = views[0].n_rows
     if not 0 <= k <= n_rows:
@@ -261,6 +265,7 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
     taken = np.zeros(n_rows, dtype=bool)
     picks, scores = [], []
     result = GreedyResult(np.zeros(0, dtype=np.int64), np.zeros(0))
+    result.setup_seconds = time.perf_counter() - start
     for step in range(k):
         if batch_size is not None and step and step % batch_size == 0:
             for st in states:
@@ -286,6 +291,7 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
                 st.add(j)
     result.indices = np.asarray(picks, dtype=np.int64)
     result.scores = np.asarray(scores)
+    result.pick_seconds = time.perf_counter() - start - result.setup_seconds
     return result
 
 

@@ -96,6 +96,8 @@ def prepare_lm_eval() -> None:
     """Everything lm-eval needs to see our plugins: task folders and model types."""
     install_task_paths()
     from .lm_eval_bridge import register_models
+    from .peft_compat import install as install_peft_compat
 
+    install_peft_compat()
     register_models()
 

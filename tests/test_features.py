@@ -166,3 +166,23 @@ def test_two_process_run_equals_one_process(tiny_gpt2, tuned_gpt2, tmp_path):
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.target, b.target)
     assert main(["features"] + args[:-2] + ["--checkpoints", "0", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_lora_checkpoint_scales_the_update_and_restores(tiny_tokenizer):
+    from conftest import build_tiny_model
+    from test_gradients import _lora
+
+    from lm_eval_approx.checkpoints import interpolated
+
+    base = build_tiny_model("gpt2", len(tiny_tokenizer), seed=0)
+    tuned = _lora(base)
+    name = "transformer.h.0.attn.c_attn"
+    full = weight_delta(linear_modules(base)[name], linear_modules(tuned)[name]).materialise()
+    with interpolated(base, tuned, 0.25):
+        quarter = weight_delta(linear_modules(base)[name], linear_modules(tuned)[name]).materialise()
+    torch.testing.assert_close(quarter, 0.25 * full, atol=1e-6, rtol=1e-5)
+    after = weight_delta(linear_modules(base)[name], linear_modules(tuned)[name]).materialise()
+    torch.testing.assert_close(after, full)
+    with pytest.raises(ConfigError, match="alpha"):
+        with interpolated(base, tuned, 1.5):
+            pass

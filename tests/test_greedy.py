@@ -84,11 +84,18 @@ def test_min_cosine_stops_early_and_scores_are_exact():
     assert full.scores[3] == pytest.approx(s @ t / np.linalg.norm(s) / np.linalg.norm(t), rel=1e-12)
 
 
-def test_large_magnitudes_force_exact_refresh_and_stay_exact():
+@pytest.mark.parametrize("factored", [False, True])
+def test_exact_refresh_path_stays_exact(monkeypatch, factored):
+    monkeypatch.setattr(greedy, "MAX_RECHECK", 0)  # every pick takes the float64 refresh path
     rng = np.random.default_rng(9)
-    g = (rng.standard_normal((300, 8)) * 1e3 + 5e3).astype(np.float16)  # nearly parallel rows
-    t = rng.standard_normal(8)
-    result = greedy.greedy_select(GradientFeatures(g, t), 40)
+    a, b = rng.standard_normal((300, 2, 4)), rng.standard_normal((300, 2, 5))
+    g = np.einsum("nrp,nrq->npq", a, b).reshape(300, -1) * 1e3 + 5e3  # nearly parallel rows
+    t = rng.standard_normal(20)
+    if factored:
+        g = np.einsum("nrp,nrq->npq", a * 1e3, b).reshape(300, -1)
+    feats = GradientFeatures(g, t, factors=(a * 1e3, b) if factored else None)
+    result = greedy.greedy_select(feats, 40)
+    assert result.refreshes > 0
     assert result.indices.tolist() == direct_select(g, t, 40)
 
 

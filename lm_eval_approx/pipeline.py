@@ -1,0 +1,221 @@
+"""The whole approximation, one stage after another, each cached (see stages.py):
+
+corpus → pseudo-labels (θf) → [θ0 losses] → [gradient features] → selection → retraining of θ0.
+
+Bracketed stages run only when the strategy needs them (``Strategy.requires``). The result is
+the folder of a PEFT adapter (or full model) that lm-eval scores with ``peft=`` on top of θ0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .corpus import load_corpus
+from .errors import ConfigError
+from .recipe import TrainingRecipe
+from .selection_file import read_selection, selection_hash, write_selection
+from .stages import StageRecord, run_stage
+from .strategies.base import FEATURES, LABELS, LOSS_BASE, LOSS_FINETUNED
+from .task_specs import CLASSIFICATION, get_task_spec
+
+logger = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.npy"
+LOSS_FILE = "loss.npy"
+SELECTION_FILE = "selection.jsonl"
+FEATURE_DIR = "features"
+PARAM_SETS = ("head", "changed")
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ApproxConfig:
+    """One approximation: which models, which candidates, which strategy, how many documents."""
+
+    base: str = _help("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
+    finetuned: str = _help("θf: a full model folder or a PEFT adapter folder on top of θ0", "")
+    task: str = _help("approximation task whose loss and template are used (approx_agnews, approx_msmarco)", "approx_agnews")
+    corpus: str = _help("candidate corpus spec (seed:wikitext2+seed:dbpedia, a file, ...)", "seed:wikitext2+seed:dbpedia")
+    corpus_size: int | None = _help("draw this many candidates from the corpus (None: all)", None)
+    corpus_seed: int = _help("seed of the candidate draw", 0)
+    strategy: str = _help("registered strategy name (lm-eval-approx strategies)", "select")
+    strategy_options: dict[str, Any] = _help("options of the strategy (e.g. batch_size for select_batched)", None)
+    k: int = _help("number of documents to select", 100)
+    seed: int = _help("seed of the strategy (and of nothing upstream)", 0)
+    params: str = _help("gradient parameter set: head, changed, or comma-separated layer names", "head")
+    dim: int = _help("projected feature dimension", 4096)
+    projection: str = _help("kronecker, dense or identity", "kronecker")
+    projection_seed: int = _help("seed of the projection matrices", 0)
+    checkpoints: int = _help("synthetic checkpoints M for gradient features (1: θf only)", 1)
+    extract_batch_size: int = _help("batch size of pseudo-labelling and feature extraction", 16)
+    extract_max_length: int = _help("tokens per example while labelling and extracting", 128)
+
+    def __post_init__(self) -> None:
+        if self.strategy_options is None:
+            self.strategy_options = {}
+        for name in ("base", "finetuned", "corpus", "strategy"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ConfigError(name, getattr(self, name), "a non-empty string")
+        get_task_spec(self.task)
+        for name, low in (("k", 0), ("dim", 1), ("checkpoints", 1), ("extract_batch_size", 1), ("extract_max_length", 8)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(name, value, f"an integer ≥ {low}")
+        if self.corpus_size is not None and (not isinstance(self.corpus_size, int) or self.corpus_size < 1):
+            raise ConfigError("corpus_size", self.corpus_size, "a positive integer or None")
+        from .registry import strategy_registry
+
+        strategy_registry().get(self.strategy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ApproxResult:
+    """The adapter folder, the selection file and every stage's record."""
+
+    adapter: Path
+    selection: Path
+    stages: list[StageRecord]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "stage_keys": {s.name: s.key for s in self.stages},
+            "stage_seconds": {s.name: round(s.seconds, 3) for s in self.stages},
+            "stage_cached": {s.name: s.cached for s in self.stages},
+            "selected": self.stages[-2].info.get("selected"),
+        }
+
+
+def _models_key(config: ApproxConfig) -> dict[str, str]:
+    from .checkpoints import model_fingerprint
+
+    return {"base": model_fingerprint(config.base), "finetuned": model_fingerprint(config.finetuned)}
+
+
+def _label_stage(config, spec, corpus, models) -> StageRecord:
+    """θf's pseudo-labels and losses (classification), or θf's LM losses (language modelling)."""
+    from .labels import example_losses, pseudo_label
+    from .models import load_model, load_tokenizer
+
+    def compute(folder: Path) -> dict:
+        model, tokenizer = load_model(config.finetuned), load_tokenizer(config.base)
+        if spec.kind == CLASSIFICATION:
+            result = pseudo_label(model, tokenizer, spec, corpus.texts, config.extract_batch_size, config.extract_max_length)
+            labels, loss = result.labels, result.loss
+        else:
+            labels = np.full(len(corpus), -1, dtype=np.int64)
+            loss = example_losses(model, tokenizer, spec, corpus.texts, None, config.extract_batch_size, config.extract_max_length)
+        np.save(folder / LABELS_FILE, labels)
+        np.save(folder / LOSS_FILE, loss)
+        counts = np.bincount(labels[labels >= 0], minlength=spec.num_classes).tolist() if spec.num_classes else []
+        return {"label_counts": counts}
+
+    inputs = {"finetuned": models["finetuned"], "task": spec.name, "corpus": corpus.fingerprint(),
+              "max_length": config.extract_max_length}
+    return run_stage("labels", inputs, compute)
+
+
+def _base_loss_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
+    from .labels import example_losses
+    from .models import load_model, load_tokenizer
+
+    def compute(folder: Path) -> dict:
+        labels = np.load(labels_stage.path / LABELS_FILE)
+        given = labels if spec.kind == CLASSIFICATION else None
+        loss = example_losses(load_model(config.base), load_tokenizer(config.base), spec, corpus.texts, given,
+                              config.extract_batch_size, config.extract_max_length)
+        np.save(folder / LOSS_FILE, loss)
+        return {}
+
+    inputs = {"base": models["base"], "labels": labels_stage.key, "max_length": config.extract_max_length}
+    return run_stage("base_loss", inputs, compute)
+
+
+def _feature_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
+    from .features import FeatureConfig, build_feature_stores
+
+    feature_config = FeatureConfig(
+        base=config.base, finetuned=config.finetuned, task=spec.name, params=config.params, dim=config.dim,
+        projection=config.projection, seed=config.projection_seed, checkpoints=config.checkpoints,
+        batch_size=config.extract_batch_size, max_length=config.extract_max_length,
+    )
+
+    def compute(folder: Path) -> dict:
+        labels = np.load(labels_stage.path / LABELS_FILE)
+        given = labels if spec.kind == CLASSIFICATION else None
+        stores = build_feature_stores(feature_config, corpus, given, folder / FEATURE_DIR)
+        return {"stores": [str(s.path) for s in stores]}
+
+    inputs = {**models, "labels": labels_stage.key, "params": config.params, "dim": config.dim,
+              "projection": config.projection, "projection_seed": config.projection_seed,
+              "checkpoints": config.checkpoints, "max_length": config.extract_max_length}
+    return run_stage("features", inputs, compute)
+
+
+def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str | Path | None = None) -> ApproxResult:
+    """Run (or reuse) every stage; ``out_dir`` gets a copy of the selection file when given."""
+    from .features import open_feature_stores
+    from .registry import strategy_registry
+    from .selection import build_pool, select, selection_rows
+    from .training import train_adapter
+
+    spec = get_task_spec(config.task)
+    strategy_cls = strategy_registry().get(config.strategy).obj
+    needs = strategy_cls.requires
+    corpus = load_corpus(config.corpus, config.corpus_size, config.corpus_seed)
+    models = _models_key(config)
+    stages = [_label_stage(config, spec, corpus, models)]
+    labels = np.load(stages[0].path / LABELS_FILE)
+    loss_f = np.load(stages[0].path / LOSS_FILE)
+    loss_b, stores = None, []
+    if LOSS_BASE in needs:
+        stages.append(_base_loss_stage(config, spec, corpus, models, stages[0]))
+        loss_b = np.load(stages[-1].path / LOSS_FILE)
+    if FEATURES in needs:
+        stages.append(_feature_stage(config, spec, corpus, models, stages[0]))
+        stores = open_feature_stores(stages[-1].path / FEATURE_DIR)
+    upstream = [s.key for s in stages]
+
+    def compute_selection(folder: Path) -> dict:
+        pool = build_pool(
+            corpus, stores,
+            labels=labels if spec.kind == CLASSIFICATION else None,
+            loss_finetuned=loss_f if LOSS_FINETUNED in needs or not stores else None,
+            loss_base=loss_b, num_classes=spec.num_classes or None,
+        )
+        selection = select(config.strategy, pool, config.k, config.seed, config.strategy_options)
+        write_selection(folder / SELECTION_FILE, selection_rows(pool, selection, spec))
+        return {"selected": int(len(selection.indices)), **{k: v for k, v in selection.info.items()
+                                                           if isinstance(v, (int, float, str, bool))}}
+
+    selection_inputs = {"upstream": upstream, "strategy": config.strategy, "options": config.strategy_options,
+                        "k": config.k, "seed": config.seed, "labels_needed": LABELS in needs}
+    stages.append(run_stage("selection", selection_inputs, compute_selection))
+    selection_path = stages[-1].path / SELECTION_FILE
+    rows = read_selection(selection_path)
+    if not rows:
+        raise ConfigError("k", config.k, "at least one selected document to train on")
+
+    def compute_training(folder: Path) -> dict:
+        train_adapter(config.base, spec, rows, recipe, folder / "adapter")
+        return {"examples": len(rows)}
+
+    training_inputs = {"base": models["base"], "task": spec.name, "selection": selection_hash(rows),
+                       "recipe": recipe.recipe_hash()}
+    stages.append(run_stage("training", training_inputs, compute_training))
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_selection(out / SELECTION_FILE, rows)
+    return ApproxResult(stages[-1].path / "adapter", selection_path, stages)

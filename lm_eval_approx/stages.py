@@ -1,0 +1,71 @@
+"""Stage caching: each pipeline stage's output lives under ``$LM_EVAL_APPROX_CACHE/stages/<name>/<key>``,
+where ``key`` hashes exactly the inputs that stage depends on (and the keys of the stages before it).
+
+A stage folder counts as finished only when its ``stage.json`` exists, which is written last and
+atomically; a per-key file lock keeps two runs sharing one cache from computing it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from .atomic import write_json_atomic
+from .paths import cache_dir
+
+DONE_FILE = "stage.json"
+KEY_HEX_DIGITS = 16
+
+
+def stage_key(name: str, inputs: dict[str, Any]) -> str:
+    """A hash of a stage's name and inputs (JSON with sorted keys, so order never matters)."""
+    text = json.dumps({"stage": name, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_HEX_DIGITS]
+
+
+@dataclass
+class StageRecord:
+    """What a finished stage reports: its key, folder, whether it was reused, and its seconds."""
+
+    name: str
+    key: str
+    path: Path
+    cached: bool
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        yield
+
+
+def run_stage(name: str, inputs: dict[str, Any], compute: Callable[[Path], dict[str, Any]]) -> StageRecord:
+    """Return the finished stage for these inputs, computing it into its folder when absent.
+
+    ``compute(folder)`` writes the stage's files into ``folder`` (it may resume from what an
+    interrupted run left there) and returns a small JSON-able info dict.
+    """
+    key = stage_key(name, inputs)
+    folder = cache_dir() / "stages" / name / key
+    done = folder / DONE_FILE
+    with _locked(folder):
+        if done.is_file():
+            record = json.loads(done.read_text(encoding="utf-8"))
+            return StageRecord(name, key, folder, True, 0.0, record.get("info", {}))
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        info = compute(folder)
+        seconds = time.perf_counter() - start
+        write_json_atomic(done, {"stage": name, "key": key, "inputs": inputs, "seconds": seconds, "info": info})
+        return StageRecord(name, key, folder, False, seconds, info)
