@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from lm_eval_approx.gradients import changed_modules, head_factors, head_name, layer_factors, layer_shape, linear_modules
+from lm_eval_approx.gradients import (changed_modules, head_factors, head_name, layer_factors, layer_shape,
+                                      linear_modules, total_sqnorm)
 from lm_eval_approx.labels import Batch
 from lm_eval_approx.projection import DENSE_MAX_ELEMENTS, make_projector
 
@@ -90,7 +91,7 @@ def methods(model0, model_f):
             _, factors = fn(model_f, batch, names[0]) if fn is head_factors else fn(model_f, batch, names)
             with torch.no_grad():
                 proj.project(factors)
-                sum(f.sqnorm() for f in factors.values())
+                total_sqnorm(factors)
         return run
 
     table = {"forward": forward,

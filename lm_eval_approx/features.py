@@ -26,7 +26,7 @@ import torch
 from .checkpoints import interpolated, model_fingerprint
 from .errors import ConfigError
 from .gradients import (changed_modules, head_factors, head_name, layer_factors, layer_shape,
-                        linear_modules, resolve_modules, weight_delta)
+                        linear_modules, resolve_modules, total_sqnorm, weight_delta)
 from .labels import DEFAULT_MAX_LENGTH, collate, encode_classification, encode_examples, pseudo_label
 from .models import load_model, load_tokenizer
 from .projection import DEFAULT_DIM, PROJECTORS, make_projector
@@ -221,7 +221,7 @@ class _Extractor:
             else:
                 loss, factors = layer_factors(self.model_f, batch, self.names)
             feats = self.projector.project(factors).cpu().numpy()
-            sqnorm = sum(f.sqnorm() for f in factors.values()).cpu().numpy()
+            sqnorm = total_sqnorm(factors).cpu().numpy()
             low = None
             if store.factors is not None:
                 a, b = self.projector.low_rank(factors)

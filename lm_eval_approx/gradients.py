@@ -54,6 +54,19 @@ class LayerFactors:
         return ((self.x @ self.x.transpose(1, 2)) * (self.delta @ self.delta.transpose(1, 2))).sum(dim=(1, 2))
 
 
+def total_sqnorm(factors: dict[str, LayerFactors]) -> torch.Tensor:
+    """Σ over layers of the exact ‖G_b‖²; layers fed the same input (q/k/v, gate/up) share X Xᵀ."""
+    grams: dict[int, torch.Tensor] = {}
+    total = None
+    for f in factors.values():
+        key = id(f.x)
+        if key not in grams:
+            grams[key] = f.x @ f.x.transpose(1, 2)
+        term = (grams[key] * (f.delta @ f.delta.transpose(1, 2))).sum(dim=(1, 2))
+        total = term if total is None else total + term
+    return total
+
+
 @dataclass
 class WeightDelta:
     """θ0 − θf of one layer (out×in) as a sum of terms: (M, None) is the full matrix M,

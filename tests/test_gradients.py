@@ -12,7 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lm_eval_approx.errors import UnknownNameError
 from lm_eval_approx.gradients import (changed_modules, head_factors, head_name, layer_factors,
-                                      linear_modules, oriented_weight, weight_delta)
+                                      linear_modules, oriented_weight, total_sqnorm, weight_delta)
 from lm_eval_approx.labels import collate, encode_examples
 from lm_eval_approx.task_specs import AGNEWS, MSMARCO
 
@@ -78,8 +78,10 @@ def test_layer_factors_equal_per_example_backward(kind, spec, tiny_tokenizer):
     names = list(linear_modules(model))
     loss, factors = layer_factors(model, batch, names)
     assert all(p.requires_grad for p in model.parameters()), "weights must be unfrozen afterwards"
+    total = total_sqnorm(factors)
     for i, (want_loss, want) in enumerate(_oracle(model, encoded, names)):
         assert loss[i].item() == pytest.approx(want_loss, rel=1e-5)
+        assert total[i].item() == pytest.approx(sum(g.pow(2).sum().item() for g in want.values()), rel=1e-4)
         for name in names:
             torch.testing.assert_close(factors[name].gradient()[i], want[name], atol=ATOL, rtol=1e-4)
             assert factors[name].sqnorm()[i].item() == pytest.approx(want[name].pow(2).sum().item(),

@@ -1,0 +1,132 @@
+"""The cached pipeline behind ``--model approx``: stage reuse/invalidation and the lm-eval run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lm_eval_approx.errors import ConfigError, UnknownNameError
+from lm_eval_approx.pipeline import ApproxConfig, run_approximation
+from lm_eval_approx.recipe import TrainingRecipe
+from lm_eval_approx.selection_file import SelectedExample, read_selection
+from lm_eval_approx.stages import run_stage, stage_key
+from lm_eval_approx.task_specs import AGNEWS
+
+TOPICS = ["peace talks in the capital", "the team won the match", "stocks and profits rose", "a new chip and software"]
+FAST = TrainingRecipe(epochs=1, batch_size=8, validation_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def expert_and_corpus(tiny_llama, tmp_path_factory):
+    """θf = tiny Llama + a LoRA trained on labelled toy news; a 40-document candidate file."""
+    from lm_eval_approx.training import train_adapter
+
+    root = tmp_path_factory.mktemp("approx")
+    rows = [SelectedExample(id=str(i), text=f"{TOPICS[i % 4]} number {i}", label=i % 4) for i in range(32)]
+    expert = train_adapter(tiny_llama, AGNEWS, rows, TrainingRecipe(epochs=2, batch_size=8, learning_rate=1e-2),
+                           root / "expert", progress=False)
+    corpus = root / "candidates.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"{TOPICS[(i * 3) % 4]} candidate {i}"}) + "\n" for i in range(40)))
+    return str(expert), str(corpus)
+
+
+def _config(tiny_llama, expert, corpus, **overrides):
+    return ApproxConfig(**{"base": tiny_llama, "finetuned": expert, "corpus": corpus, "strategy": "select",
+                           "k": 8, "dim": 64, **overrides})
+
+
+def test_stage_cache_reuses_and_invalidates(tiny_llama, expert_and_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    expert, corpus = expert_and_corpus
+    first = run_approximation(_config(tiny_llama, expert, corpus), FAST)
+    assert [s.name for s in first.stages] == ["labels", "features", "selection", "training"]
+    assert not any(s.cached for s in first.stages)
+    again = run_approximation(_config(tiny_llama, expert, corpus), FAST)
+    assert all(s.cached for s in again.stages) and again.adapter == first.adapter
+    other_k = run_approximation(_config(tiny_llama, expert, corpus, k=6), FAST)
+    cached = {s.name: s.cached for s in other_k.stages}
+    assert cached == {"labels": True, "features": True, "selection": False, "training": False}
+    assert len(read_selection(other_k.selection)) == 6
+    other_recipe = run_approximation(_config(tiny_llama, expert, corpus), TrainingRecipe(epochs=1, batch_size=4, validation_fraction=0.0))
+    assert {s.name: s.cached for s in other_recipe.stages} == {"labels": True, "features": True, "selection": True, "training": False}
+    ratio = run_approximation(_config(tiny_llama, expert, corpus, strategy="likelihood_ratio"), FAST)
+    assert [s.name for s in ratio.stages] == ["labels", "base_loss", "selection", "training"]
+    assert ratio.stages[0].cached
+
+
+def test_selection_file_has_pseudo_labels(tiny_llama, expert_and_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    expert, corpus = expert_and_corpus
+    result = run_approximation(_config(tiny_llama, expert, corpus, strategy="random", k=5), FAST, out_dir=tmp_path / "out")
+    rows = read_selection(tmp_path / "out" / "selection.jsonl")
+    assert len(rows) == 5 and all(r.label in range(4) and r.label_text == AGNEWS.choices[r.label] for r in rows)
+    assert [r.order for r in rows] == list(range(5))
+    assert rows == read_selection(result.selection)
+
+
+def test_stage_key_depends_on_inputs_only():
+    assert stage_key("x", {"a": 1, "b": 2}) == stage_key("x", {"b": 2, "a": 1})
+    assert stage_key("x", {"a": 1}) != stage_key("x", {"a": 2}) != stage_key("y", {"a": 2})
+
+
+def test_interrupted_stage_is_not_reported_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def crashing(folder):
+        calls.append(folder)
+        (folder / "partial.bin").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("demo", {"n": 1}, crashing)
+    record = run_stage("demo", {"n": 1}, lambda folder: {"ok": True})
+    assert not record.cached and record.info == {"ok": True} and len(calls) == 1
+    assert run_stage("demo", {"n": 1}, crashing).cached
+
+
+def test_bad_config_is_named_before_compute(tiny_llama):
+    with pytest.raises(UnknownNameError, match="select"):
+        ApproxConfig(base=tiny_llama, finetuned=tiny_llama, strategy="selct")
+    with pytest.raises(ConfigError, match="k"):
+        ApproxConfig(base=tiny_llama, finetuned=tiny_llama, k=-1)
+    with pytest.raises(UnknownNameError, match="approx_agnews"):
+        ApproxConfig(base=tiny_llama, finetuned=tiny_llama, task="agnews")
+    from lm_eval_approx.approx_model import split_model_args
+
+    with pytest.raises(ConfigError, match="train_epochz"):
+        split_model_args({"base": "a", "finetuned": "b", "train_epochz": 2})
+    with pytest.raises(ConfigError, match="finetuned"):
+        split_model_args({"base": "a"})
+    config, recipe, rest = split_model_args({"base": tiny_llama, "finetuned": tiny_llama, "k": 3, "train_epochs": 2,
+                                             "strategy_batch_size": 4, "strategy": "select_batched", "batch_size": 8,
+                                             "train_target_modules": "all-linear+head"})
+    assert config.k == 3 and recipe.epochs == 2 and config.strategy_options == {"batch_size": 4}
+    assert rest == {"batch_size": 8} and recipe.target_modules == ("all-linear", "head")
+
+
+def test_model_approx_through_lm_eval_cli(tiny_llama, expert_and_corpus, tmp_path):
+    expert, corpus = expert_and_corpus
+    mirror = tmp_path / "mirror" / "ag_news"
+    mirror.mkdir(parents=True)
+    for split in ("train", "test"):
+        (mirror / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"text": f"{TOPICS[i % 4]} number {i}", "label": i % 4}) + "\n" for i in range(12)))
+    env = {**os.environ, "LM_EVAL_APPROX_DATA": str(tmp_path / "mirror"), "LM_EVAL_APPROX_CACHE": str(tmp_path / "cache")}
+    args = ["run", "--model", "approx", "--model_args",
+            f"base={tiny_llama},finetuned={expert},strategy=select_batched,strategy_batch_size=4,k=8,corpus={corpus},"
+            "dim=64,train_epochs=1,train_validation_fraction=0.0",
+            "--tasks", "approx_agnews", "--limit", "6", "--device", "cpu", "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-m", "lm_eval_approx.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    approx = result["config"]["approx"]
+    assert approx["strategy"] == "select_batched" and approx["k"] == 8 and approx["selected"] == 8
+    assert set(approx["stage_keys"]) == {"labels", "features", "selection", "training"}
+    assert "acc,none" in result["results"]["approx_agnews"]
+    assert os.path.isdir(approx["adapter"])
