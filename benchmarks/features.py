@@ -3,8 +3,8 @@
 For each model (a random-init SmolLM2-135M with the real config, and a small GPT-2), batch 16 ×
 64 tokens: examples/s of a no-grad forward, of ``head`` features (classification loss on one label
 token, and the mean-token LM loss), of ``changed`` features over every decoder linear layer (LM
-loss, forward + backward with frozen weights), and of the dense-projection oracle where its matrix
-fits. Each method runs once per round, rounds interleave the methods (the machine is shared), and
+loss, forward + backward with frozen weights; ‖g‖² projected, the default, and exact), and of the
+dense-projection oracle where its matrix fits. Each method runs once per round, rounds interleave the methods (the machine is shared), and
 the median per method is reported. Goals: head ≥ 0.8× forward, changed ≥ 0.4× forward.
 
     python benchmarks/features.py [--rounds 3] [--threads 2] [--models smollm2,gpt2]
@@ -86,18 +86,19 @@ def methods(model0, model_f):
         with torch.no_grad():
             model_f(input_ids=lm.input_ids, attention_mask=lm.attention_mask)
 
-    def features(batch, names, proj, fn):
+    def features(batch, names, proj, fn, exact=True):
         def run():
             _, factors = fn(model_f, batch, names[0]) if fn is head_factors else fn(model_f, batch, names)
             with torch.no_grad():
-                proj.project(factors)
-                total_sqnorm(factors)
+                feats = proj.project(factors)
+                total_sqnorm(factors) if exact else feats.pow(2).sum(dim=1)
         return run
 
     table = {"forward": forward,
              "head (classification)": features(cls, [head], head_proj, head_factors),
              "head (lm)": features(lm, [head], head_proj, head_factors),
-             "changed (lm)": features(lm, changed, changed_proj, layer_factors)}
+             "changed (lm)": features(lm, changed, changed_proj, layer_factors, exact=False),
+             "changed (lm) + exact ‖g‖²": features(lm, changed, changed_proj, layer_factors)}
     out, inp = layer_shape(mods[head])
     dense_dim = DENSE_MAX_ELEMENTS // (out * inp)
     if dense_dim >= 1:

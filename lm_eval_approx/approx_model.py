@@ -43,7 +43,7 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
             name = key[len(TRAIN_PREFIX):]
             if name not in recipe_fields:
                 raise ConfigError(key, value, "train_<recipe field>: " + ", ".join(sorted(recipe_fields)))
-            recipe[name] = tuple(str(value).split("+")) if name == "target_modules" else value
+            recipe[name] = str(value).replace("+", ",") if name == "target_modules" else value
         elif key.startswith(STRATEGY_PREFIX):
             options[key[len(STRATEGY_PREFIX):]] = value
         else:
@@ -53,8 +53,8 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
             raise ConfigError(name, None, f"--model_args {name}=MODEL (required by --model approx)")
     base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else {}
     if "target_modules" in base_recipe:
-        base_recipe["target_modules"] = tuple(base_recipe["target_modules"])
-    return ApproxConfig(**config, strategy_options=options), TrainingRecipe.from_dict({**base_recipe, **recipe}), rest
+        base_recipe["target_modules"] = ",".join(base_recipe["target_modules"])
+    return ApproxConfig(**config, strategy_options=options), TrainingRecipe.from_options({**base_recipe, **recipe}), rest
 
 
 class ApproxLM(FastHFLM):

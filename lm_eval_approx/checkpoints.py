@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .gradients import _lora_layer_type, canonical_name
+from .gradients import lora_layer_type, canonical_name
 from .models import resolve_model
 
 FINGERPRINT_FILES = ("*.safetensors", "*.bin", "config.json", "adapter_config.json")
@@ -50,7 +50,7 @@ def interpolated(model0: nn.Module, model_f: nn.Module, alpha: float):
     base = _parameters(model0)
     saved: dict[str, torch.Tensor] = {}
     scales: list[tuple[dict, str, float]] = []
-    lora = _lora_layer_type()
+    lora = lora_layer_type()
     with torch.no_grad():
         for name, param in _parameters(model_f).items():
             if name in base and param.is_floating_point() and not torch.equal(param, base[name]):

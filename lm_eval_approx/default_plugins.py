@@ -29,6 +29,7 @@ BUILTIN_COMMANDS = [
     "train",
     "select",
     "features",
+    "leaderboard",
 ]
 
 

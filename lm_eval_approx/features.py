@@ -35,6 +35,7 @@ from .task_specs import CLASSIFICATION, TASK_SPECS, get_task_spec
 
 HEAD, CHANGED = "head", "changed"
 LABEL_SOURCES = ("pseudo", "true")
+SQNORM_KINDS = ("auto", "exact", "projected")
 DTYPES = ("float32", "bfloat16", "float16")
 SHARD_DIR = "shards"
 ALPHA_DIR = "alpha-{:.4f}"
@@ -59,6 +60,8 @@ class FeatureConfig:
     labels: str = _help("'pseudo' (θf's argmax) or 'true' (the corpus labels)", "pseudo")
     batch_size: int = _help("examples per forward pass", 16)
     max_length: int = _help("tokens per example (contexts are clipped on the left)", DEFAULT_MAX_LENGTH)
+    sqnorm: str = _help("‖g‖² per example: exact (factored identity, costs ~T(in+out)/(in·out) of a "
+                        "layer's forward), projected (‖Pg‖²), or auto (exact for head, projected otherwise)", "auto")
     dtype: str = _help("model dtype while extracting", "float32")
     device: str = _help("cpu or cuda (each process takes cuda:LOCAL_RANK)", "cpu")
 
@@ -74,7 +77,8 @@ class FeatureConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(name, value, f"an integer ≥ {low}")
-        for name, accepted in (("projection", tuple(PROJECTORS)), ("labels", LABEL_SOURCES), ("dtype", DTYPES)):
+        for name, accepted in (("projection", tuple(PROJECTORS)), ("labels", LABEL_SOURCES), ("dtype", DTYPES),
+                               ("sqnorm", SQNORM_KINDS)):
             if getattr(self, name) not in accepted:
                 raise ConfigError(name, getattr(self, name), f"one of {', '.join(accepted)}")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -122,6 +126,8 @@ def distributed():
 
     created = not dist.is_initialized()
     if created:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         yield dist.get_rank(), dist.get_world_size(), dist.barrier
@@ -188,6 +194,7 @@ class _Extractor:
         self.target = self.projector.project_delta(
             {n: weight_delta(mods0[n], mods_f[n]) for n in self.names}).cpu().numpy()
         self.is_head = config.params == HEAD
+        self.exact_sqnorm = config.sqnorm == "exact" or (config.sqnorm == "auto" and self.is_head)
         low_rank = (self.is_head and self.spec.kind == CLASSIFICATION and config.projection == "kronecker")
         self.factor_shape = None
         if low_rank:
@@ -196,7 +203,8 @@ class _Extractor:
         self.meta = {"base": model_fingerprint(config.base), "finetuned": model_fingerprint(config.finetuned),
                      "task": config.task, "params": self.names, "params_spec": config.params,
                      "projection": config.projection, "requested_dim": config.dim, "seed": config.seed,
-                     "labels_source": config.labels, "max_length": config.max_length}
+                     "labels_source": config.labels, "max_length": config.max_length,
+                     "sqnorm": "exact" if self.exact_sqnorm else "projected"}
 
     def labels_for(self, texts: list[str], given) -> np.ndarray:
         if self.spec.kind != CLASSIFICATION:
@@ -220,8 +228,9 @@ class _Extractor:
                 loss, factors = head_factors(self.model_f, batch, self.names[0])
             else:
                 loss, factors = layer_factors(self.model_f, batch, self.names)
-            feats = self.projector.project(factors).cpu().numpy()
-            sqnorm = total_sqnorm(factors).cpu().numpy()
+            projected = self.projector.project(factors)
+            sqnorm = (total_sqnorm(factors) if self.exact_sqnorm else projected.pow(2).sum(dim=1)).cpu().numpy()
+            feats = projected.cpu().numpy()
             low = None
             if store.factors is not None:
                 a, b = self.projector.low_rank(factors)

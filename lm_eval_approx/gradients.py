@@ -84,7 +84,8 @@ def canonical_name(name: str) -> str:
     return name.replace(BASE_LAYER, "")
 
 
-def _lora_layer_type():
+def lora_layer_type():
+    """The PEFT LoRA layer class, or () when peft is not installed (nothing is then a LoRA layer)."""
     try:
         from peft.tuners.lora import LoraLayer
     except ImportError:
@@ -92,7 +93,7 @@ def _lora_layer_type():
     return LoraLayer
 
 
-def _conv1d_type():
+def conv1d_type():
     from transformers.pytorch_utils import Conv1D
 
     return Conv1D
@@ -100,7 +101,7 @@ def _conv1d_type():
 
 def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every Linear, Conv1D and LoRA layer of ``model`` by canonical name (LoRA internals skipped)."""
-    lora, conv1d = _lora_layer_type(), _conv1d_type()
+    lora, conv1d = lora_layer_type(), conv1d_type()
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if any(part in name for part in LORA_PARTS):
@@ -112,10 +113,10 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def oriented_weight(module: nn.Module) -> torch.Tensor:
     """The (base) weight of a layer in out×in orientation."""
-    lora = _lora_layer_type()
+    lora = lora_layer_type()
     if lora and isinstance(module, lora):
         return oriented_weight(module.get_base_layer())
-    return module.weight.t() if isinstance(module, _conv1d_type()) else module.weight
+    return module.weight.t() if isinstance(module, conv1d_type()) else module.weight
 
 
 def layer_shape(module: nn.Module) -> tuple[int, int]:
@@ -123,7 +124,7 @@ def layer_shape(module: nn.Module) -> tuple[int, int]:
 
 
 def _lora_updates(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    lora = _lora_layer_type()
+    lora = lora_layer_type()
     if not (lora and isinstance(module, lora)) or module.disable_adapters:
         return []
     return [(module.lora_B[a].weight, module.lora_A[a].weight, float(module.scaling[a]))

@@ -37,35 +37,43 @@ MIN_MAX_LENGTH = 2
 HASH_CHARS = 16
 
 
+def _field(default, help_text: str, **kwargs):
+    return field(default=default, metadata={"help": help_text}, **kwargs)
+
+
 @dataclass
 class TrainingRecipe:
     """How θ0 is trained on a set of examples (see the module docstring)."""
 
-    method: str = field(default=LORA, metadata={"help": f"training method: {' | '.join(METHODS)} (full finetuning)"})
-    lora_rank: int = field(default=16, metadata={"help": "LoRA rank r"})
-    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling alpha (update scaled by alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input, in [0, 1)"})
-    target_modules: tuple[str, ...] = field(
-        default=DEFAULT_TARGET_MODULES,
-        metadata={"help": f"LoRA target modules, comma-separated: {ALL_LINEAR!r} (every attention and MLP "
-                          f"projection), {HEAD!r} (the output head), or module names such as q_proj"},
+    method: str = _field(LORA, f"training method: {' | '.join(METHODS)} (full finetuning)")
+    lora_rank: int = _field(16, "LoRA rank r")
+    lora_alpha: float = _field(32.0, "LoRA scaling alpha (update scaled by alpha / r)")
+    lora_dropout: float = _field(0.05, "dropout on the LoRA input, in [0, 1)")
+    target_modules: tuple[str, ...] = _field(
+        DEFAULT_TARGET_MODULES,
+        f"LoRA target modules, comma-separated: {ALL_LINEAR!r} (every attention and MLP projection), "
+        f"{HEAD!r} (the output head), or module names such as q_proj",
     )
-    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW peak learning rate"})
-    scheduler: str = field(default="linear", metadata={"help": f"learning-rate schedule after warm-up: {' | '.join(SCHEDULERS)}"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of optimizer steps spent warming up, in [0, 1)"})
-    batch_size: int = field(default=16, metadata={"help": "examples per forward pass (per device)"})
-    gradient_accumulation: int = field(default=1, metadata={"help": "forward passes per optimizer step"})
-    epochs: int = field(default=1, metadata={"help": "passes over the training examples (at most)"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example; longer contexts are cut from the left, passages from the right"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 turns clipping off)"})
-    seed: int = field(default=0, metadata={"help": "seed of LoRA init, validation split, shuffling and dropout"})
-    validation_fraction: float = field(
-        default=0.1,
-        metadata={"help": f"share of the given examples held out for validation, in [0, {MAX_VALIDATION_FRACTION}] (0: none)"},
+    learning_rate: float = _field(2e-4, "AdamW peak learning rate")
+    scheduler: str = _field("linear", f"learning-rate schedule after warm-up: {' | '.join(SCHEDULERS)}")
+    warmup_ratio: float = _field(0.0, "fraction of optimizer steps spent warming up, in [0, 1)")
+    batch_size: int = _field(16, "examples per forward pass (per device)")
+    gradient_accumulation: int = _field(1, "forward passes per optimizer step")
+    epochs: int = _field(1, "passes over the training examples (at most)")
+    max_length: int = _field(
+        128, "tokens per example; longer contexts are cut from the left, passages from the right"
     )
-    patience: int = field(default=2, metadata={"help": "stop after this many epochs without a better validation loss (0: never stop early)"})
-    mixed_precision: str = field(default="no", metadata={"help": f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)}"})
+    weight_decay: float = _field(0.0, "AdamW decoupled weight decay")
+    max_grad_norm: float = _field(1.0, "gradient clipping norm (0 turns clipping off)")
+    seed: int = _field(0, "seed of LoRA init, validation split, shuffling and dropout")
+    validation_fraction: float = _field(
+        0.1,
+        f"share of the given examples held out for validation, in [0, {MAX_VALIDATION_FRACTION}] (0: none)",
+    )
+    patience: int = _field(
+        2, "stop after this many epochs without a better validation loss (0: never stop early)"
+    )
+    mixed_precision: str = _field("no", f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)}")
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):

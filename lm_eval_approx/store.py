@@ -8,7 +8,7 @@ Layout of a store folder::
     features.f16     N×d float16 memmap, row i = P g_i
     loss.f32         N float32, the task loss of example i at the store's parameters
     labels.i64       N int64, the label the loss used (-1 for language modelling)
-    sqnorm.f32       N float32, the exact ‖g_i‖² of the unprojected gradient
+    sqnorm.f32       N float32, ‖g_i‖²: exact (factored identity) or ‖P g_i‖², as meta["sqnorm"] says
     factor_a.f16     optional (N, r, d1): low-rank head factors P_out δ
     factor_b.f16     optional (N, r, d2): low-rank head factors P_in x,
                      with features[i] == Σ_r outer(factor_a[i, r], factor_b[i, r]).ravel()

@@ -20,7 +20,8 @@ when complete: a PEFT adapter (``lm_eval --model hf --model_args pretrained=BASE
 for full finetuning, a model folder with its tokenizer; plus recipe.json, training.json (hashes,
 best epoch, speed) and curves.json. LoRA on a head tied to the input embeddings (SmolLM2,
 GPT-2) adds A, B only to the output projection; the shared base matrix stays frozen and is not
-saved in the adapter, so the input embeddings are untouched.
+saved in the adapter, so the input embeddings are untouched. (lm-eval's HFLM then needs
+``peft_compat.install()``, which ``lm-eval-approx run`` applies, to load such an adapter.)
 """
 
 from __future__ import annotations
@@ -203,20 +204,8 @@ def train_model(
         "train_loss": [], "validation_loss": [], "steps": [], "best_epoch": None, "best_validation_loss": None,
         "stopped_early": False, "resumed_from_epoch": None, "train_seconds": 0.0, "examples_seen": 0,
     }
-    best_state = None
     checkpoint = work_dir / CHECKPOINT_FILE
-    saved = _read_checkpoint(checkpoint)
-    if saved is not None:
-        if saved["history"]["key"] == key:
-            _load_trainable(accelerator.unwrap_model(model), saved["trainable"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["rng"])
-            history, best_state = saved["history"], saved["best_state"]
-            history["resumed_from_epoch"] = history["epochs_run"]
-            logger.info("resuming training from epoch %d (%s)", history["epochs_run"], checkpoint)
-        else:
-            logger.info("discarding a checkpoint of other inputs in %s", work_dir)
+    history, best_state = _resume(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, history)
     if not history["validation_loss"]:
         history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind)
 
@@ -241,8 +230,8 @@ def train_model(
             epoch_loss, epoch_batches = epoch_loss + loss.item(), epoch_batches + 1
             history["examples_seen"] += len(batch["weight"]) * accelerator.num_processes
             history["steps"].append({"epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
-            elapsed = history["train_seconds"] + time.perf_counter() - began
-            bar.set_postfix({"loss": f"{epoch_loss / epoch_batches:.4f}", "ex/s": f"{history['examples_seen'] / elapsed:.1f}"})
+            speed = history["examples_seen"] / (history["train_seconds"] + time.perf_counter() - began)
+            bar.set_postfix({"loss": f"{epoch_loss / epoch_batches:.4f}", "ex/s": f"{speed:.1f}"})
             bar.update(1)
         history["train_seconds"] += time.perf_counter() - began
         history["train_loss"].append(epoch_loss / epoch_batches)
@@ -270,6 +259,25 @@ def train_model(
         history["best_epoch"] = history["epochs_run"]
     accelerator.free_memory()
     return TrainResult(model=model.eval(), tokenizer=tokenizer, history=history)
+
+
+def _resume(checkpoint: Path, model, optimizer, scheduler, fresh: dict) -> tuple[dict, dict | None]:
+    """Restore weights, optimizer, scheduler and RNG from a checkpoint of the same inputs (same
+    ``key``); returns (history, best_state), or (``fresh``, None) when there is nothing to resume."""
+    saved = _read_checkpoint(checkpoint)
+    if saved is None:
+        return fresh, None
+    if saved["history"]["key"] != fresh["key"]:
+        logger.info("discarding a checkpoint of other inputs in %s", checkpoint.parent)
+        return fresh, None
+    _load_trainable(model, saved["trainable"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    history = saved["history"]
+    history["resumed_from_epoch"] = history["epochs_run"]
+    logger.info("resuming training from epoch %d (%s)", history["epochs_run"], checkpoint)
+    return history, saved["best_state"]
 
 
 def _read_checkpoint(path: Path) -> dict | None:

@@ -186,3 +186,15 @@ def test_lora_checkpoint_scales_the_update_and_restores(tiny_tokenizer):
     with pytest.raises(ConfigError, match="alpha"):
         with interpolated(base, tuned, 1.5):
             pass
+
+
+def test_sqnorm_exact_and_projected(tiny_gpt2, tuned_gpt2, tmp_path):
+    exact = build_feature_store(_config(tiny_gpt2, tuned_gpt2, params="changed", projection="identity",
+                                        sqnorm="exact"), _corpus(4), None, tmp_path / "exact")
+    flat = exact.features.astype(np.float32)
+    assert exact.meta["sqnorm"] == "exact"
+    np.testing.assert_allclose(exact.sqnorm, (flat ** 2).sum(axis=1), rtol=5e-3)
+    auto = build_feature_store(_config(tiny_gpt2, tuned_gpt2, params="changed", dim=100), _corpus(4), None,
+                               tmp_path / "auto")
+    assert auto.meta["sqnorm"] == "projected"
+    np.testing.assert_allclose(auto.sqnorm, (auto.features.astype(np.float32) ** 2).sum(axis=1), rtol=5e-3)

@@ -15,6 +15,17 @@ NAMES = strategy_registry().names()
 N = 40
 
 
+@pytest.fixture(autouse=True)
+def _third_party_plugins_loaded(monkeypatch):
+    """The table covers installed third-party strategies too, so plugins stay on here."""
+    from lm_eval_approx.plugins import reset_plugins
+
+    monkeypatch.delenv("LM_EVAL_APPROX_LOAD_PLUGINS", raising=False)
+    reset_plugins()
+    yield
+    reset_plugins()
+
+
 def run(name, pool, k, seed=0, **options):
     return strategy_registry().get(name).obj(**options).run(pool, k, seed)
 

@@ -24,6 +24,15 @@ from lm_eval_approx.training import (
     CHECKPOINT_FILE, TRAINING_FILE, save_training, train_adapter, train_model, work_dir_for,
 )
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine more threads only contend with each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 KEYWORDS = ("peace treaty leaders", "team match season", "stocks bank rates", "chip computing science")
 FAST = dict(batch_size=8, learning_rate=3e-3, validation_fraction=0.25, lora_dropout=0.1)
 
@@ -310,11 +319,11 @@ def test_smollm2_adapter_reloads_in_lm_eval_with_identical_loglikelihoods(tmp_pa
 
     peft_compat.install()
     base = resolve_model("smollm2-135m")
-    examples = toy_examples(8)
-    recipe = TrainingRecipe(epochs=1, batch_size=4, max_length=48, validation_fraction=0.0)
+    examples = toy_examples(4)
+    recipe = TrainingRecipe(epochs=1, batch_size=4, max_length=32, validation_fraction=0.0)
     result = train_model(base, AGNEWS, examples, recipe, tmp_path / "work", progress=False)
     out = save_training(result, base, AGNEWS, examples, recipe, tmp_path / "adapter")
-    probes = [SelectedExample(id=d.id, text=d.text, label=c) for d in examples[:2] for c in range(AGNEWS.num_classes)]
+    probes = [SelectedExample(id=d.id, text=d.text, label=c) for d in examples[:1] for c in range(AGNEWS.num_classes)]
     ours = _per_example_loglikelihoods(result.model, result.tokenizer, AGNEWS, probes)
     requests = [Instance("loglikelihood", {}, (AGNEWS.context(p.text), AGNEWS.continuations()[p.label]), i)
                 for i, p in enumerate(probes)]

@@ -16,7 +16,8 @@ def run_features(args) -> int:
     config = FeatureConfig(
         base=args.base, finetuned=args.finetuned, task=args.task, params=args.params, dim=args.dim,
         projection=args.projection, seed=args.seed, checkpoints=args.checkpoints, labels=args.labels,
-        batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype, device=args.device,
+        batch_size=args.batch_size, max_length=args.max_length, sqnorm=args.sqnorm, dtype=args.dtype,
+        device=args.device,
     )
     corpus = load_corpus(args.corpus, limit=args.limit, seed=args.corpus_seed)
     stores = build_feature_stores(config, corpus, None, args.out)
@@ -47,6 +48,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-length", type=int, default=defaults.max_length)
     parser.add_argument("--projection", choices=("kronecker", "dense", "identity"), default=defaults.projection)
     parser.add_argument("--seed", type=int, default=defaults.seed, help="projection seed")
+    parser.add_argument("--sqnorm", choices=("auto", "exact", "projected"), default=defaults.sqnorm,
+                        help="‖g‖² column: exact, projected ‖Pg‖², or auto (exact for head only)")
     parser.add_argument("--dtype", default=defaults.dtype, help="float32 (default), bfloat16 or float16")
     parser.add_argument("--device", default=defaults.device, help="cpu (default) or cuda")
     parser.set_defaults(func=run_features)

@@ -1,11 +1,13 @@
-"""``lm-eval-approx train`` (retrain θ0 on a selection file) and ``lm-eval-approx finetune`` (make a
+r"""``lm-eval-approx train`` (retrain θ0 on a selection file) and ``lm-eval-approx finetune`` (make a
 benchmark's expert θf from true training data): one command, one recipe, two data sources.
 
     lm-eval-approx train --base smollm2-135m --task approx_agnews --data sel.jsonl --out adapters/sel
-    lm-eval-approx finetune --base smollm2-135m --task approx_agnews --data ag_news:train --limit 1000 --out experts/agnews
+    lm-eval-approx finetune --base smollm2-135m --task approx_agnews --data ag_news:train \
+        --limit 1000 --out experts/agnews
 
-The output folder is a PEFT adapter that ``lm_eval --model hf --model_args
-pretrained=BASE,peft=OUT`` evaluates (or a model folder with ``--method full``).
+The output folder is a PEFT adapter that ``lm-eval-approx run --model hf --model_args
+pretrained=BASE,peft=OUT`` evaluates (or a model folder with ``--method full``). Plain ``lm_eval``
+loads it too unless the adapter wraps a head tied to the embeddings (see ``peft_compat``).
 """
 
 from __future__ import annotations
@@ -30,16 +32,17 @@ def add_parser(subparsers) -> None:
     ):
         parser = subparsers.add_parser(name, help=help_text, description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("--base", required=True, help="base model: folder, hub id, .gguf file or alias (smollm2-135m)")
-        parser.add_argument("--task", required=True, help="approximation task whose template renders the examples (approx_agnews, ...)")
-        parser.add_argument("--data", required=True, help=data_help)
-        parser.add_argument("--out", required=True, help="output folder (written atomically; reused when it holds this training)")
-        parser.add_argument("--limit", type=int, default=None,
-                            help="use this many examples (selection: the first in pick order; corpus: drawn with --data-seed)")
+        add = parser.add_argument
+        add("--base", required=True, help="base model: folder, hub id, .gguf file or alias (smollm2-135m)")
+        add("--task", required=True, help="approximation task whose template renders the examples")
+        add("--data", required=True, help=data_help)
+        add("--out", required=True, help="output folder (written atomically; reused when it holds this training)")
+        add("--limit", type=int, default=None,
+            help="use this many examples (selection: the first in pick order; corpus: drawn with --data-seed)")
         if source == CORPUS:
-            parser.add_argument("--data-seed", type=int, default=None, help="seed of the corpus draw (default: the recipe seed)")
-        parser.add_argument("--recipe", default=None, help="recipe.json to start from (e.g. the expert's); flags override its fields")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+            add("--data-seed", type=int, default=None, help="seed of the corpus draw (default: the recipe seed)")
+        add("--recipe", default=None, help="recipe.json to start from (e.g. the expert's); flags override its fields")
+        add("--no-progress", action="store_true", help="no progress bar")
         add_recipe_arguments(parser)
         parser.set_defaults(func=train_command, data_source=source)
 

@@ -1,0 +1,68 @@
+"""``lm-eval-approx leaderboard``: compare selection strategies across budgets and seeds in one run.
+
+    lm-eval-approx leaderboard --preset cpu-small --out out/demo --resume
+    lm-eval-approx leaderboard --config grid.yaml --out out/grid --set budgets=[100,500]
+    lm-eval-approx leaderboard --preset gpu --dry-run
+    lm-eval-approx leaderboard --show out/demo
+
+Writes every cell's lm-eval results JSON under OUT/results/, then leaderboard.md, leaderboard.csv,
+the plots and leaderboard.html into OUT. Presets: tiny (needs --set base=PATH), cpu-small, cpu,
+cpu-msmarco, gpu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ConfigError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("leaderboard", help="run a grid of strategies × budgets × seeds and tabulate it",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="leaderboard YAML file")
+    source.add_argument("--preset", help="a shipped preset: tiny, cpu-small, cpu, cpu-msmarco, gpu")
+    source.add_argument("--show", metavar="DIR", help="print the table of a finished (or partial) run; computes nothing")
+    parser.add_argument("--out", help="output folder (results/, tables, plots, leaderboard.html)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted for nesting; value read as YAML), repeatable")
+    parser.add_argument("--resume", action="store_true", help="skip cells whose results JSON is already there")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned cells and estimated cost, run nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=leaderboard_command)
+
+
+def write_outputs(out) -> str:
+    """Tables, plots and the HTML page from the results in ``out``; returns the Markdown table."""
+    from ..leaderboard.html import write_html
+    from ..leaderboard.plots import write_plots
+    from ..leaderboard.report import to_markdown, write_tables
+
+    board = write_tables(out)
+    write_html(board, write_plots(board, out), out)
+    return to_markdown(board)
+
+
+def leaderboard_command(args: argparse.Namespace) -> int:
+    from ..leaderboard.config import load_config
+
+    if args.show:
+        from ..leaderboard.report import build_board, to_markdown
+
+        print(to_markdown(build_board(args.show)), end="", file=sys.stdout)
+        return 0
+    config = load_config(args.config, args.preset, args.overrides)
+    if args.dry_run:
+        from ..leaderboard.estimate import describe
+
+        print(describe(config), file=sys.stdout)
+        return 0
+    if not args.out:
+        raise ConfigError("--out", None, "an output folder for the results, tables and page")
+    from ..leaderboard.runner import run_leaderboard
+
+    run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(write_outputs(args.out), end="", file=sys.stdout)
+    return 0

@@ -1,0 +1,414 @@
+"""Leaderboard configuration: a YAML file (or a shipped preset) parsed into dataclasses and validated
+completely before anything is computed, so that a typo fails in a second, naming its config key.
+
+Layout (every key but ``base``, ``expert`` and ``strategies`` has a default)::
+
+    name: cpu-small
+    base: smollm2-135m
+    task: approx_agnews            # target: an approximation task
+    metric: acc                    # optional; default: the task's first metric
+    expert: {adapter: DIR}         # a given model/adapter, or how to make one:
+    expert: {data: ag_news:train, size: 1000, seed: 0, recipe: {epochs: 2}}
+    corpus: {spec: seed:wikitext2+seed:dbpedia, size: 2000, seed: 0}
+    strategies: [random, {name: select, label: select_changed, options: {}, approx: {params: changed},
+                          budgets: [500], seeds: [0]}]
+    budgets: [300]
+    seeds: [0]
+    extra_tasks: [approx_wikitext, {name: hellaswag, limit: 100}]
+    limit: 200                     # lm-eval --limit of every task (null: whole split)
+    recipe: {epochs: 2}            # TrainingRecipe fields, for the expert and every approximation
+    approx: {dim: 4096}            # ApproxConfig fields shared by all strategies
+    similarity: {embed: true, reference_size: 500}
+    device: cpu
+    batch_size: 16
+
+``--set key=value`` overrides any key (dotted for nesting: ``--set expert.size=100``); the value is
+read as YAML (``--set budgets=[10,20]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, UnknownNameError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+TOP_KEYS = ("name", "base", "task", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
+            "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size")
+# ApproxConfig fields a leaderboard sets itself (per cell), so `approx:` may not name them.
+CELL_FIELDS = ("base", "finetuned", "task", "corpus", "corpus_size", "corpus_seed", "strategy",
+               "strategy_options", "k", "seed")
+MIRROR_SPLITS = {"ag_news": ("train", "test"), "msmarco": ("train", "test")}
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
+SEED_NAME = re.compile(r"^seed:[\w.-]+$")
+DEFAULT_REFERENCE_SIZE = 500
+
+
+class LeaderboardConfigError(ConfigError):
+    """A leaderboard config key holds a value that is not accepted; ``field`` is the dotted key."""
+
+
+def _fail(key: str, value: object, accepted: str) -> LeaderboardConfigError:
+    return LeaderboardConfigError(key, value, accepted)
+
+
+def _positive_int(key: str, value: object, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _fail(key, value, "a positive integer" + (" or null" if allow_none else ""))
+
+
+def _int_list(key: str, value: object, minimum: int) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise _fail(key, value, "a non-empty list of integers")
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
+            raise _fail(f"{key}[{i}]", item, f"an integer ≥ {minimum}")
+    if len(set(value)) != len(value):
+        raise _fail(key, value, "distinct integers")
+    return list(value)
+
+
+def _mapping(key: str, value: object) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(key, value, "a mapping of key: value")
+    return dict(value)
+
+
+def check_corpus_spec(key: str, spec: object) -> None:
+    """Syntax of a corpus spec (see corpus.py): each ``+`` part a named mirror corpus, a local file
+    or a hub id; files and the hub are reached only when the corpus is loaded."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise _fail(key, spec, "a corpus spec such as seed:wikitext2+seed:dbpedia")
+    for part in (p.strip() for p in spec.split("+")):
+        name, _, split = part.partition(":")
+        if name in MIRROR_SPLITS:
+            if split and split not in MIRROR_SPLITS[name]:
+                raise _fail(key, part, f"{name}:" + f" or {name}:".join(MIRROR_SPLITS[name]))
+        elif name == "seed":
+            if not SEED_NAME.match(part):
+                raise _fail(key, part, "seed:<name>, e.g. seed:wikitext2")
+        elif Path(part).suffix.lower() in LOCAL_SUFFIXES or Path(part).expanduser().exists():
+            continue
+        elif not HUB_ID.match(part):
+            raise _fail(key, part, "ag_news:train|test, msmarco:train|test, seed:<name>, a local "
+                                   f"{'/'.join(LOCAL_SUFFIXES)} file, or a hub id owner/name[:split]")
+
+
+def _lm_eval_task_names() -> frozenset[str]:
+    from .runner import shared_task_manager
+
+    return frozenset(shared_task_manager().all_tasks)
+
+
+def check_task(key: str, name: object, approximation: bool) -> None:
+    """An approximation task (target) must have a task spec; an extra task must be known to lm-eval
+    (its built-ins or our task folders)."""
+    from ..task_specs import TASK_SPECS
+
+    if not isinstance(name, str) or not name:
+        raise _fail(key, name, "a task name")
+    if approximation:
+        if name not in TASK_SPECS:
+            raise _fail(key, name, str(UnknownNameError("approximation task", name, TASK_SPECS)))
+        return
+    from ..registry import task_registry
+
+    if name in task_registry():
+        return
+    known = _lm_eval_task_names()
+    if name not in known:
+        raise _fail(key, name, str(UnknownNameError("lm-eval task", name, known)).split(". Known")[0]
+                    + " (see `lm-eval-approx tasks` or `lm_eval ls tasks`)")
+
+
+@dataclass
+class ExpertConfig:
+    """θf: a given model or adapter (``adapter``), or θ0 trained on ``size`` documents of ``data``
+    (true labels) with the leaderboard recipe updated by ``recipe``."""
+
+    adapter: str | None = None
+    data: str | None = None
+    size: int | None = None
+    seed: int = 0
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, key: str = "expert") -> None:
+        if self.adapter is None and self.data is None:
+            raise _fail(key, None, "expert.adapter (a model or adapter folder) or expert.data "
+                                   "(a corpus with true labels, e.g. ag_news:train) with expert.size")
+        if self.adapter is not None and self.data is not None:
+            raise _fail(key, {"adapter": self.adapter, "data": self.data}, "either adapter or data, not both")
+        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter.strip()):
+            raise _fail(f"{key}.adapter", self.adapter, "a model/adapter folder or alias")
+        if self.data is not None:
+            check_corpus_spec(f"{key}.data", self.data)
+            _positive_int(f"{key}.size", self.size, allow_none=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise _fail(f"{key}.seed", self.seed, "an integer ≥ 0")
+
+
+@dataclass
+class CorpusConfig:
+    """The candidate corpus: a spec, how many documents to draw (null: all) and the draw's seed."""
+
+    spec: str = "seed:wikitext2+seed:dbpedia"
+    size: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class StrategyConfig:
+    """One strategy row family: registered ``name``, display ``label``, its ``options``, ApproxConfig
+    overrides (``approx``), and budgets/seeds replacing the leaderboard's when given."""
+
+    name: str
+    label: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    approx: dict[str, Any] = field(default_factory=dict)
+    budgets: list[int] | None = None
+    seeds: list[int] | None = None
+
+
+@dataclass
+class TaskEntry:
+    name: str
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model to score: θ0, the expert, or one (strategy label, k, seed) approximation."""
+
+    id: str
+    kind: str
+    label: str = ""
+    k: int = 0
+    seed: int = 0
+
+
+THETA0, EXPERT, APPROX = "theta0", "expert", "approx"
+
+
+@dataclass
+class LeaderboardConfig:
+    """A whole leaderboard grid (see the module docstring for the YAML layout)."""
+
+    base: str
+    expert: ExpertConfig
+    strategies: list[StrategyConfig]
+    name: str = "leaderboard"
+    task: str = "approx_agnews"
+    metric: str | None = None
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    budgets: list[int] = field(default_factory=lambda: [100])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    extra_tasks: list[TaskEntry] = field(default_factory=list)
+    limit: int | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    approx: dict[str, Any] = field(default_factory=dict)
+    similarity: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    batch_size: int = 16
+
+    def strategy(self, label: str) -> StrategyConfig:
+        return next(s for s in self.strategies if s.label == label)
+
+    def cells(self) -> list[Cell]:
+        """θ0, the expert, then every strategy × its budgets × its seeds, in config order."""
+        cells = [Cell(THETA0, THETA0), Cell(EXPERT, EXPERT)]
+        for s in self.strategies:
+            for k in s.budgets or self.budgets:
+                for seed in s.seeds or self.seeds:
+                    cells.append(Cell(f"{s.label}-k{k}-s{seed}", APPROX, s.label, k, seed))
+        return cells
+
+    def tasks(self) -> list[TaskEntry]:
+        """The target first, then the extra tasks."""
+        return [TaskEntry(self.task, self.limit), *self.extra_tasks]
+
+    def recipe_for(self, overrides: dict[str, Any] | None = None):
+        from ..recipe import TrainingRecipe
+
+        return TrainingRecipe.from_dict({**self.recipe, **(overrides or {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _strategy(key: str, raw: object, budgets: list[int], seeds: list[int]) -> StrategyConfig:
+    from ..registry import strategy_registry
+
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise _fail(key, raw, "a strategy name or a mapping with name (and label, options, approx, budgets, seeds)")
+    unknown = set(raw) - {f.name for f in dataclasses.fields(StrategyConfig)}
+    if unknown:
+        raise _fail(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "name, label, options, approx, budgets, seeds")
+    name = raw["name"]
+    registry = strategy_registry()
+    if not isinstance(name, str) or name not in registry:
+        raise _fail(f"{key}.name", name, str(UnknownNameError("strategy", str(name), registry.names())))
+    options = _mapping(f"{key}.options", raw.get("options"))
+    try:
+        registry.get(name).obj(**options)
+    except ConfigError as exc:
+        raise _fail(f"{key}.options.{exc.field.split('.')[-1]}", exc.value, exc.accepted) from exc
+    approx = _mapping(f"{key}.approx", raw.get("approx"))
+    _check_approx(f"{key}.approx", approx)
+    label = raw.get("label") or name
+    if not isinstance(label, str) or not re.match(r"^[\w.-]+$", label):
+        raise _fail(f"{key}.label", label, "a name of letters, digits, _ . -")
+    own_budgets = _int_list(f"{key}.budgets", raw["budgets"], 1) if raw.get("budgets") is not None else None
+    own_seeds = _int_list(f"{key}.seeds", raw["seeds"], 0) if raw.get("seeds") is not None else None
+    return StrategyConfig(name, label, options, approx, own_budgets, own_seeds)
+
+
+def _check_approx(key: str, approx: dict) -> None:
+    from ..pipeline import ApproxConfig
+
+    allowed = {f.name for f in dataclasses.fields(ApproxConfig)} - set(CELL_FIELDS)
+    for name in approx:
+        if name not in allowed:
+            raise _fail(f"{key}.{name}", approx[name], "an ApproxConfig field: " + ", ".join(sorted(allowed)))
+
+
+def _task_entry(key: str, raw: object) -> TaskEntry:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or set(raw) - {"name", "limit"} or "name" not in raw:
+        raise _fail(key, raw, "a task name or {name: TASK, limit: N}")
+    check_task(f"{key}.name", raw["name"], approximation=False)
+    _positive_int(f"{key}.limit", raw.get("limit"), allow_none=True)
+    return TaskEntry(raw["name"], raw.get("limit"))
+
+
+def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
+    """Validate every key of a parsed YAML mapping and build the config (no model or data is touched
+    except lm-eval's task index, to check extra task names)."""
+    if not isinstance(data, dict):
+        raise _fail("config", data, "a YAML mapping")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _fail(key, data[key], "a leaderboard key: " + ", ".join(TOP_KEYS))
+    base = data.get("base")
+    if not isinstance(base, str) or not base.strip():
+        raise _fail("base", base, "a model folder, hub id or alias (tiny preset: --set base=PATH)")
+    check_task("task", data.get("task", "approx_agnews"), approximation=True)
+    expert_raw = _mapping("expert", data.get("expert"))
+    known = {f.name for f in dataclasses.fields(ExpertConfig)}
+    for key in expert_raw:
+        if key not in known:
+            raise _fail(f"expert.{key}", expert_raw[key], "adapter, data, size, seed, recipe")
+    expert = ExpertConfig(**expert_raw)
+    expert.validate()
+    corpus_raw = _mapping("corpus", data.get("corpus"))
+    if isinstance(data.get("corpus"), str):
+        corpus_raw = {"spec": data["corpus"]}
+    corpus = CorpusConfig(**{k: v for k, v in corpus_raw.items() if k in ("spec", "size", "seed")})
+    if set(corpus_raw) - {"spec", "size", "seed"}:
+        bad = sorted(set(corpus_raw) - {"spec", "size", "seed"})[0]
+        raise _fail(f"corpus.{bad}", corpus_raw[bad], "spec, size, seed")
+    check_corpus_spec("corpus.spec", corpus.spec)
+    _positive_int("corpus.size", corpus.size, allow_none=True)
+    budgets = _int_list("budgets", data.get("budgets", [100]), 1)
+    seeds = _int_list("seeds", data.get("seeds", [0]), 0)
+    raw_strategies = data.get("strategies")
+    if not isinstance(raw_strategies, list) or not raw_strategies:
+        raise _fail("strategies", raw_strategies, "a non-empty list of registered strategy names")
+    strategies = [_strategy(f"strategies[{i}]", s, budgets, seeds) for i, s in enumerate(raw_strategies)]
+    labels = [s.label for s in strategies]
+    if len(set(labels)) != len(labels):
+        raise _fail("strategies", labels, "distinct labels (set label: for a second entry of one strategy)")
+    if corpus.size is not None:
+        for i, s in enumerate(strategies):
+            for k in s.budgets or budgets:
+                if k > corpus.size:
+                    raise _fail(f"strategies[{i}].budgets" if s.budgets else "budgets", k,
+                                f"k ≤ corpus.size ({corpus.size})")
+    extra = data.get("extra_tasks") or []
+    if not isinstance(extra, list):
+        raise _fail("extra_tasks", extra, "a list of lm-eval task names")
+    _positive_int("limit", data.get("limit"), allow_none=True)
+    _positive_int("batch_size", data.get("batch_size", 16))
+    approx = _mapping("approx", data.get("approx"))
+    _check_approx("approx", approx)
+    config = LeaderboardConfig(
+        base=base, expert=expert, strategies=strategies, name=str(data.get("name", "leaderboard")),
+        task=data.get("task", "approx_agnews"), metric=data.get("metric"), corpus=corpus, budgets=budgets,
+        seeds=seeds, extra_tasks=[_task_entry(f"extra_tasks[{i}]", t) for i, t in enumerate(extra)],
+        limit=data.get("limit"), recipe=_mapping("recipe", data.get("recipe")), approx=approx,
+        similarity=_mapping("similarity", data.get("similarity")), device=str(data.get("device", "cpu")),
+        batch_size=data.get("batch_size", 16),
+    )
+    _check_recipes(config)
+    for key in config.similarity:
+        if key not in ("embed", "reference_size"):
+            raise _fail(f"similarity.{key}", config.similarity[key], "embed, reference_size")
+    _positive_int("similarity.reference_size", config.similarity.get("reference_size", DEFAULT_REFERENCE_SIZE))
+    return config
+
+
+def _check_recipes(config: LeaderboardConfig) -> None:
+    for key, overrides in (("recipe", {}), ("expert.recipe", config.expert.recipe)):
+        try:
+            config.recipe_for(overrides)
+        except ConfigError as exc:
+            raise _fail(f"{key}.{exc.field}", exc.value, exc.accepted) from exc
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(config_file: str | None = None, preset: str | None = None) -> dict[str, Any]:
+    """The raw mapping of a config file or of a shipped preset."""
+    if (config_file is None) == (preset is None):
+        raise _fail("--config/--preset", (config_file, preset), "exactly one of --config FILE or --preset NAME")
+    if preset is not None:
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise UnknownNameError("preset", preset, preset_names())
+    else:
+        path = Path(config_file)
+        if not path.is_file():
+            raise _fail("--config", config_file, "an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise _fail("--config", str(path), f"valid YAML ({exc})") from exc
+    return data if isinstance(data, dict) else {"config": data}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (dotted keys for nesting, values read as YAML) applied over ``data``."""
+    out = yaml.safe_load(yaml.safe_dump(data))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _fail("--set", item, "key=value, e.g. base=/path/to/model or expert.size=100")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load_config(config_file: str | None = None, preset: str | None = None,
+                overrides: list[str] | None = None) -> LeaderboardConfig:
+    """Read, override and validate a leaderboard config; raises before any compute on a bad key."""
+    return config_from_dict(apply_overrides(read_yaml(config_file, preset), overrides or []))

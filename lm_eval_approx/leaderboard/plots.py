@@ -1,0 +1,96 @@
+"""Leaderboard plots (matplotlib, Agg backend, PNG): the target metric against k per strategy with
+seed error bars (θ0 and the expert as horizontal lines), the gap closed per strategy, and the source
+composition of each selection when the candidate corpus mixes several sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .config import APPROX, EXPERT, THETA0  # noqa: E402
+from .report import Board  # noqa: E402
+
+METRIC_PNG, GAP_PNG, SOURCES_PNG = "metric_vs_k.png", "gap_closed.png", "sources.png"
+FIGSIZE = (7.0, 4.2)
+DPI = 110
+BAR_WIDTH = 0.8
+
+
+def _approx_labels(board: Board) -> list[str]:
+    return list(dict.fromkeys(r.label for r in board.rows if r.kind == APPROX))
+
+
+def metric_vs_k(board: Board, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for label in _approx_labels(board):
+        rows = sorted((r for r in board.rows if r.label == label and r.kind == APPROX), key=lambda r: r.k)
+        ax.errorbar([r.k for r in rows], [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows],
+                    marker="o", capsize=3, label=label)
+    for kind, style in ((THETA0, ":"), (EXPERT, "--")):
+        ref = next((r for r in board.rows if r.kind == kind), None)
+        if ref is not None:
+            ax.axhline(ref.mean, linestyle=style, color="gray", label=f"{kind} ({ref.mean:.3f})")
+    ax.set_xlabel("k (selected documents)")
+    ax.set_ylabel(f"{board.target} {board.metric}")
+    ax.set_title(f"{board.metric} vs k ({'higher' if board.higher_is_better else 'lower'} is better)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def gap_closed(board: Board, path: Path) -> Path:
+    labels = _approx_labels(board)
+    budgets = sorted({r.k for r in board.rows if r.kind == APPROX})
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    width = BAR_WIDTH / max(len(budgets), 1)
+    for j, k in enumerate(budgets):
+        values = [next((r.gap_theta0 for r in board.rows if r.label == lab and r.k == k), None) for lab in labels]
+        xs = [i + (j - (len(budgets) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, [100 * (v or 0.0) for v in values], width, label=f"k={k}")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.axhline(100.0, color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylabel("gap closed vs θ0 (%)")
+    ax.set_title("share of the θ0 → expert gap closed")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def sources(board: Board, path: Path) -> Path | None:
+    """Stacked bars of each selection's source fractions; None when the corpus has one source."""
+    rows = [r for r in board.rows if r.kind == APPROX and r.sources]
+    names = sorted({n for r in rows for n in r.sources})
+    if len(names) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    bottom = [0.0] * len(rows)
+    for name in names:
+        shares = [100 * r.sources.get(name, 0.0) for r in rows]
+        ax.bar(range(len(rows)), shares, BAR_WIDTH, bottom=bottom, label=name)
+        bottom = [b + s for b, s in zip(bottom, shares)]
+    ax.set_xticks(range(len(rows)), [f"{r.label} k={r.k}" for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("share of the selection (%)")
+    ax.set_title("source composition of each selection")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Save to a temporary name and rename, so a PNG on disk is always complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=DPI)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_plots(board: Board, out: str | Path) -> list[Path]:
+    """Every plot that applies, written into ``out``."""
+    out = Path(out)
+    made = [metric_vs_k(board, out / METRIC_PNG), gap_closed(board, out / GAP_PNG), sources(board, out / SOURCES_PNG)]
+    return [p for p in made if p is not None]

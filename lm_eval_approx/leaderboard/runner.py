@@ -1,0 +1,258 @@
+"""Run a leaderboard grid: θ0, the expert and every (strategy, k, seed) cell, each scored by lm-eval.
+
+Every cell ends in ``DIR/results/<cell>.json`` (lm-eval's results schema; our extras under
+``config.leaderboard``), written atomically and last, so a cell is finished exactly when its file
+exists. ``resume=True`` skips a finished cell whose recorded ``cell_hash`` (a hash of everything
+the cell depends on) still matches the config; every approximation reuses the pipeline's cached
+stages (labels, features, selection, training), so cells sharing upstream work pay for it once.
+
+Cost columns: ``selection_seconds`` sums the original compute time of the labels, base-loss,
+features and selection stages of the cell (from each stage's ``stage.json``, so a stage another
+cell computed is still counted: it is what this selection costs from scratch);
+``training_seconds`` is the training stage's.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_json_atomic, write_text_atomic
+from .config import APPROX, EXPERT, THETA0, Cell, LeaderboardConfig
+
+logger = logging.getLogger(__name__)
+
+RESULTS_DIR = "results"
+CONFIG_SNAPSHOT = "leaderboard.json"
+EXPERT_DIR = "leaderboard-experts"
+SELECTION_STAGES = ("labels", "base_loss", "features", "selection")
+TRAINING_STAGE = "training"
+HASH_CHARS = 16
+FAST_HF = "approx_hf"
+
+
+@lru_cache(maxsize=1)
+def shared_task_manager():
+    """One lm-eval TaskManager per process: indexing every lm-eval task takes many seconds."""
+    from ..harness import prepare_lm_eval, task_manager
+
+    prepare_lm_eval()
+    return task_manager()
+
+
+def results_path(out: Path, cell: Cell) -> Path:
+    return Path(out) / RESULTS_DIR / f"{cell.id}.json"
+
+
+def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
+    """Hash of every config value the cell's scores depend on (not the other cells)."""
+    inputs: dict[str, Any] = {
+        "cell": cell.id, "base": config.base, "expert": config.expert.__dict__, "recipe": config.recipe,
+        "tasks": [t.__dict__ for t in config.tasks()],
+    }
+    if cell.kind == APPROX:
+        strategy = config.strategy(cell.label)
+        inputs.update(corpus=config.corpus.__dict__, approx=config.approx, strategy=strategy.name,
+                      options=strategy.options, strategy_approx=strategy.approx, k=cell.k, seed=cell.seed)
+    text = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def finished(out: Path, config: LeaderboardConfig, cell: Cell) -> bool:
+    path = results_path(out, cell)
+    if not path.is_file():
+        return False
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return record.get("config", {}).get("leaderboard", {}).get("cell_hash") == cell_hash(config, cell)
+
+
+def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
+    """θf's folder: the given one, or θ0 trained on the true data (cached by its training key)."""
+    from ..models import resolve_model
+
+    if config.expert.adapter is not None:
+        return resolve_model(config.expert.adapter)
+    from ..paths import cache_dir
+    from ..task_specs import get_task_spec
+    from ..training import train_adapter, training_key
+
+    spec = get_task_spec(config.task)
+    examples = true_examples(config, spec)
+    recipe = config.recipe_for(config.expert.recipe)
+    folder = cache_dir() / EXPERT_DIR / training_key(config.base, spec, examples, recipe)
+    return str(train_adapter(config.base, spec, examples, recipe, folder, progress=progress))
+
+
+def true_examples(config: LeaderboardConfig, spec) -> list:
+    """The expert's training rows: ``expert.size`` documents of ``expert.data`` with true labels."""
+    import argparse
+
+    from ..commands.train import CORPUS, load_examples
+
+    args = argparse.Namespace(data_source=CORPUS, data=config.expert.data, limit=config.expert.size,
+                              data_seed=config.expert.seed)
+    return load_examples(args, spec, config.expert.seed)
+
+
+def approx_model_args(config: LeaderboardConfig, cell: Cell, expert: str) -> dict[str, Any]:
+    """``--model approx`` arguments of a cell (see approx_model.py)."""
+    from ..models import resolve_model
+    from ..recipe import TrainingRecipe
+
+    strategy = config.strategy(cell.label)
+    args: dict[str, Any] = {
+        "base": resolve_model(config.base), "finetuned": expert, "task": config.task,
+        "corpus": config.corpus.spec, "corpus_size": config.corpus.size, "corpus_seed": config.corpus.seed,
+        "strategy": strategy.name, "k": cell.k, "seed": cell.seed, **config.approx, **strategy.approx,
+    }
+    recipe: TrainingRecipe = config.recipe_for()
+    for name, value in recipe.to_dict().items():
+        args[f"train_{name}"] = "+".join(value) if name == "target_modules" else value
+    for name, value in strategy.options.items():
+        args[f"strategy_{name}"] = value
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def build_lm(config: LeaderboardConfig, cell: Cell, expert: str) -> tuple[Any, str, dict[str, Any]]:
+    """The lm-eval model instance of a cell, its model type and its model args."""
+    from lm_eval.api.registry import get_model
+
+    from ..models import is_adapter, resolve_model
+
+    base = resolve_model(config.base)
+    if cell.kind == THETA0:
+        model, args = FAST_HF, {"pretrained": base}
+    elif cell.kind == EXPERT:
+        model = FAST_HF
+        args = {"pretrained": base, "peft": expert} if is_adapter(expert) else {"pretrained": expert}
+    else:
+        model, args = "approx", approx_model_args(config, cell, expert)
+    extra = {"batch_size": config.batch_size, "device": config.device}
+    return get_model(model).create_from_arg_obj(dict(args), extra), model, args
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One lm-eval results dict from several ``simple_evaluate`` calls on one model."""
+    merged = dict(parts[0])
+    for part in parts[1:]:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "config":
+                merged[key] = {**merged[key], **value}
+    return merged
+
+
+def evaluate(config: LeaderboardConfig, lm, manager, on_phase: Callable[[str], None]) -> dict:
+    """Score ``lm`` on the target and extra tasks (one lm-eval call per distinct --limit)."""
+    import lm_eval
+
+    groups: dict[int | None, list[str]] = {}
+    for task in config.tasks():
+        groups.setdefault(task.limit, []).append(task.name)
+    parts = []
+    for limit, names in groups.items():
+        on_phase("score " + "+".join(names))
+        parts.append(lm_eval.simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager,
+                                             log_samples=False, bootstrap_iters=0))
+    return merge_results(parts)
+
+
+def _stage_seconds(names: tuple[str, ...], keys: dict[str, str]) -> float:
+    from ..paths import cache_dir
+    from ..stages import DONE_FILE
+
+    total = 0.0
+    for name in names:
+        if name in keys:
+            done = cache_dir() / "stages" / name / keys[name] / DONE_FILE
+            total += float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
+    return total
+
+
+def cell_extras(config: LeaderboardConfig, cell: Cell, lm, reference: list[str] | None, expert: str) -> dict:
+    """Our ``config.leaderboard`` record: cell identity, costs, and similarity to the true data."""
+    from ..selection_file import read_selection
+    from ..similarity import dataset_similarity, source_fractions
+
+    extras: dict[str, Any] = {"cell": cell.id, "kind": cell.kind, "label": cell.label or cell.kind,
+                              "k": cell.k, "seed": cell.seed, "cell_hash": cell_hash(config, cell),
+                              "target": config.task, "metric": config.metric,
+                              "limits": {t.name: t.limit for t in config.tasks()}}
+    if cell.kind == EXPERT:
+        training = Path(expert) / "training.json"
+        if training.is_file():
+            extras["training_seconds"] = json.loads(training.read_text(encoding="utf-8")).get("train_seconds")
+    if cell.kind != APPROX:
+        return extras
+    info = lm.get_model_info()["approx"]
+    extras["strategy"] = config.strategy(cell.label).name
+    extras["selection_seconds"] = round(_stage_seconds(SELECTION_STAGES, info["stage_keys"]), 3)
+    extras["training_seconds"] = round(_stage_seconds((TRAINING_STAGE,), info["stage_keys"]), 3)
+    rows = read_selection(info["selection_file"])
+    extras["sources"] = source_fractions([r.source for r in rows])
+    if reference:
+        report = dataset_similarity([r.text for r in rows], reference, embed=bool(config.similarity.get("embed", True)))
+        extras["similarity"] = {k: v for k, v in report.to_dict().items() if k != "source_fractions"}
+    return extras
+
+
+def reference_texts(config: LeaderboardConfig) -> list[str] | None:
+    """The expert's true training texts (capped at similarity.reference_size), when known."""
+    from ..task_specs import get_task_spec
+    from .config import DEFAULT_REFERENCE_SIZE
+
+    if config.expert.data is None:
+        return None
+    texts = [e.text for e in true_examples(config, get_task_spec(config.task))]
+    return texts[: config.similarity.get("reference_size", DEFAULT_REFERENCE_SIZE)]
+
+
+def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, manager,
+             reference: list[str] | None, on_phase: Callable[[str], None]) -> Path:
+    """Build, score and record one cell; its results JSON is written last, atomically."""
+    from lm_eval.utils import handle_non_serializable
+
+    started = time.perf_counter()
+    on_phase("select+train" if cell.kind == APPROX else "load")
+    lm, model, args = build_lm(config, cell, expert)
+    results = evaluate(config, lm, manager, on_phase)
+    results.pop("samples", None)
+    results["config"]["model"] = model
+    results["config"]["model_args"] = ",".join(f"{k}={v}" for k, v in args.items())
+    results["config"]["leaderboard"] = {**cell_extras(config, cell, lm, reference, expert),
+                                        "wall_seconds": round(time.perf_counter() - started, 3)}
+    del lm
+    gc.collect()
+    path = results_path(out, cell)
+    write_text_atomic(path, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    return path
+
+
+def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = False,
+                    progress: bool = True) -> list[Path]:
+    """Run every unfinished cell (all cells without ``resume``) and return every results path."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    (out / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / CONFIG_SNAPSHOT, config.to_dict())
+    cells = config.cells()
+    todo = [c for c in cells if not (resume and finished(out, config, c))]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=config.name, unit="cell", disable=not progress)
+    if todo:
+        manager = shared_task_manager()
+        bar.set_postfix_str("expert")
+        expert = expert_model(config, progress=False)
+        reference = reference_texts(config)
+        for cell in todo:
+            run_cell(config, cell, out, expert, manager, reference,
+                     lambda phase, c=cell: bar.set_postfix_str(f"{c.id}: {phase}"))
+            bar.update(1)
+    bar.close()
+    return [results_path(out, c) for c in cells]

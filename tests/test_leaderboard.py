@@ -1,0 +1,214 @@
+"""The leaderboard: the tiny preset end to end, resume after a kill, config errors before compute,
+the report's arithmetic against a hand computation, and the HTML page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from lm_eval_approx.cli import main
+from lm_eval_approx.leaderboard import runner
+from lm_eval_approx.leaderboard.config import LeaderboardConfigError, apply_overrides, config_from_dict, read_yaml
+from lm_eval_approx.leaderboard.report import build_board, to_csv, to_markdown
+
+TARGET, METRIC, WIKITEXT = "approx_agnews", "acc", "wikitext"
+TINY_CELLS = 7  # θ0, expert, random × 2 seeds, topk, likelihood_min, select at k = 4
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MIN_PIXEL_STD = 0.02  # a blank or single-colour screenshot has (almost) zero spread
+
+
+def _mirror() -> Path:
+    path = Path(os.environ.get("LM_EVAL_APPROX_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (path / "ag_news" / "train.jsonl").is_file():
+        pytest.skip("data mirror not available (the tiny preset draws AG News and WikiText-2 from it)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny preset run once through the CLI: (output folder, tiny base model, printed table)."""
+    from conftest import save_tiny_model
+
+    mirror = _mirror()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LM_EVAL_APPROX_DATA", str(mirror))
+        mp.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path_factory.mktemp("lb-cache")))
+        base = save_tiny_model(tmp_path_factory.mktemp("lb-tiny-llama"), "llama")
+        out = tmp_path_factory.mktemp("lb-out") / "tiny"
+        code = main(["leaderboard", "--preset", "tiny", "--set", f"base={base}", "--out", str(out), "--no-progress"])
+        assert code == 0
+        yield out, base, os.environ["LM_EVAL_APPROX_CACHE"]
+
+
+def _results(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))}
+
+
+def _score(record: dict, task: str, metric: str) -> float:
+    return record["results"][task][f"{metric},none"]
+
+
+def test_tiny_preset_end_to_end(tiny_run, capsys):
+    out, _, _ = tiny_run
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "metric_vs_k.png", "gap_closed.png",
+                 "sources.png", "leaderboard.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    results = _results(out)
+    assert len(results) == TINY_CELLS
+    for record in results.values():  # lm-eval's schema with our extras
+        assert {"results", "versions", "n-samples", "higher_is_better", "config"} <= set(record)
+        assert record["config"]["leaderboard"]["target"] == TARGET
+    assert results["select-k4-s0"]["config"]["model"] == "approx"
+    assert results["select-k4-s0"]["config"]["approx"]["strategy"] == "select"
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert [r["strategy"] for r in rows] == ["theta0", "expert", "random", "topk", "likelihood_min", "select"]
+    theta0, expert = _score(results["theta0"], TARGET, METRIC), _score(results["expert"], TARGET, METRIC)
+    random_mean = (_score(results["random-k4-s0"], TARGET, METRIC) + _score(results["random-k4-s1"], TARGET, METRIC)) / 2
+    for row in rows:
+        cells = [v for k, v in results.items() if v["config"]["leaderboard"]["label"] == row["strategy"]]
+        scores = [_score(c, TARGET, METRIC) for c in cells]
+        mean = sum(scores) / len(scores)
+        assert float(row[METRIC]) == pytest.approx(mean, abs=1e-4)
+        wiki = sum(_score(c, WIKITEXT, "word_perplexity") for c in cells) / len(cells)
+        assert float(row["approx_wikitext:word_perplexity"]) == pytest.approx(wiki, rel=1e-4)
+        if expert != theta0:
+            assert float(row["gap_closed_vs_theta0"]) == pytest.approx((mean - theta0) / (expert - theta0), abs=1e-3)
+        else:
+            assert row["gap_closed_vs_theta0"] == ""
+        if row["k"] and expert != random_mean:
+            assert float(row["gap_closed_vs_random"]) == pytest.approx((mean - random_mean) / (expert - random_mean), abs=1e-3)
+        if row["k"]:
+            assert float(row["training_s"]) > 0 and row["vocab_containment"] != "" and row["sources"]
+    random_row = next(r for r in rows if r["strategy"] == "random")
+    assert random_row["seeds"] == "0 1"
+    # --show prints the saved table without computing anything.
+    capsys.readouterr()
+    assert main(["leaderboard", "--show", str(out)]) == 0
+    assert capsys.readouterr().out == (out / "leaderboard.md").read_text()
+
+
+def test_resume_after_kill_redoes_only_the_unfinished_cell(tiny_run, monkeypatch):
+    out, base, cache = tiny_run
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(_mirror()))
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", cache)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    killed = out / "results" / "topk-k4-s0.json"
+    old = json.loads(killed.read_text())
+    killed.unlink()  # the kill came while this cell was being scored: its JSON was never renamed into place
+    (out / "results" / ".topk-k4-s0.json.abc.tmp").write_text("{half a fi")
+    ran = []
+    original = runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", lambda config, cell, *a, **k: ran.append(cell.id) or original(config, cell, *a, **k))
+    code = main(["leaderboard", "--preset", "tiny", "--set", f"base={base}", "--out", str(out), "--resume", "--no-progress"])
+    assert code == 0 and ran == ["topk-k4-s0"]
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert {n: t for n, t in after.items() if n != killed.name} == {n: t for n, t in before.items() if n != killed.name}
+    new = json.loads(killed.read_text())
+    assert all(new["config"]["approx"]["stage_cached"].values())  # selection and training came from the cache
+    assert _score(new, TARGET, METRIC) == _score(old, TARGET, METRIC)
+
+
+def _tiny_dict(**changes) -> dict:
+    data = apply_overrides(read_yaml(preset="tiny"), ["base=/nonexistent/model"])
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"strategies": ["random", "selekt"]}, "strategies[1].name"),
+    ({"budgets": [4, 0]}, "budgets[1]"),
+    ({"strategies": [{"name": "select", "budgets": [-3]}]}, "strategies[0].budgets[0]"),
+    ({"expert": {"size": 10}}, "expert"),
+    ({"task": "approx_nonesuch"}, "task"),
+    ({"extra_tasks": ["no_such_lm_eval_task"]}, "extra_tasks[0].name"),
+    ({"corpus": {"spec": "seed:wikitext2+nothing"}}, "corpus.spec"),
+    ({"strategies": [{"name": "select_batched", "options": {"batch_sise": 4}}]}, "strategies[0].options.batch_sise"),
+    ({"recipe": {"epochs": 0}}, "recipe.epochs"),
+])
+def test_bad_config_fails_before_compute_naming_the_key(changes, key, tmp_path, monkeypatch, capsys):
+    with pytest.raises(LeaderboardConfigError) as info:
+        config_from_dict(_tiny_dict(**changes))
+    assert info.value.field == key
+    # Through the CLI: exit 2, one line naming the key, and no cell or expert was started.
+    monkeypatch.setattr(runner, "expert_model", lambda *a, **k: pytest.fail("expert built for a bad config"))
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(json.dumps(_tiny_dict(**changes)))
+    assert main(["leaderboard", "--config", str(config_file), "--out", str(tmp_path / "out")]) == 2
+    assert key in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_preset_validates_and_dry_runs(capsys):
+    for preset, cells in (("gpu", 2 + 10 * 4 * 3), ("cpu", 2 + 3 * 3 + 3 + 8), ("cpu-small", 6), ("cpu-msmarco", 2 + 3 + 4)):
+        assert main(["leaderboard", "--preset", preset, "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        assert f"{cells} cells" in text and "total:" in text, preset
+
+
+def _fake_cell(label: str, kind: str, k: int, seed: int, ppl: float, acc: float) -> dict:
+    """A results dict in lm-eval's schema with a perplexity target and an accuracy extra task."""
+    return {
+        "results": {"approx_msmarco": {"word_perplexity,none": ppl}, "approx_agnews": {"acc,none": acc}},
+        "higher_is_better": {"approx_msmarco": {"word_perplexity": False}, "approx_agnews": {"acc": True}},
+        "config": {"leaderboard": {"cell": f"{label}-{k}-{seed}", "kind": kind, "label": label, "k": k, "seed": seed,
+                                   "target": "approx_msmarco", "metric": None,
+                                   "limits": {"approx_msmarco": None, "approx_agnews": 10},
+                                   "sources": {"seed:a": 0.25, "seed:b": 0.75}}},
+    }
+
+
+def test_report_arithmetic_matches_a_hand_computation_for_lower_is_better(tmp_path):
+    cells = [_fake_cell("theta0", "theta0", 0, 0, 30.0, 0.5), _fake_cell("expert", "expert", 0, 0, 20.0, 0.6),
+             _fake_cell("random", "approx", 5, 0, 28.0, 0.55), _fake_cell("random", "approx", 5, 1, 26.0, 0.45),
+             _fake_cell("select", "approx", 5, 0, 23.0, 0.4)]
+    for i, cell in enumerate(cells):
+        (tmp_path / "results").mkdir(exist_ok=True)
+        (tmp_path / "results" / f"{i}.json").write_text(json.dumps(cell))
+    board = build_board(tmp_path)
+    assert not board.higher_is_better and board.metric == "word_perplexity"
+    rows = {r.label: r for r in board.rows}
+    assert rows["random"].mean == 27.0 and rows["random"].std == pytest.approx(math.sqrt(2.0))
+    assert rows["select"].gap_theta0 == pytest.approx((23 - 30) / (20 - 30))  # 70 %: lower perplexity is progress
+    assert rows["select"].gap_random == pytest.approx((23 - 27) / (20 - 27))
+    assert rows["random"].extras["approx_agnews:acc"] == pytest.approx(0.5)
+    assert "27.0000 ± 1.4142" in to_markdown(board) and "70.0%" in to_markdown(board)
+    assert next(csv.DictReader(to_csv(board).splitlines()))["strategy"] == "theta0"
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
+def test_html_page_renders_in_headless_chromium(tiny_run, tmp_path):
+    import matplotlib.image as mpimg
+
+    out, _, _ = tiny_run
+    page = (out / "leaderboard.html").resolve()
+    assert "http://" not in page.read_text() and "https://" not in page.read_text()  # self-contained
+    shot = tmp_path / "shot.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1200,900", page.as_uri())
+    assert shot.is_file()
+    assert mpimg.imread(shot)[..., :3].std() > MIN_PIXEL_STD
+    dom = _chromium("--dump-dom", page.as_uri()).stdout
+    board = build_board(out)
+    assert dom.count("<tr") == len(board.rows) + 1  # header + one per row
+    assert all(f">{r.label}</td>" in dom for r in board.rows)
+    assert dom.count("data:image/png;base64,") == 3
