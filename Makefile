@@ -28,8 +28,8 @@ test-fast: $(STAMP)
 	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/python -m pytest tests -q -m "not slow"
 
 demo: $(STAMP)
-	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/lm-eval-approx run \
-		--model hf --model_args pretrained=smollm2-135m --tasks approx_agnews --limit 50 --device cpu --batch_size 16
+	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/lm-eval-approx leaderboard \
+		--preset cpu-small --out out/demo --resume
 
 clean:
 	rm -rf $(VENV) build *.egg-info
