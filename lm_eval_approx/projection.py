@@ -129,6 +129,24 @@ class KroneckerProjector(Projector):
         a, b = self._factors(name, factors)
         return torch.einsum("brd,bre->bde", a, b).reshape(a.shape[0], -1)
 
+    def project(self, factors):
+        """As the base class, but layers fed the same input tensor (q/k/v, gate/up) share one pass
+        over it: their P_in are stacked into one matrix product (narrow products are slow on CPU)."""
+        groups: dict[int, list[str]] = {}
+        for name in self.shapes:
+            groups.setdefault(id(factors[name].x), []).append(name)
+        projected_x: dict[str, torch.Tensor] = {}
+        for names in groups.values():
+            stacked = torch.cat([self.matrices(n)[1] for n in names]) if len(names) > 1 else self.matrices(names[0])[1]
+            both = factors[names[0]].x @ stacked.t()
+            sizes = [self.blocks[n][1] for n in names]
+            projected_x.update(zip(names, both.split(sizes, dim=-1)))
+        blocks = []
+        for name in self.shapes:
+            a = factors[name].delta @ self.matrices(name)[0].t()
+            blocks.append(torch.einsum("brd,bre->bde", a, projected_x[name]).reshape(a.shape[0], -1))
+        return torch.cat(blocks, dim=1)
+
     def project_delta_layer(self, name, delta):
         p_out, p_in = self.matrices(name)
         total = torch.zeros(p_out.shape[0], p_in.shape[0], device=self.device)

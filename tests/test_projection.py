@@ -116,3 +116,15 @@ def test_seeded_and_validated():
         make_projector("sjlt2", SHAPES)
     with pytest.raises(ConfigError, match="dense"):
         make_projector("dense", {"head": (49152, 576)}, dim=4096)
+
+
+def test_layers_sharing_an_input_project_like_separate_layers():
+    shapes = {"q": (8, 6), "k": (4, 6), "o": (6, 8)}
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 5, 6, generator=gen)
+    factors = {"q": LayerFactors(torch.randn(2, 5, 8, generator=gen), x),
+               "k": LayerFactors(torch.randn(2, 5, 4, generator=gen), x),
+               "o": LayerFactors(torch.randn(2, 5, 6, generator=gen), torch.randn(2, 5, 8, generator=gen))}
+    proj = KroneckerProjector(shapes, dim=30, seed=1)
+    separate = torch.cat([proj.project_layer(n, factors[n]) for n in shapes], dim=1)
+    torch.testing.assert_close(proj.project(factors), separate, atol=1e-5, rtol=1e-5)
