@@ -5,7 +5,7 @@ For each model (a random-init SmolLM2-135M with the real config, and a small GPT
 token, and the mean-token LM loss), of ``changed`` features over every decoder linear layer (LM
 loss, forward + backward with frozen weights; ‖g‖² projected, the default, and exact), and of the
 dense-projection oracle where its matrix fits. Each method runs once per round, rounds interleave the methods (the machine is shared), and
-the median per method is reported. Goals: head ≥ 0.8× forward, changed ≥ 0.4× forward.
+the best round per method is reported (the least disturbed by other load). Goals: head ≥ 0.8× forward, changed ≥ 0.4× forward.
 
     python benchmarks/features.py [--rounds 3] [--threads 2] [--models smollm2,gpt2]
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch
@@ -118,7 +117,7 @@ def measure(name, config, rounds):
             start = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - start)
-    rate = {key: BATCH / statistics.median(ts) for key, ts in times.items()}
+    rate = {key: BATCH / min(ts) for key, ts in times.items()}
     params = sum(p.numel() for p in model_f.parameters()) / 1e6
     print(f"\n## {name} ({params:.1f}M params, {n_changed} changed layers), batch {BATCH} × {TOKENS} tokens")
     print("| method | examples/s | ratio to forward |\n|---|---|---|")

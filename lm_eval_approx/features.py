@@ -62,6 +62,10 @@ class FeatureConfig:
     max_length: int = _help("tokens per example (contexts are clipped on the left)", DEFAULT_MAX_LENGTH)
     sqnorm: str = _help("‖g‖² per example: exact (factored identity, costs ~T(in+out)/(in·out) of a "
                         "layer's forward), projected (‖Pg‖²), or auto (exact for head, projected otherwise)", "auto")
+    corpus: str = _help("corpus spec of the candidates, recorded in the store so `select` can reload "
+                        "their texts ('' when the caller keeps the corpus itself)", "")
+    corpus_limit: int | None = _help("the candidate draw of that corpus (load_corpus limit)", None)
+    corpus_seed: int = _help("the seed of that draw", 0)
     dtype: str = _help("model dtype while extracting", "float32")
     device: str = _help("cpu or cuda (each process takes cuda:LOCAL_RANK)", "cpu")
 
@@ -204,7 +208,8 @@ class _Extractor:
                      "task": config.task, "params": self.names, "params_spec": config.params,
                      "projection": config.projection, "requested_dim": config.dim, "seed": config.seed,
                      "labels_source": config.labels, "max_length": config.max_length,
-                     "sqnorm": "exact" if self.exact_sqnorm else "projected"}
+                     "sqnorm": "exact" if self.exact_sqnorm else "projected",
+                     "corpus": config.corpus, "corpus_limit": config.corpus_limit, "corpus_seed": config.corpus_seed}
 
     def labels_for(self, texts: list[str], given) -> np.ndarray:
         if self.spec.kind != CLASSIFICATION:

@@ -59,7 +59,7 @@ def total_sqnorm(factors: dict[str, LayerFactors]) -> torch.Tensor:
     grams: dict[int, torch.Tensor] = {}
     total = None
     for f in factors.values():
-        key = id(f.x)
+        key = (f.x.data_ptr(), tuple(f.x.shape), f.x.stride())
         if key not in grams:
             grams[key] = f.x @ f.x.transpose(1, 2)
         term = (grams[key] * (f.delta @ f.delta.transpose(1, 2))).sum(dim=(1, 2))

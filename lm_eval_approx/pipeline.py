@@ -149,6 +149,7 @@ def _feature_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
         base=config.base, finetuned=config.finetuned, task=spec.name, params=config.params, dim=config.dim,
         projection=config.projection, seed=config.projection_seed, checkpoints=config.checkpoints,
         batch_size=config.extract_batch_size, max_length=config.extract_max_length,
+        corpus=config.corpus, corpus_limit=config.corpus_size, corpus_seed=config.corpus_seed,
     )
 
     def compute(folder: Path) -> dict:

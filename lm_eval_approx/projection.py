@@ -46,6 +46,11 @@ def rademacher(rows: int, cols: int, seed: int, device="cpu") -> torch.Tensor:
     return (signs.float() * 2 - 1).div_(math.sqrt(rows)).to(device)
 
 
+def tensor_key(tensor: torch.Tensor) -> tuple:
+    """Identifies a tensor's data (hooks hand out a new tensor object per call for the same data)."""
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.stride()
+
+
 def split_dim(dim: int, layers: int) -> list[int]:
     """d split over ``layers`` blocks as evenly as possible (the first blocks take the remainder)."""
     if dim < layers:
@@ -130,22 +135,27 @@ class KroneckerProjector(Projector):
         return torch.einsum("brd,bre->bde", a, b).reshape(a.shape[0], -1)
 
     def project(self, factors):
-        """As the base class, but layers fed the same input tensor (q/k/v, gate/up) share one pass
-        over it: their P_in are stacked into one matrix product (narrow products are slow on CPU)."""
-        groups: dict[int, list[str]] = {}
+        """As the base class, batched for speed (narrow products are slow on CPU): layers fed the same
+        input (q/k/v, gate/up) share one pass over it with their P_in stacked, and the per-layer
+        outer products Σ_r a_r b_rᵀ of equal block shapes run as one batched product."""
+        groups: dict[tuple, list[str]] = {}
         for name in self.shapes:
-            groups.setdefault(id(factors[name].x), []).append(name)
-        projected_x: dict[str, torch.Tensor] = {}
+            groups.setdefault(tensor_key(factors[name].x), []).append(name)
+        b_of: dict[str, torch.Tensor] = {}
         for names in groups.values():
-            stacked = torch.cat([self.matrices(n)[1] for n in names]) if len(names) > 1 else self.matrices(names[0])[1]
+            stacked = torch.cat([self.matrices(n)[1] for n in names])
             both = factors[names[0]].x @ stacked.t()
-            sizes = [self.blocks[n][1] for n in names]
-            projected_x.update(zip(names, both.split(sizes, dim=-1)))
-        blocks = []
+            b_of.update(zip(names, both.split([self.blocks[n][1] for n in names], dim=-1)))
+        by_shape: dict[tuple, list[str]] = {}
         for name in self.shapes:
-            a = factors[name].delta @ self.matrices(name)[0].t()
-            blocks.append(torch.einsum("brd,bre->bde", a, projected_x[name]).reshape(a.shape[0], -1))
-        return torch.cat(blocks, dim=1)
+            by_shape.setdefault((self.blocks[name], tuple(factors[name].delta.shape[:2])), []).append(name)
+        out: dict[str, torch.Tensor] = {}
+        for names in by_shape.values():
+            a = torch.stack([factors[n].delta @ self.matrices(n)[0].t() for n in names])
+            b = torch.stack([b_of[n] for n in names])
+            outer = a.transpose(-1, -2) @ b
+            out.update(zip(names, outer.reshape(len(names), outer.shape[1], -1).unbind(0)))
+        return torch.cat([out[name] for name in self.shapes], dim=1)
 
     def project_delta_layer(self, name, delta):
         p_out, p_in = self.matrices(name)

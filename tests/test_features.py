@@ -24,6 +24,7 @@ from lm_eval_approx.models import load_model, load_tokenizer
 from lm_eval_approx.projection import make_projector
 from lm_eval_approx.store import FeatureStore
 from lm_eval_approx.task_specs import AGNEWS
+from lm_eval_approx.task_specs import AGNEWS
 
 TEXTS = ["The team won the final match of the season.", "Stocks fell as the central bank raised rates.",
          "Leaders met in Geneva.", "A new chip doubles the speed of scientific computing.",
@@ -198,3 +199,22 @@ def test_sqnorm_exact_and_projected(tiny_gpt2, tuned_gpt2, tmp_path):
                                tmp_path / "auto")
     assert auto.meta["sqnorm"] == "projected"
     np.testing.assert_allclose(auto.sqnorm, (auto.features.astype(np.float32) ** 2).sum(axis=1), rtol=5e-3)
+
+
+def test_cli_features_then_select_reads_the_recorded_corpus(tiny_gpt2, tuned_gpt2, tmp_path):
+    """`features` records the corpus spec and draw in the store; `select` reloads the texts from it."""
+    from lm_eval_approx.cli import main
+    from lm_eval_approx.selection_file import read_selection
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    assert main(["features", "--base", tiny_gpt2, "--finetuned", tuned_gpt2, "--task", "approx_agnews",
+                 "--corpus", str(corpus), "--limit", str(len(TEXTS) - 1), "--corpus-seed", "3",
+                 "--dim", "64", "--out", str(tmp_path / "feats")]) == 0
+    store = open_feature_stores(tmp_path / "feats")[-1]
+    assert store.meta["corpus"] == str(corpus) and store.meta["corpus_limit"] == len(TEXTS) - 1
+    assert main(["select", "--strategy", "select", "--k", "3", "--features", str(tmp_path / "feats"),
+                 "--out", str(tmp_path / "sel.jsonl")]) == 0
+    rows = read_selection(tmp_path / "sel.jsonl")
+    assert len(rows) == 3 and all(r.text in TEXTS and r.id in store.ids for r in rows)
+    assert all(r.label_text == AGNEWS.choices[r.label] for r in rows)

@@ -17,7 +17,7 @@ def run_features(args) -> int:
         base=args.base, finetuned=args.finetuned, task=args.task, params=args.params, dim=args.dim,
         projection=args.projection, seed=args.seed, checkpoints=args.checkpoints, labels=args.labels,
         batch_size=args.batch_size, max_length=args.max_length, sqnorm=args.sqnorm, dtype=args.dtype,
-        device=args.device,
+        device=args.device, corpus=args.corpus, corpus_limit=args.limit, corpus_seed=args.corpus_seed,
     )
     corpus = load_corpus(args.corpus, limit=args.limit, seed=args.corpus_seed)
     stores = build_feature_stores(config, corpus, None, args.out)

@@ -75,7 +75,10 @@ def run_select(args: argparse.Namespace) -> int:
     if spec_text is not None:
         from ..corpus import load_corpus
 
-        corpus = load_corpus(spec_text)
+        recorded = args.corpus is None
+        limit = _meta_value(stores, ("corpus_limit",)) if recorded else None
+        seed = _meta_value(stores, ("corpus_seed",)) if recorded else None
+        corpus = load_corpus(spec_text, limit=limit, seed=seed or 0)
     task = args.task or _meta_value(stores, (TASK_META_KEY,))
     spec = get_task_spec(task) if task is not None and (args.task or task in TASK_SPECS) else None
     pool = build_pool(corpus, stores=stores, num_classes=spec.num_classes if spec and spec.num_classes else None)
