@@ -5,7 +5,8 @@ language modelling, see ``train_data``) and weight w_i (1 unless the strategy we
 e.g. select_omp). With w̃_i = w_i / mean(w) over the training part, a batch B minimises
 (1/|B|) Σ_{i∈B} w̃_i L_i, so the expected gradient is that of Σ_i w_i L_i / Σ_i w_i, the loss of
 the weighted data set; with equal weights it is the ordinary mean loss. Validation loss is
-Σ w_i L_i / Σ w_i over the held-out part, computed without dropout.
+Σ w_i L_i / Σ w_i over the held-out part, computed without dropout. Classification runs the output
+head only at the positions that predict label tokens (``train_loss``; same losses and gradients).
 
 Loop. Accelerate runs AdamW with a warm-up schedule, gradient accumulation and clipping (CPU here;
 several processes or mixed precision where present). After each epoch the trainable weights,
@@ -48,7 +49,8 @@ from .models import is_adapter, load_model, load_tokenizer, resolve_model
 from .recipe import ALL_LINEAR, FULL, HEAD, TrainingRecipe
 from .selection_file import SelectedExample, selection_hash
 from .task_specs import TaskSpec
-from .train_data import EpochShuffle, collate, example_losses, normalise_weights, render_examples, split_validation
+from .train_data import EpochShuffle, collate, normalise_weights, render_examples, split_validation
+from .train_loss import batch_example_losses, supports_head_positions
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def _validation_loss(accelerator, model, loader, kind: str) -> float | None:
+def _validation_loss(accelerator, model, loader, kind: str, head_positions: bool) -> float | None:
     """Σ w_i L_i / Σ w_i over the validation loader, in eval mode (no dropout)."""
     if loader is None:
         return None
@@ -150,8 +152,8 @@ def _validation_loss(accelerator, model, loader, kind: str) -> float | None:
     total, weight = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     with torch.no_grad():
         for batch in loader:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            losses, w = accelerator.gather_for_metrics((example_losses(logits, batch["labels"], kind), batch["weight"]))
+            losses = batch_example_losses(model, batch, kind, head_positions)
+            losses, w = accelerator.gather_for_metrics((losses, batch["weight"]))
             total += (losses.double() * w.double()).sum().cpu()
             weight += w.double().sum().cpu()
     model.train()
@@ -166,11 +168,14 @@ def _loader(rows, batch_size: int, pad_id: int, sampler=None):
 
 def train_model(
     base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, work_dir: str | Path,
-    *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
+    *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, full_logits: bool = False,
 ) -> TrainResult:
     """Train θ0 (``base``) on ``examples``; checkpoints go to ``work_dir`` (resumed when they match).
 
     ``on_epoch_end(epoch, history)`` is called after each epoch's checkpoint is written.
+    Classification losses come from the output head at the label-predicting positions only
+    (``train_loss``); ``full_logits=True`` computes full-vocabulary logits everywhere instead
+    (the slower reference path, same losses).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -180,6 +185,7 @@ def train_model(
         raise ConfigError("examples", examples, "at least one training example")
     work_dir, key = Path(work_dir), training_key(base, spec, examples, recipe)
     model, tokenizer = prepare_model(base, recipe)
+    head_positions = not full_logits and supports_head_positions(model)
     train_rows, val_rows = split_validation(examples, recipe.validation_fraction, recipe.seed)
     train_data = normalise_weights(render_examples(tokenizer, spec, train_rows, recipe.max_length))
     val_data = render_examples(tokenizer, spec, val_rows, recipe.max_length)
@@ -207,7 +213,7 @@ def train_model(
     checkpoint = work_dir / CHECKPOINT_FILE
     history, best_state = _resume(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, history)
     if not history["validation_loss"]:
-        history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind)
+        history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
 
     start = history["epochs_run"]
     bar = tqdm(total=len(train_loader) * recipe.epochs, initial=len(train_loader) * start,
@@ -219,8 +225,7 @@ def train_model(
         epoch_loss, epoch_batches, began = 0.0, 0, time.perf_counter()
         for batch in train_loader:
             with accelerator.accumulate(model):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = (example_losses(logits, batch["labels"], spec.kind) * batch["weight"]).mean()
+                loss = (batch_example_losses(model, batch, spec.kind, head_positions) * batch["weight"]).mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and recipe.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
@@ -236,7 +241,7 @@ def train_model(
         history["train_seconds"] += time.perf_counter() - began
         history["train_loss"].append(epoch_loss / epoch_batches)
         history["epochs_run"] = epoch + 1
-        val_loss = _validation_loss(accelerator, model, val_loader, spec.kind)
+        val_loss = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
         if val_loss is not None:
             history["validation_loss"].append(val_loss)
             if history["best_validation_loss"] is None or val_loss < history["best_validation_loss"]:
