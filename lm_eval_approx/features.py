@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,25 @@ import torch
 
 from .checkpoints import interpolated, model_fingerprint
 from .errors import ConfigError
-from .gradients import (changed_modules, head_factors, head_name, layer_factors, layer_shape,
-                        linear_modules, resolve_modules, total_sqnorm, weight_delta)
-from .labels import DEFAULT_MAX_LENGTH, collate, encode_classification, encode_examples, pseudo_label
+from .fields import help_field
+from .gradients import (
+    changed_modules,
+    head_factors,
+    head_name,
+    layer_factors,
+    layer_shape,
+    linear_modules,
+    resolve_modules,
+    total_sqnorm,
+    weight_delta,
+)
+from .labels import (
+    DEFAULT_MAX_LENGTH,
+    collate,
+    encode_classification,
+    encode_examples,
+    pseudo_label,
+)
 from .models import load_model, load_tokenizer
 from .projection import DEFAULT_DIM, PROJECTORS, make_projector
 from .store import META_FILE, NO_LABEL, FeatureStore
@@ -41,33 +57,29 @@ SHARD_DIR = "shards"
 ALPHA_DIR = "alpha-{:.4f}"
 
 
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class FeatureConfig:
     """What to extract: models, task, parameter set, projection and batching."""
 
-    base: str = _help("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
-    finetuned: str = _help("θf: a full model or a PEFT adapter folder", "")
-    task: str = _help("approximation task (approx_agnews, approx_msmarco, ...)", "approx_agnews")
-    params: str = _help("'head', 'changed' or a comma-separated list of linear-layer names", HEAD)
-    dim: int = _help("total projected dimension d, split over the layers", DEFAULT_DIM)
-    projection: str = _help("kronecker (default), dense (oracle) or identity (no projection)", "kronecker")
-    seed: int = _help("seed of the projection matrices", 0)
-    checkpoints: int = _help("M synthetic checkpoints α = j/M, j = 1..M (1: θf only)", 1)
-    labels: str = _help("'pseudo' (θf's argmax) or 'true' (the corpus labels)", "pseudo")
-    batch_size: int = _help("examples per forward pass", 16)
-    max_length: int = _help("tokens per example (contexts are clipped on the left)", DEFAULT_MAX_LENGTH)
-    sqnorm: str = _help("‖g‖² per example: exact (factored identity, costs ~T(in+out)/(in·out) of a "
+    base: str = help_field("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
+    finetuned: str = help_field("θf: a full model or a PEFT adapter folder", "")
+    task: str = help_field("approximation task (approx_agnews, approx_msmarco, ...)", "approx_agnews")
+    params: str = help_field("'head', 'changed' or a comma-separated list of linear-layer names", HEAD)
+    dim: int = help_field("total projected dimension d, split over the layers", DEFAULT_DIM)
+    projection: str = help_field("kronecker (default), dense (oracle) or identity (no projection)", "kronecker")
+    seed: int = help_field("seed of the projection matrices", 0)
+    checkpoints: int = help_field("M synthetic checkpoints α = j/M, j = 1..M (1: θf only)", 1)
+    labels: str = help_field("'pseudo' (θf's argmax) or 'true' (the corpus labels)", "pseudo")
+    batch_size: int = help_field("examples per forward pass", 16)
+    max_length: int = help_field("tokens per example (contexts are clipped on the left)", DEFAULT_MAX_LENGTH)
+    sqnorm: str = help_field("‖g‖² per example: exact (factored identity, costs ~T(in+out)/(in·out) of a "
                         "layer's forward), projected (‖Pg‖²), or auto (exact for head, projected otherwise)", "auto")
-    corpus: str = _help("corpus spec of the candidates, recorded in the store so `select` can reload "
+    corpus: str = help_field("corpus spec of the candidates, recorded in the store so `select` can reload "
                         "their texts ('' when the caller keeps the corpus itself)", "")
-    corpus_limit: int | None = _help("the candidate draw of that corpus (load_corpus limit)", None)
-    corpus_seed: int = _help("the seed of that draw", 0)
-    dtype: str = _help("model dtype while extracting", "float32")
-    device: str = _help("cpu or cuda (each process takes cuda:LOCAL_RANK)", "cpu")
+    corpus_limit: int | None = help_field("the candidate draw of that corpus (load_corpus limit)", None)
+    corpus_seed: int = help_field("the seed of that draw", 0)
+    dtype: str = help_field("model dtype while extracting", "float32")
+    device: str = help_field("cpu or cuda (each process takes cuda:LOCAL_RANK)", "cpu")
 
     def __post_init__(self) -> None:
         for name in ("base", "finetuned"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from .corpus import load_corpus
 from .errors import ConfigError
+from .fields import help_field
 from .recipe import TrainingRecipe
 from .selection_file import read_selection, selection_hash, write_selection
 from .stages import StageRecord, run_stage
@@ -33,31 +34,27 @@ FEATURE_DIR = "features"
 PARAM_SETS = ("head", "changed")
 
 
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class ApproxConfig:
     """One approximation: which models, which candidates, which strategy, how many documents."""
 
-    base: str = _help("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
-    finetuned: str = _help("θf: a full model folder or a PEFT adapter folder on top of θ0", "")
-    task: str = _help("approximation task whose loss and template are used (approx_agnews, approx_msmarco)", "approx_agnews")
-    corpus: str = _help("candidate corpus spec (seed:wikitext2+seed:dbpedia, a file, ...)", "seed:wikitext2+seed:dbpedia")
-    corpus_size: int | None = _help("draw this many candidates from the corpus (None: all)", None)
-    corpus_seed: int = _help("seed of the candidate draw", 0)
-    strategy: str = _help("registered strategy name (lm-eval-approx strategies)", "select")
-    strategy_options: dict[str, Any] = _help("options of the strategy (e.g. batch_size for select_batched)", None)
-    k: int = _help("number of documents to select", 100)
-    seed: int = _help("seed of the strategy (and of nothing upstream)", 0)
-    params: str = _help("gradient parameter set: head, changed, or comma-separated layer names", "head")
-    dim: int = _help("projected feature dimension", 4096)
-    projection: str = _help("kronecker, dense or identity", "kronecker")
-    projection_seed: int = _help("seed of the projection matrices", 0)
-    checkpoints: int = _help("synthetic checkpoints M for gradient features (1: θf only)", 1)
-    extract_batch_size: int = _help("batch size of pseudo-labelling and feature extraction", 16)
-    extract_max_length: int = _help("tokens per example while labelling and extracting", 128)
+    base: str = help_field("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
+    finetuned: str = help_field("θf: a full model folder or a PEFT adapter folder on top of θ0", "")
+    task: str = help_field("approximation task whose loss and template are used (approx_agnews, approx_msmarco)", "approx_agnews")
+    corpus: str = help_field("candidate corpus spec (seed:wikitext2+seed:dbpedia, a file, ...)", "seed:wikitext2+seed:dbpedia")
+    corpus_size: int | None = help_field("draw this many candidates from the corpus (None: all)", None)
+    corpus_seed: int = help_field("seed of the candidate draw", 0)
+    strategy: str = help_field("registered strategy name (lm-eval-approx strategies)", "select")
+    strategy_options: dict[str, Any] = help_field("options of the strategy (e.g. batch_size for select_batched)", None)
+    k: int = help_field("number of documents to select", 100)
+    seed: int = help_field("seed of the strategy (and of nothing upstream)", 0)
+    params: str = help_field("gradient parameter set: head, changed, or comma-separated layer names", "head")
+    dim: int = help_field("projected feature dimension", 4096)
+    projection: str = help_field("kronecker, dense or identity", "kronecker")
+    projection_seed: int = help_field("seed of the projection matrices", 0)
+    checkpoints: int = help_field("synthetic checkpoints M for gradient features (1: θf only)", 1)
+    extract_batch_size: int = help_field("batch size of pseudo-labelling and feature extraction", 16)
+    extract_max_length: int = help_field("tokens per example while labelling and extracting", 128)
 
     def __post_init__(self) -> None:
         if self.strategy_options is None:

@@ -24,7 +24,6 @@ from lm_eval_approx.models import load_model, load_tokenizer
 from lm_eval_approx.projection import make_projector
 from lm_eval_approx.store import FeatureStore
 from lm_eval_approx.task_specs import AGNEWS
-from lm_eval_approx.task_specs import AGNEWS
 
 TEXTS = ["The team won the final match of the season.", "Stocks fell as the central bank raised rates.",
          "Leaders met in Geneva.", "A new chip doubles the speed of scientific computing.",

@@ -7,7 +7,7 @@ import pytest
 
 from lm_eval_approx.errors import ConfigError, SelectionError
 from lm_eval_approx.registry import strategy_registry
-from lm_eval_approx.strategies.base import FEATURES, LOSS_BASE, LOSS_FINETUNED, GradientFeatures
+from lm_eval_approx.strategies.base import FEATURES, LOSS_BASE, LOSS_FINETUNED
 
 from _synthetic import make_pool
 
