@@ -40,15 +40,28 @@ def test_verbalisers_are_multi_token(tiny_tokenizer):
     assert max(lengths) >= 3 and min(lengths) == 1
 
 
+@pytest.mark.parametrize("shared_context", [True, False])
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
-def test_pseudo_label_equals_unpadded_argmax(llama, tiny_tokenizer, batch_size):
-    result = pseudo_label(llama, tiny_tokenizer, AGNEWS, TEXTS, batch_size=batch_size)
+def test_pseudo_label_equals_unpadded_argmax(llama, tiny_tokenizer, batch_size, shared_context):
+    """Both the shared-context fast path and one row per (text, choice) equal the unpadded definition."""
+    result = pseudo_label(llama, tiny_tokenizer, AGNEWS, TEXTS, batch_size=batch_size, shared_context=shared_context)
     want = np.array([[_logprob(llama, tiny_tokenizer, AGNEWS.context(t), cont) for cont in AGNEWS.continuations()]
                      for t in TEXTS])
     np.testing.assert_allclose(result.logprobs, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(result.labels, want.argmax(axis=1))
     np.testing.assert_allclose(result.loss, -want.max(axis=1), rtol=1e-5)
     assert result.labels.dtype == np.int64 and result.loss.dtype == np.float32
+
+
+def test_shared_context_runs_fewer_rows(llama, tiny_tokenizer):
+    from lm_eval_approx.labels import _carrier_rows
+
+    encodings = [encode_classification(tiny_tokenizer, AGNEWS, TEXTS[0], c, 64) for c in range(4)]
+    rows, reads = _carrier_rows(encodings)
+    multi = sum(len(e.ids) - e.start > 1 for e in encodings)
+    assert len(rows) == max(multi, 1) < 4
+    assert sorted(choice for r in reads for _, _, choice in r) == sorted(
+        [c for c, e in enumerate(encodings) for _ in range(len(e.ids) - e.start)])
 
 
 def test_example_losses_classification_and_lm(llama, tiny_tokenizer):
