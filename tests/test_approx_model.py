@@ -130,3 +130,35 @@ def test_model_approx_through_lm_eval_cli(tiny_llama, expert_and_corpus, tmp_pat
     assert set(approx["stage_keys"]) == {"labels", "features", "selection", "training"}
     assert "acc,none" in result["results"]["approx_agnews"]
     assert os.path.isdir(approx["adapter"])
+
+
+@pytest.mark.slow
+def test_model_approx_end_to_end_on_smollm2(mirror, tmp_path, monkeypatch):
+    """The real model: a LoRA expert on 16 AG News documents, 24 wiki candidates, k = 8, 10 test documents."""
+    import time
+
+    from lm_eval_approx.corpus import load_corpus
+    from lm_eval_approx.training import train_adapter
+
+    env = {**os.environ, "LM_EVAL_APPROX_DATA": str(mirror), "LM_EVAL_APPROX_CACHE": str(tmp_path / "cache")}
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(mirror))
+    news = load_corpus("ag_news:train", limit=16, seed=0)
+    rows = [SelectedExample(id=i, text=t, label=y) for i, t, y in zip(news.ids, news.texts, news.labels)]
+    expert = train_adapter("smollm2-135m", AGNEWS, rows, TrainingRecipe(epochs=1, batch_size=8, validation_fraction=0.0),
+                           tmp_path / "expert", progress=False)
+    start = time.perf_counter()
+    args = ["run", "--model", "approx", "--model_args",
+            f"base=smollm2-135m,finetuned={expert},strategy=select,k=8,corpus=seed:dbpedia,corpus_size=24,"
+            "train_epochs=1,train_batch_size=8,train_validation_fraction=0.0",
+            "--tasks", "approx_agnews", "--limit", "10", "--device", "cpu", "--batch_size", "16",
+            "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-m", "lm_eval_approx.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"--model approx on SmolLM2 (24 candidates, k=8, 10 test documents): {time.perf_counter() - start:.0f} s")
+    result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    approx = result["config"]["approx"]
+    assert approx["selected"] == 8 and approx["stage_cached"]["training"] is False
+    assert 0.0 <= result["results"]["approx_agnews"]["acc,none"] <= 1.0
+    selected = read_selection(approx["selection_file"])
+    assert all(row.source == "seed:dbpedia" and row.label in range(4) for row in selected)
