@@ -24,13 +24,7 @@ from lm_eval_approx.training import (
     CHECKPOINT_FILE, TRAINING_FILE, save_training, train_adapter, train_model, work_dir_for,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine more threads only contend with each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 KEYWORDS = ("peace treaty leaders", "team match season", "stocks bank rates", "chip computing science")

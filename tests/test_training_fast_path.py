@@ -23,12 +23,7 @@ RTOL = 1e-5
 NO_DROPOUT = dict(batch_size=4, learning_rate=3e-3, validation_fraction=0.25, lora_dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def varied_examples(n: int = 6) -> list[SelectedExample]:
