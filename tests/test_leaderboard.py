@@ -16,8 +16,9 @@ import pytest
 
 from lm_eval_approx.cli import main
 from lm_eval_approx.leaderboard import runner
-from lm_eval_approx.leaderboard.config import LeaderboardConfigError, apply_overrides, config_from_dict, read_yaml
+from lm_eval_approx.leaderboard.config import LeaderboardConfigError, config_from_dict
 from lm_eval_approx.leaderboard.report import build_board, to_csv, to_markdown
+from lm_eval_approx.leaderboard.sources import apply_overrides, read_yaml
 
 TARGET, METRIC, WIKITEXT = "approx_agnews", "acc", "wikitext"
 TINY_CELLS = 7  # θ0, expert, random × 2 seeds, topk, likelihood_min, select at k = 4

@@ -46,7 +46,7 @@ def write_outputs(out) -> str:
 
 
 def leaderboard_command(args: argparse.Namespace) -> int:
-    from ..leaderboard.config import load_config
+    from ..leaderboard.sources import load_config
 
     if args.show:
         from ..leaderboard.report import build_board, to_markdown

@@ -34,18 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..corpus import LOCAL_SUFFIXES, MIRROR_NAMED
 from ..errors import ConfigError, UnknownNameError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 TOP_KEYS = ("name", "base", "task", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
             "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size")
 # ApproxConfig fields a leaderboard sets itself (per cell), so `approx:` may not name them.
 CELL_FIELDS = ("base", "finetuned", "task", "corpus", "corpus_size", "corpus_seed", "strategy",
                "strategy_options", "k", "seed")
-MIRROR_SPLITS = {"ag_news": ("train", "test"), "msmarco": ("train", "test")}
-LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
 SEED_NAME = re.compile(r"^seed:[\w.-]+$")
 DEFAULT_REFERENCE_SIZE = 500
@@ -55,7 +51,7 @@ class LeaderboardConfigError(ConfigError):
     """A leaderboard config key holds a value that is not accepted; ``field`` is the dotted key."""
 
 
-def _fail(key: str, value: object, accepted: str) -> LeaderboardConfigError:
+def field_error(key: str, value: object, accepted: str) -> LeaderboardConfigError:
     return LeaderboardConfigError(key, value, accepted)
 
 
@@ -63,17 +59,17 @@ def _positive_int(key: str, value: object, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _fail(key, value, "a positive integer" + (" or null" if allow_none else ""))
+        raise field_error(key, value, "a positive integer" + (" or null" if allow_none else ""))
 
 
 def _int_list(key: str, value: object, minimum: int) -> list[int]:
     if not isinstance(value, list) or not value:
-        raise _fail(key, value, "a non-empty list of integers")
+        raise field_error(key, value, "a non-empty list of integers")
     for i, item in enumerate(value):
         if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
-            raise _fail(f"{key}[{i}]", item, f"an integer ≥ {minimum}")
+            raise field_error(f"{key}[{i}]", item, f"an integer ≥ {minimum}")
     if len(set(value)) != len(value):
-        raise _fail(key, value, "distinct integers")
+        raise field_error(key, value, "distinct integers")
     return list(value)
 
 
@@ -81,7 +77,7 @@ def _mapping(key: str, value: object) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _fail(key, value, "a mapping of key: value")
+        raise field_error(key, value, "a mapping of key: value")
     return dict(value)
 
 
@@ -89,19 +85,19 @@ def check_corpus_spec(key: str, spec: object) -> None:
     """Syntax of a corpus spec (see corpus.py): each ``+`` part a named mirror corpus, a local file
     or a hub id; files and the hub are reached only when the corpus is loaded."""
     if not isinstance(spec, str) or not spec.strip():
-        raise _fail(key, spec, "a corpus spec such as seed:wikitext2+seed:dbpedia")
+        raise field_error(key, spec, "a corpus spec such as seed:wikitext2+seed:dbpedia")
     for part in (p.strip() for p in spec.split("+")):
         name, _, split = part.partition(":")
-        if name in MIRROR_SPLITS:
-            if split and split not in MIRROR_SPLITS[name]:
-                raise _fail(key, part, f"{name}:" + f" or {name}:".join(MIRROR_SPLITS[name]))
+        if name in MIRROR_NAMED:
+            if split and split not in MIRROR_NAMED[name]:
+                raise field_error(key, part, f"{name}:" + f" or {name}:".join(MIRROR_NAMED[name]))
         elif name == "seed":
             if not SEED_NAME.match(part):
-                raise _fail(key, part, "seed:<name>, e.g. seed:wikitext2")
+                raise field_error(key, part, "seed:<name>, e.g. seed:wikitext2")
         elif Path(part).suffix.lower() in LOCAL_SUFFIXES or Path(part).expanduser().exists():
             continue
         elif not HUB_ID.match(part):
-            raise _fail(key, part, "ag_news:train|test, msmarco:train|test, seed:<name>, a local "
+            raise field_error(key, part, "ag_news:train|test, msmarco:train|test, seed:<name>, a local "
                                    f"{'/'.join(LOCAL_SUFFIXES)} file, or a hub id owner/name[:split]")
 
 
@@ -117,10 +113,10 @@ def check_task(key: str, name: object, approximation: bool) -> None:
     from ..task_specs import TASK_SPECS
 
     if not isinstance(name, str) or not name:
-        raise _fail(key, name, "a task name")
+        raise field_error(key, name, "a task name")
     if approximation:
         if name not in TASK_SPECS:
-            raise _fail(key, name, str(UnknownNameError("approximation task", name, TASK_SPECS)))
+            raise field_error(key, name, str(UnknownNameError("approximation task", name, TASK_SPECS)))
         return
     from ..registry import task_registry
 
@@ -128,7 +124,7 @@ def check_task(key: str, name: object, approximation: bool) -> None:
         return
     known = _lm_eval_task_names()
     if name not in known:
-        raise _fail(key, name, str(UnknownNameError("lm-eval task", name, known)).split(". Known")[0]
+        raise field_error(key, name, str(UnknownNameError("lm-eval task", name, known)).split(". Known")[0]
                     + " (see `lm-eval-approx tasks` or `lm_eval ls tasks`)")
 
 
@@ -145,17 +141,17 @@ class ExpertConfig:
 
     def validate(self, key: str = "expert") -> None:
         if self.adapter is None and self.data is None:
-            raise _fail(key, None, "expert.adapter (a model or adapter folder) or expert.data "
+            raise field_error(key, None, "expert.adapter (a model or adapter folder) or expert.data "
                                    "(a corpus with true labels, e.g. ag_news:train) with expert.size")
         if self.adapter is not None and self.data is not None:
-            raise _fail(key, {"adapter": self.adapter, "data": self.data}, "either adapter or data, not both")
+            raise field_error(key, {"adapter": self.adapter, "data": self.data}, "either adapter or data, not both")
         if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter.strip()):
-            raise _fail(f"{key}.adapter", self.adapter, "a model/adapter folder or alias")
+            raise field_error(f"{key}.adapter", self.adapter, "a model/adapter folder or alias")
         if self.data is not None:
             check_corpus_spec(f"{key}.data", self.data)
             _positive_int(f"{key}.size", self.size, allow_none=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise _fail(f"{key}.seed", self.seed, "an integer ≥ 0")
+            raise field_error(f"{key}.seed", self.seed, "an integer ≥ 0")
 
 
 @dataclass
@@ -252,24 +248,24 @@ def _strategy(key: str, raw: object, budgets: list[int], seeds: list[int]) -> St
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or "name" not in raw:
-        raise _fail(key, raw, "a strategy name or a mapping with name (and label, options, approx, budgets, seeds)")
+        raise field_error(key, raw, "a strategy name or a mapping with name (and label, options, approx, budgets, seeds)")
     unknown = set(raw) - {f.name for f in dataclasses.fields(StrategyConfig)}
     if unknown:
-        raise _fail(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "name, label, options, approx, budgets, seeds")
+        raise field_error(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "name, label, options, approx, budgets, seeds")
     name = raw["name"]
     registry = strategy_registry()
     if not isinstance(name, str) or name not in registry:
-        raise _fail(f"{key}.name", name, str(UnknownNameError("strategy", str(name), registry.names())))
+        raise field_error(f"{key}.name", name, str(UnknownNameError("strategy", str(name), registry.names())))
     options = _mapping(f"{key}.options", raw.get("options"))
     try:
         registry.get(name).obj(**options)
     except ConfigError as exc:
-        raise _fail(f"{key}.options.{exc.field.split('.')[-1]}", exc.value, exc.accepted) from exc
+        raise field_error(f"{key}.options.{exc.field.split('.')[-1]}", exc.value, exc.accepted) from exc
     approx = _mapping(f"{key}.approx", raw.get("approx"))
     _check_approx(f"{key}.approx", approx)
     label = raw.get("label") or name
     if not isinstance(label, str) or not re.match(r"^[\w.-]+$", label):
-        raise _fail(f"{key}.label", label, "a name of letters, digits, _ . -")
+        raise field_error(f"{key}.label", label, "a name of letters, digits, _ . -")
     own_budgets = _int_list(f"{key}.budgets", raw["budgets"], 1) if raw.get("budgets") is not None else None
     own_seeds = _int_list(f"{key}.seeds", raw["seeds"], 0) if raw.get("seeds") is not None else None
     return StrategyConfig(name, label, options, approx, own_budgets, own_seeds)
@@ -281,14 +277,14 @@ def _check_approx(key: str, approx: dict) -> None:
     allowed = {f.name for f in dataclasses.fields(ApproxConfig)} - set(CELL_FIELDS)
     for name in approx:
         if name not in allowed:
-            raise _fail(f"{key}.{name}", approx[name], "an ApproxConfig field: " + ", ".join(sorted(allowed)))
+            raise field_error(f"{key}.{name}", approx[name], "an ApproxConfig field: " + ", ".join(sorted(allowed)))
 
 
 def _task_entry(key: str, raw: object) -> TaskEntry:
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or set(raw) - {"name", "limit"} or "name" not in raw:
-        raise _fail(key, raw, "a task name or {name: TASK, limit: N}")
+        raise field_error(key, raw, "a task name or {name: TASK, limit: N}")
     check_task(f"{key}.name", raw["name"], approximation=False)
     _positive_int(f"{key}.limit", raw.get("limit"), allow_none=True)
     return TaskEntry(raw["name"], raw.get("limit"))
@@ -298,19 +294,19 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
     """Validate every key of a parsed YAML mapping and build the config (no model or data is touched
     except lm-eval's task index, to check extra task names)."""
     if not isinstance(data, dict):
-        raise _fail("config", data, "a YAML mapping")
+        raise field_error("config", data, "a YAML mapping")
     for key in data:
         if key not in TOP_KEYS:
-            raise _fail(key, data[key], "a leaderboard key: " + ", ".join(TOP_KEYS))
+            raise field_error(key, data[key], "a leaderboard key: " + ", ".join(TOP_KEYS))
     base = data.get("base")
     if not isinstance(base, str) or not base.strip():
-        raise _fail("base", base, "a model folder, hub id or alias (tiny preset: --set base=PATH)")
+        raise field_error("base", base, "a model folder, hub id or alias (tiny preset: --set base=PATH)")
     check_task("task", data.get("task", "approx_agnews"), approximation=True)
     expert_raw = _mapping("expert", data.get("expert"))
     known = {f.name for f in dataclasses.fields(ExpertConfig)}
     for key in expert_raw:
         if key not in known:
-            raise _fail(f"expert.{key}", expert_raw[key], "adapter, data, size, seed, recipe")
+            raise field_error(f"expert.{key}", expert_raw[key], "adapter, data, size, seed, recipe")
     expert = ExpertConfig(**expert_raw)
     expert.validate()
     corpus_raw = _mapping("corpus", data.get("corpus"))
@@ -319,27 +315,27 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
     corpus = CorpusConfig(**{k: v for k, v in corpus_raw.items() if k in ("spec", "size", "seed")})
     if set(corpus_raw) - {"spec", "size", "seed"}:
         bad = sorted(set(corpus_raw) - {"spec", "size", "seed"})[0]
-        raise _fail(f"corpus.{bad}", corpus_raw[bad], "spec, size, seed")
+        raise field_error(f"corpus.{bad}", corpus_raw[bad], "spec, size, seed")
     check_corpus_spec("corpus.spec", corpus.spec)
     _positive_int("corpus.size", corpus.size, allow_none=True)
     budgets = _int_list("budgets", data.get("budgets", [100]), 1)
     seeds = _int_list("seeds", data.get("seeds", [0]), 0)
     raw_strategies = data.get("strategies")
     if not isinstance(raw_strategies, list) or not raw_strategies:
-        raise _fail("strategies", raw_strategies, "a non-empty list of registered strategy names")
+        raise field_error("strategies", raw_strategies, "a non-empty list of registered strategy names")
     strategies = [_strategy(f"strategies[{i}]", s, budgets, seeds) for i, s in enumerate(raw_strategies)]
     labels = [s.label for s in strategies]
     if len(set(labels)) != len(labels):
-        raise _fail("strategies", labels, "distinct labels (set label: for a second entry of one strategy)")
+        raise field_error("strategies", labels, "distinct labels (set label: for a second entry of one strategy)")
     if corpus.size is not None:
         for i, s in enumerate(strategies):
             for k in s.budgets or budgets:
                 if k > corpus.size:
-                    raise _fail(f"strategies[{i}].budgets" if s.budgets else "budgets", k,
+                    raise field_error(f"strategies[{i}].budgets" if s.budgets else "budgets", k,
                                 f"k ≤ corpus.size ({corpus.size})")
     extra = data.get("extra_tasks") or []
     if not isinstance(extra, list):
-        raise _fail("extra_tasks", extra, "a list of lm-eval task names")
+        raise field_error("extra_tasks", extra, "a list of lm-eval task names")
     _positive_int("limit", data.get("limit"), allow_none=True)
     _positive_int("batch_size", data.get("batch_size", 16))
     approx = _mapping("approx", data.get("approx"))
@@ -355,7 +351,7 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
     _check_recipes(config)
     for key in config.similarity:
         if key not in ("embed", "reference_size"):
-            raise _fail(f"similarity.{key}", config.similarity[key], "embed, reference_size")
+            raise field_error(f"similarity.{key}", config.similarity[key], "embed, reference_size")
     _positive_int("similarity.reference_size", config.similarity.get("reference_size", DEFAULT_REFERENCE_SIZE))
     return config
 
@@ -365,50 +361,4 @@ def _check_recipes(config: LeaderboardConfig) -> None:
         try:
             config.recipe_for(overrides)
         except ConfigError as exc:
-            raise _fail(f"{key}.{exc.field}", exc.value, exc.accepted) from exc
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def read_yaml(config_file: str | None = None, preset: str | None = None) -> dict[str, Any]:
-    """The raw mapping of a config file or of a shipped preset."""
-    if (config_file is None) == (preset is None):
-        raise _fail("--config/--preset", (config_file, preset), "exactly one of --config FILE or --preset NAME")
-    if preset is not None:
-        path = PRESET_DIR / f"{preset}.yaml"
-        if not path.is_file():
-            raise UnknownNameError("preset", preset, preset_names())
-    else:
-        path = Path(config_file)
-        if not path.is_file():
-            raise _fail("--config", config_file, "an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise _fail("--config", str(path), f"valid YAML ({exc})") from exc
-    return data if isinstance(data, dict) else {"config": data}
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs (dotted keys for nesting, values read as YAML) applied over ``data``."""
-    out = yaml.safe_load(yaml.safe_dump(data))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise _fail("--set", item, "key=value, e.g. base=/path/to/model or expert.size=100")
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
-def load_config(config_file: str | None = None, preset: str | None = None,
-                overrides: list[str] | None = None) -> LeaderboardConfig:
-    """Read, override and validate a leaderboard config; raises before any compute on a bad key."""
-    return config_from_dict(apply_overrides(read_yaml(config_file, preset), overrides or []))
+            raise field_error(f"{key}.{exc.field}", exc.value, exc.accepted) from exc
