@@ -10,10 +10,13 @@ normalisation) and empty documents are dropped; every document keeps a stable id
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import logging
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("text", "content", "passage", "sentence", "document")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+# csv's default field limit (131,072 characters) would refuse a 1 MB document; this one admits it.
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 MIRROR_NAMED = {"ag_news": ("train", "test"), "msmarco": ("train", "test")}
 # Hub equivalents of the mirror, for machines that reach the hub: (dataset id, config, text field).
 HUB_EQUIVALENTS = {
@@ -86,9 +91,17 @@ def mirror_file(relative: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def read_records(path: Path) -> list[dict]:
-    """Rows of a local JSONL/JSON/CSV/Parquet/TXT file as dicts."""
-    suffix = path.suffix.lower()
+@contextlib.contextmanager
+def _csv_field_limit():
+    """Admit CSV fields of any document size, restoring csv's process-wide limit afterwards."""
+    before = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _read_rows(path: Path, suffix: str) -> list:
     if suffix == ".jsonl":
         rows = []
         with path.open(encoding="utf-8", errors="replace") as fh:
@@ -100,37 +113,89 @@ def read_records(path: Path) -> list[dict]:
                         raise ConfigError(f"{path}:{lineno}", line[:80], f"valid JSON ({exc.msg})") from None
         return rows
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-        return data if isinstance(data, list) else data.get("data", [])
+        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(str(path), text[:80], f"valid JSON ({exc.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("data", []), list):
+            return data.get("data", [])
+        if not isinstance(data, list):
+            raise ConfigError(str(path), text[:80], "a JSON list of rows or an object with a 'data' list")
+        return data
     if suffix == ".csv":
-        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
-            return list(csv.DictReader(fh))
+        with _csv_field_limit(), path.open(encoding="utf-8", errors="replace", newline="") as fh:
+            try:
+                return list(csv.DictReader(fh))
+            except csv.Error as exc:
+                raise ConfigError(str(path), "(csv)", f"a readable CSV file ({exc})") from None
     if suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    if suffix == ".txt":
-        return [{"text": line} for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    raise ConfigError("corpus", str(path), f"a file ending in one of {', '.join(LOCAL_SUFFIXES)}")
+        try:
+            return pq.read_table(path).to_pylist()
+        except pyarrow.ArrowException as exc:
+            raise ConfigError(str(path), "(parquet)", f"a readable Parquet file ({exc})") from None
+    return [{"text": line} for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
 
 
-def _rows_to_docs(rows: list[dict], source: str, text_field: str | None = None):
-    if rows and not isinstance(rows[0], dict):
-        raise ConfigError("corpus", source, "rows that are JSON objects with a text field")
+def read_records(path: Path) -> list:
+    """Rows of a local JSONL/JSON/CSV/Parquet/TXT file (invalid UTF-8 bytes become U+FFFD)."""
+    suffix = path.suffix.lower()
+    if suffix not in LOCAL_SUFFIXES:
+        raise ConfigError("corpus", str(path), f"a file ending in one of {', '.join(LOCAL_SUFFIXES)}")
+    try:
+        return _read_rows(path, suffix)
+    except OSError as exc:
+        raise DataNotFoundError(f"cannot read corpus file {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _text_of(row: dict, key: str, where: str) -> str:
+    """The document text of a row: a string (lone surrogates replaced), a number, or empty for null."""
+    value = row[key]
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{where}.{key}", value, "a string (the document text)")
+    text = str(value)
+    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _label_of(row: dict, where: str) -> int | None:
+    """An integer label (``3``, ``3.0``, ``"3"``), or None when the row has none."""
+    label = row.get("label")
+    if label is None or label == "":
+        return None
+    if isinstance(label, float) and math.isfinite(label) and label.is_integer():
+        return int(label)
+    if isinstance(label, str) and label.strip().lstrip("+-").isdigit() and label.strip().isascii():
+        return int(label.strip())
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise ConfigError(f"{where}.label", label, "an integer class index, or empty/null for no label")
+    return label
+
+
+def _rows_to_docs(rows: list, source: str, text_field: str | None = None):
     fields = (text_field,) if text_field else TEXT_FIELDS
     docs = []
     for row_no, row in enumerate(rows):
+        where = f"{source} row {row_no}"
+        if not isinstance(row, dict):
+            raise ConfigError(where, row if not isinstance(row, str) else row[:80],
+                              "rows that are JSON objects with a text field")
         key = next((f for f in fields if f in row), None)
         if key is None:
-            raise ConfigError(
-                f"{source} row {row_no}", sorted(row)[:10], f"a text field named one of {', '.join(fields)}"
-            )
-        label = row.get("label")
-        try:
-            label = int(label) if label not in (None, "") else None
-        except (TypeError, ValueError):
-            label = None
-        docs.append((f"{source}:{row_no}", str(row[key]), label, source))
+            raise ConfigError(where, sorted(str(k) for k in row)[:10], f"a text field named one of {', '.join(fields)}")
+        docs.append((f"{source}:{row_no}", _text_of(row, key, where), _label_of(row, where), source))
     return docs
 
 
@@ -146,8 +211,22 @@ def _load_hub(dataset_id: str, split: str, text_field: str | None, source: str):
     return _rows_to_docs(list(data), source, text_field)
 
 
-def _load_source(spec: str):
+def _local_path(spec: str) -> Path | None:
+    """The local file a spec names, or None when it names none (bad characters, too long a name)."""
+    if "\0" in spec:
+        raise ConfigError("corpus", spec, "a spec without NUL characters")
+    path = Path(spec).expanduser()
+    try:
+        exists = path.exists()
+    except OSError:
+        exists = False
+    return path if path.suffix.lower() in LOCAL_SUFFIXES or exists else None
+
+
+def _load_source(spec: str, taken: set[str] = frozenset()):
     spec = spec.strip()
+    if not spec:
+        raise ConfigError("corpus", spec, "a non-empty source between '+' signs")
     name, _, split = spec.partition(":")
     if name in MIRROR_NAMED:
         split = split or "train"
@@ -172,11 +251,16 @@ def _load_source(spec: str):
         if known:
             raise ConfigError("corpus", spec, "one of " + ", ".join(f"seed:{k}" for k in known))
         raise _mirror_missing(f"corpus {spec!r}")
-    path = Path(spec).expanduser()
-    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
-        if not path.is_file():
+    path = _local_path(spec)
+    if path is not None:
+        try:
+            is_file = path.is_file()
+        except OSError:
+            is_file = False
+        if not is_file:
             raise ConfigError("corpus", spec, "an existing local file (.jsonl, .json, .csv, .parquet, .txt)")
-        return _rows_to_docs(read_records(path), path.name)
+        # Ids are <file name>:<row>; a second file of the same name keeps the path as typed, so ids stay unique.
+        return _rows_to_docs(read_records(path), path.name if path.name not in taken else spec)
     if "/" in name:
         return _load_hub(name, split or "train", None, spec)
     raise ConfigError(
@@ -191,9 +275,13 @@ def load_corpus(spec: str, limit: int | None = None, seed: int = 0) -> Corpus:
         raise ConfigError("corpus", spec, "a non-empty corpus spec such as seed:wikitext2")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise ConfigError("limit", limit, "a positive integer or None")
-    corpus, seen = Corpus(), set()
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError("seed", seed, "an integer ≥ 0 (the seed of the limit draw)")
+    corpus, seen, sources = Corpus(), set(), set()
     for part in spec.split("+"):
-        for doc_id, text, label, source in _load_source(part):
+        docs = _load_source(part, sources)
+        sources.update(source for _, _, _, source in docs[:1])
+        for doc_id, text, label, source in docs:
             key = " ".join(text.split())
             if not key:
                 corpus.dropped_empty += 1

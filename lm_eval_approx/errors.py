@@ -51,3 +51,12 @@ class StoreMismatchError(ApproxError, ValueError):
 
 class SelectionError(ApproxError, ValueError):
     """A strategy cannot select from these inputs (k out of range, zero target, NaN features...)."""
+
+
+class ModelPairError(ApproxError, ValueError):
+    """θ0 and θf cannot be approximated as a pair: different architecture, vocabulary or tokenizer,
+    an adapter made for another base, or no difference at all on the chosen parameters."""
+
+    def __init__(self, base: str, finetuned: str, field: str, detail: str):
+        self.base, self.finetuned, self.field, self.detail = base, finetuned, field, detail
+        super().__init__(f"θ0={base!r} and θf={finetuned!r} cannot be approximated: {field}: {detail}")

@@ -32,6 +32,7 @@ LOSS_FILE = "loss.npy"
 SELECTION_FILE = "selection.jsonl"
 FEATURE_DIR = "features"
 PARAM_SETS = ("head", "changed")
+PROJECTIONS = ("kronecker", "dense", "identity")
 
 
 @dataclass
@@ -59,7 +60,7 @@ class ApproxConfig:
     def __post_init__(self) -> None:
         if self.strategy_options is None:
             self.strategy_options = {}
-        for name in ("base", "finetuned", "corpus", "strategy"):
+        for name in ("base", "finetuned", "corpus", "strategy", "task"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ConfigError(name, getattr(self, name), "a non-empty string")
         get_task_spec(self.task)
@@ -67,8 +68,21 @@ class ApproxConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(name, value, f"an integer ≥ {low}")
-        if self.corpus_size is not None and (not isinstance(self.corpus_size, int) or self.corpus_size < 1):
+        if self.corpus_size is not None and (
+                isinstance(self.corpus_size, bool) or not isinstance(self.corpus_size, int) or self.corpus_size < 1):
             raise ConfigError("corpus_size", self.corpus_size, "a positive integer or None")
+        if self.corpus_size is not None and self.k > self.corpus_size:
+            raise ConfigError("k", self.k, f"at most corpus_size={self.corpus_size} documents")
+        for name in ("corpus_seed", "seed", "projection_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(name, value, "an integer ≥ 0")
+        if not isinstance(self.params, str) or not self.params.strip(" ,"):
+            raise ConfigError("params", self.params, f"{' or '.join(PARAM_SETS)} or comma-separated layer names")
+        if self.projection not in PROJECTIONS:
+            raise ConfigError("projection", self.projection, f"one of {', '.join(PROJECTIONS)}")
+        if not isinstance(self.strategy_options, dict) or not all(isinstance(o, str) for o in self.strategy_options):
+            raise ConfigError("strategy_options", self.strategy_options, "a mapping of option names to values")
         from .registry import strategy_registry
 
         strategy_registry().get(self.strategy)
@@ -162,7 +176,11 @@ def _feature_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
 
 
 def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str | Path | None = None) -> ApproxResult:
-    """Run (or reuse) every stage; ``out_dir`` gets a copy of the selection file when given."""
+    """Run (or reuse) every stage; ``out_dir`` gets a copy of the selection file when given.
+
+    θ0 and θf are checked as a pair first (compat.py), so a pair that cannot be approximated fails
+    in seconds, before any labelling, extraction or training."""
+    from .compat import check_model_pair
     from .features import open_feature_stores
     from .registry import strategy_registry
     from .selection import build_pool, select, selection_rows
@@ -171,6 +189,7 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
     spec = get_task_spec(config.task)
     strategy_cls = strategy_registry().get(config.strategy).obj
     needs = strategy_cls.requires
+    check_model_pair(config.base, config.finetuned, config.params if FEATURES in needs else None)
     corpus = load_corpus(config.corpus, config.corpus_size, config.corpus_seed)
     models = _models_key(config)
     stages = [_label_stage(config, spec, corpus, models)]

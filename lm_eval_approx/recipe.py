@@ -120,7 +120,7 @@ class TrainingRecipe:
         known = [f.name for f in dataclasses.fields(cls)]
         for key in record:
             if key not in known:
-                raise ConfigError(key, record[key], f"a recipe field: {', '.join(known)}")
+                raise ConfigError(str(key), record[key], f"a recipe field: {', '.join(known)}")
         return cls(**record)
 
     @classmethod
@@ -147,7 +147,12 @@ class TrainingRecipe:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainingRecipe:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """A recipe from a JSON file; a missing, unreadable or non-UTF-8 file is a ConfigError."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError("recipe", str(path), f"a readable UTF-8 recipe.json file ({exc})") from None
+        return cls.from_json(text)
 
     def recipe_hash(self) -> str:
         """A short content hash of every field: equal hashes mean equal recipes."""

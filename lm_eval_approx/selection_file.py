@@ -53,40 +53,58 @@ def write_selection(path: str | Path, rows: list[SelectedExample]) -> Path:
     return path
 
 
+def _optional(record: dict, key: str, kinds: tuple, where: str, accepted: str):
+    value = record.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+        raise SelectionFileError(f"{where}: {key!r} must be {accepted} or null, got {value!r}")
+    return value
+
+
+def _row(record: object, where: str, position: int) -> SelectedExample:
+    """One validated row; ``position`` is its place among the rows read so far (the default order)."""
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise SelectionFileError(f"{where}: each row needs a string field 'text'")
+    if not record["text"].strip():
+        raise SelectionFileError(f"{where}: 'text' is empty; a selected document needs text to train on")
+    label = _optional(record, "label", (int,), where, "an integer")
+    weight = record.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or not math.isfinite(weight):
+        raise SelectionFileError(f"{where}: 'weight' must be a positive number, got {weight!r}")
+    order = record.get("order", position)
+    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+        raise SelectionFileError(f"{where}: 'order' must be an integer ≥ 0, got {order!r}")
+    score = _optional(record, "score", (int, float), where, "a number")
+    doc_id = record.get("id", position)
+    if isinstance(doc_id, (dict, list)):
+        raise SelectionFileError(f"{where}: 'id' must be a string or a number, got {doc_id!r}")
+    return SelectedExample(
+        id=str(doc_id), text=record["text"], label=label,
+        label_text=_optional(record, "label_text", (str,), where, "a string"),
+        score=None if score is None else float(score), weight=float(weight), order=order,
+        source=_optional(record, "source", (str,), where, "a string"),
+    )
+
+
 def read_selection(path: str | Path) -> list[SelectedExample]:
     """Read and validate a selection file (also accepts any JSONL with at least ``text``)."""
     path = Path(path)
     if not path.is_file():
         raise SelectionFileError(f"selection file {str(path)!r} does not exist")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SelectionFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise SelectionFileError(f"{path}:{lineno}: each row needs a string field 'text'")
-            label = record.get("label")
-            if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
-                raise SelectionFileError(f"{path}:{lineno}: 'label' must be an integer or null, got {label!r}")
-            weight = record.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or not math.isfinite(weight):
-                raise SelectionFileError(f"{path}:{lineno}: 'weight' must be a positive number, got {weight!r}")
-            rows.append(
-                SelectedExample(
-                    id=str(record.get("id", lineno - 1)),
-                    text=record["text"],
-                    label=label,
-                    label_text=record.get("label_text"),
-                    score=record.get("score"),
-                    weight=float(weight),
-                    order=int(record.get("order", len(rows))),
-                    source=record.get("source"),
-                )
-            )
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SelectionFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                rows.append(_row(record, f"{path}:{lineno}", len(rows)))
+    except UnicodeDecodeError as exc:
+        raise SelectionFileError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise SelectionFileError(f"selection file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
     return rows
 
 

@@ -10,8 +10,11 @@ from ..features import FeatureConfig
 
 
 def run_features(args) -> int:
+    from ..compat import check_model_pair
     from ..corpus import load_corpus
     from ..features import build_feature_stores
+    from ..task_specs import CLASSIFICATION, get_task_spec
+    from .train import check_labels
 
     config = FeatureConfig(
         base=args.base, finetuned=args.finetuned, task=args.task, params=args.params, dim=args.dim,
@@ -19,7 +22,11 @@ def run_features(args) -> int:
         batch_size=args.batch_size, max_length=args.max_length, sqnorm=args.sqnorm, dtype=args.dtype,
         device=args.device, corpus=args.corpus, corpus_limit=args.limit, corpus_seed=args.corpus_seed,
     )
+    check_model_pair(args.base, args.finetuned, args.params)
     corpus = load_corpus(args.corpus, limit=args.limit, seed=args.corpus_seed)
+    spec = get_task_spec(args.task)
+    if args.labels == "true" and spec.kind == CLASSIFICATION:
+        check_labels("corpus", corpus.labels, corpus.ids, spec)
     stores = build_feature_stores(config, corpus, None, args.out)
     for store in stores:
         print(f"alpha={store.alpha:g}: {len(store)} examples × d={store.dim} in {store.path}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import ConfigError, SelectionError
+from ..errors import ApproxError, ConfigError, SelectionError
 
 CORPUS_META_KEYS = ("corpus", "corpus_spec")
 TASK_META_KEY = "task"
@@ -49,6 +49,18 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
+def check_options(strategy: str, options: dict) -> None:
+    """The strategy exists and accepts these options (before any store or corpus is read)."""
+    from ..registry import strategy_registry
+
+    try:
+        strategy_registry().get(strategy).obj(**options)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ApproxError):
+            raise
+        raise ConfigError("--option", options, f"options strategy {strategy!r} accepts ({exc})") from None
+
+
 def _meta_value(stores, keys):
     for store in stores:
         meta = getattr(store, "meta", {}) or {}
@@ -67,6 +79,7 @@ def run_select(args: argparse.Namespace) -> int:
     if args.k < 0:
         raise ConfigError("--k", args.k, "a non-negative integer")
     options = parse_options(args.option)
+    check_options(args.strategy, options)
     stores = [FeatureStore.open(path) for path in args.features]
     corpus = None
     spec_text = args.corpus or _meta_value(stores, CORPUS_META_KEYS)

@@ -47,6 +47,14 @@ def add_parser(subparsers) -> None:
         parser.set_defaults(func=train_command, data_source=source)
 
 
+def check_labels(field: str, labels: list, ids: list[str], spec) -> None:
+    """Every given label of a classification task is a class index 0..C-1 (None: to be pseudo-labelled)."""
+    for label, doc_id in zip(labels, ids):
+        if label is not None and not 0 <= label < spec.num_classes:
+            raise ConfigError(f"{field} label of {doc_id}", label,
+                              f"a class index 0..{spec.num_classes - 1} of task {spec.name}")
+
+
 def load_examples(args: argparse.Namespace, spec, seed: int) -> list:
     """The training rows: a selection file as it is, or a corpus converted with its true labels."""
     from ..selection_file import SelectedExample, read_selection
@@ -55,7 +63,10 @@ def load_examples(args: argparse.Namespace, spec, seed: int) -> list:
     if args.limit is not None and args.limit <= 0:
         raise ConfigError("limit", args.limit, "a positive integer")
     if args.data_source == SELECTION:
-        return read_selection(args.data)[: args.limit]
+        rows = read_selection(args.data)[: args.limit]
+        if spec.kind == CLASSIFICATION:
+            check_labels("data", [row.label for row in rows], [row.id for row in rows], spec)
+        return rows
     from ..corpus import load_corpus
 
     data_seed = seed if args.data_seed is None else args.data_seed
@@ -64,6 +75,8 @@ def load_examples(args: argparse.Namespace, spec, seed: int) -> list:
     if classification and any(label is None for label in corpus.labels):
         raise ConfigError("data", args.data, f"a corpus with true labels for the classification task {spec.name} "
                                              f"(e.g. {spec.corpus}:train)")
+    if classification:
+        check_labels("data", corpus.labels, corpus.ids, spec)
     return [
         SelectedExample(
             id=corpus.ids[i], text=corpus.texts[i],

@@ -257,10 +257,15 @@ def _strategy(key: str, raw: object, budgets: list[int], seeds: list[int]) -> St
     if not isinstance(name, str) or name not in registry:
         raise field_error(f"{key}.name", name, str(UnknownNameError("strategy", str(name), registry.names())))
     options = _mapping(f"{key}.options", raw.get("options"))
+    for option in options:
+        if not isinstance(option, str):
+            raise field_error(f"{key}.options", option, "option names that are strings")
     try:
         registry.get(name).obj(**options)
     except ConfigError as exc:
         raise field_error(f"{key}.options.{exc.field.split('.')[-1]}", exc.value, exc.accepted) from exc
+    except (TypeError, ValueError) as exc:
+        raise field_error(f"{key}.options", options, f"options the strategy accepts ({exc})") from None
     approx = _mapping(f"{key}.approx", raw.get("approx"))
     _check_approx(f"{key}.approx", approx)
     label = raw.get("label") or name
@@ -278,6 +283,19 @@ def _check_approx(key: str, approx: dict) -> None:
     for name in approx:
         if name not in allowed:
             raise field_error(f"{key}.{name}", approx[name], "an ApproxConfig field: " + ", ".join(sorted(allowed)))
+
+
+def _check_approx_values(config: LeaderboardConfig) -> None:
+    """Every strategy's ApproxConfig overrides hold accepted values (models are not looked at)."""
+    from ..pipeline import ApproxConfig
+
+    for i, s in enumerate(config.strategies):
+        try:
+            ApproxConfig(base="-", finetuned="-", task=config.task, corpus=config.corpus.spec, strategy=s.name,
+                         **{**config.approx, **s.approx})
+        except ConfigError as exc:
+            key = f"strategies[{i}].approx" if exc.field in s.approx else "approx"
+            raise field_error(f"{key}.{exc.field}", exc.value, exc.accepted) from None
 
 
 def _task_entry(key: str, raw: object) -> TaskEntry:
@@ -318,6 +336,14 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
         raise field_error(f"corpus.{bad}", corpus_raw[bad], "spec, size, seed")
     check_corpus_spec("corpus.spec", corpus.spec)
     _positive_int("corpus.size", corpus.size, allow_none=True)
+    if isinstance(corpus.seed, bool) or not isinstance(corpus.seed, int) or corpus.seed < 0:
+        raise field_error("corpus.seed", corpus.seed, "an integer ≥ 0")
+    _mapping("expert.recipe", expert.recipe)
+    for key in ("name", "device"):
+        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
+            raise field_error(key, data[key], "a non-empty string")
+    if data.get("metric") is not None and (not isinstance(data["metric"], str) or not data["metric"].strip()):
+        raise field_error("metric", data["metric"], "a metric name such as acc, or null for the task's first")
     budgets = _int_list("budgets", data.get("budgets", [100]), 1)
     seeds = _int_list("seeds", data.get("seeds", [0]), 0)
     raw_strategies = data.get("strategies")
@@ -349,10 +375,13 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
         batch_size=data.get("batch_size", 16),
     )
     _check_recipes(config)
+    _check_approx_values(config)
     for key in config.similarity:
         if key not in ("embed", "reference_size"):
             raise field_error(f"similarity.{key}", config.similarity[key], "embed, reference_size")
     _positive_int("similarity.reference_size", config.similarity.get("reference_size", DEFAULT_REFERENCE_SIZE))
+    if not isinstance(config.similarity.get("embed", True), bool):
+        raise field_error("similarity.embed", config.similarity["embed"], "true or false")
     return config
 
 

@@ -31,8 +31,8 @@ def read_yaml(config_file: str | None = None, preset: str | None = None) -> dict
             raise field_error("--config", config_file, "an existing YAML file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise field_error("--config", str(path), f"valid YAML ({exc})") from exc
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise field_error("--config", str(path), f"a readable UTF-8 YAML file ({exc})") from None
     return data if isinstance(data, dict) else {"config": data}
 
 
@@ -40,6 +40,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """``key=value`` pairs (dotted keys for nesting, values read as YAML) applied over ``data``."""
     out = yaml.safe_load(yaml.safe_dump(data))
     for item in overrides:
+        if not isinstance(item, str):
+            raise field_error("--set", item, "key=value strings")
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise field_error("--set", item, "key=value, e.g. base=/path/to/model or expert.size=100")
@@ -49,7 +51,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise field_error(f"--set {key.strip()}", value, f"a YAML value ({exc})") from None
     return out
 
 
