@@ -10,7 +10,10 @@ adapter exactly like ``hf`` (with FastHFLM's one-forward-per-context scoring). K
   ``train_target_modules`` joins module names with ``+``);
 - ``strategy_<option>`` for the strategy's own options (strategy_batch_size=16, strategy_min_cosine=0.1);
 - ``recipe=FILE`` to read a recipe JSON (train_* keys override it);
-- anything else goes to HFLM unchanged (batch_size, device, dtype, max_length, ...).
+- ``allow_pickle=true`` to accept θ0/θf folders that hold only pickle checkpoints (read with
+  ``weights_only=True``; refused otherwise, see safe_weights.py);
+- anything else goes to HFLM unchanged (batch_size, device, dtype, max_length, ...);
+  ``trust_remote_code`` is False unless given.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .models import resolve_model
 from .peft_compat import install as install_peft_compat
 from .pipeline import ApproxConfig, ApproxResult, run_approximation
 from .recipe import TrainingRecipe
+from .safe_weights import ALLOW_PICKLE_ARG, hf_model_args, parse_flag, pickle_allowed
 from .scoring import FastHFLM
 
 TRAIN_PREFIX = "train_"
@@ -64,13 +68,17 @@ class ApproxLM(FastHFLM):
         if "pretrained" in kwargs or "peft" in kwargs:
             raise ConfigError("pretrained/peft", kwargs.get("pretrained") or kwargs.get("peft"),
                               "base=... and finetuned=... (approx builds its own adapter)")
-        config, recipe, hf_args = split_model_args(dict(kwargs))
+        kwargs = dict(kwargs)
+        allow_pickle = parse_flag(ALLOW_PICKLE_ARG, kwargs.pop(ALLOW_PICKLE_ARG, False))
+        config, recipe, hf_args = split_model_args(kwargs)
         start = time.perf_counter()
         self.approx_config, self.approx_recipe = config, recipe
-        self.approx_result: ApproxResult = run_approximation(config, recipe)
-        self.approx_seconds = time.perf_counter() - start
-        install_peft_compat()
-        super().__init__(pretrained=resolve_model(config.base), peft=str(self.approx_result.adapter), **hf_args)
+        with pickle_allowed(allow_pickle):
+            self.approx_result: ApproxResult = run_approximation(config, recipe)
+            self.approx_seconds = time.perf_counter() - start
+            install_peft_compat()
+            super().__init__(**hf_model_args({"pretrained": resolve_model(config.base),
+                                              "peft": str(self.approx_result.adapter), **hf_args}))
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()

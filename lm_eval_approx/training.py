@@ -10,7 +10,8 @@ head only at the positions that predict label tokens (``train_loss``; same losse
 
 Loop. Accelerate runs AdamW with a warm-up schedule, gradient accumulation and clipping (CPU here;
 several processes or mixed precision where present). After each epoch the trainable weights,
-optimizer, scheduler, RNG state and curves are checkpointed atomically in a work folder next to
+optimizer, scheduler, RNG state and curves are checkpointed atomically (train_checkpoint.py: plain
+tensors and values, read back with ``weights_only=True``) in a work folder next to
 the output, keyed by a hash of base, task, selection and recipe: an interrupted run resumes from
 its last finished epoch and ends with the same weights as an uninterrupted one; a work folder of
 other inputs is discarded. The weights of the epoch with the lowest validation loss are kept, and
@@ -30,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import pickle
 import shutil
 import tempfile
 import time
@@ -49,6 +48,7 @@ from .models import is_adapter, load_model, load_tokenizer, resolve_model
 from .recipe import ALL_LINEAR, FULL, HEAD, TrainingRecipe
 from .selection_file import SelectedExample, selection_hash
 from .task_specs import TaskSpec
+from .train_checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_rng, write_checkpoint
 from .train_data import EpochShuffle, collate, normalise_weights, render_examples, split_validation
 from .train_loss import batch_example_losses, supports_head_positions
 
@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 RECIPE_FILE = "recipe.json"
 TRAINING_FILE = "training.json"
 CURVES_FILE = "curves.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 WORK_SUFFIX = ".partial"
 SHUFFLE_STRIDE = 1_000_003
 KEY_CHARS = 16
@@ -250,7 +249,8 @@ def train_model(
             elif recipe.patience and epoch + 1 - history["best_epoch"] >= recipe.patience:
                 history["stopped_early"] = True
         if accelerator.is_main_process:
-            _write_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, history, best_state)
+            write_checkpoint(checkpoint, _trainable_state(accelerator.unwrap_model(model)), optimizer, scheduler,
+                             history, best_state)
         accelerator.wait_for_everyone()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, history)
@@ -269,7 +269,7 @@ def train_model(
 def _resume(checkpoint: Path, model, optimizer, scheduler, fresh: dict) -> tuple[dict, dict | None]:
     """Restore weights, optimizer, scheduler and RNG from a checkpoint of the same inputs (same
     ``key``); returns (history, best_state), or (``fresh``, None) when there is nothing to resume."""
-    saved = _read_checkpoint(checkpoint)
+    saved = read_checkpoint(checkpoint)
     if saved is None:
         return fresh, None
     if saved["history"]["key"] != fresh["key"]:
@@ -278,40 +278,11 @@ def _resume(checkpoint: Path, model, optimizer, scheduler, fresh: dict) -> tuple
     _load_trainable(model, saved["trainable"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
+    restore_rng(saved)
     history = saved["history"]
     history["resumed_from_epoch"] = history["epochs_run"]
     logger.info("resuming training from epoch %d (%s)", history["epochs_run"], checkpoint)
     return history, saved["best_state"]
-
-
-def _read_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at ``path``, or None when there is none or it cannot be read (then the run
-    restarts from scratch; checkpoints are written atomically, so this means foreign files)."""
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        logger.warning("ignoring unreadable checkpoint %s (%s); training restarts", path, exc)
-        return None
-    if not isinstance(saved, dict) or "history" not in saved:
-        logger.warning("ignoring checkpoint %s of an unknown layout; training restarts", path)
-        return None
-    return saved
-
-
-def _write_checkpoint(path: Path, model, optimizer, scheduler, history: dict, best_state) -> None:
-    """Everything a resumed run needs, written atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        torch.save({"trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                    "history": history, "best_state": best_state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def work_dir_for(out_dir: str | Path) -> Path:

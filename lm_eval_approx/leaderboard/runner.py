@@ -10,6 +10,10 @@ Cost columns: ``selection_seconds`` sums the original compute time of the labels
 features and selection stages of the cell (from each stage's ``stage.json``, so a stage another
 cell computed is still counted: it is what this selection costs from scratch);
 ``training_seconds`` is the training stage's.
+
+Every path written or read under DIR goes through ``safe_paths.contained``: a cell id that is not
+one plain file name, or a ``results/`` folder, results file or snapshot that is a symlink leading
+out of DIR, raises ``PathEscapeError`` instead of being written through.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic, write_text_atomic
+from ..safe_paths import contained, safe_name
 from .config import APPROX, EXPERT, THETA0, Cell, LeaderboardConfig
 
 logger = logging.getLogger(__name__)
@@ -47,8 +52,22 @@ def shared_task_manager():
     return task_manager()
 
 
-def results_path(out: Path, cell: Cell) -> Path:
-    return Path(out) / RESULTS_DIR / f"{cell.id}.json"
+def results_dir(out: str | Path) -> Path:
+    """``out/results``, refused when it is a symlink leading out of ``out``."""
+    return contained(out, RESULTS_DIR, field="leaderboard results folder")
+
+
+def results_path(out: str | Path, cell: Cell) -> Path:
+    """``out/results/<cell id>.json``; the id must be one plain file name and the file may not be
+    a symlink leading out of the results folder."""
+    name = f"{safe_name('leaderboard cell', cell.id)}.json"
+    return contained(results_dir(out), name, field="leaderboard cell")
+
+
+def result_files(out: str | Path) -> list[Path]:
+    """Every ``out/results/*.json`` in name order, each checked like ``results_path``."""
+    folder = results_dir(out)
+    return [contained(folder, p.name, field="leaderboard result file") for p in sorted(folder.glob("*.json"))]
 
 
 def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
@@ -79,14 +98,14 @@ def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
 
     if config.expert.adapter is not None:
         return resolve_model(config.expert.adapter)
-    from ..paths import cache_dir
+    from ..paths import cache_path
     from ..task_specs import get_task_spec
     from ..training import train_adapter, training_key
 
     spec = get_task_spec(config.task)
     examples = true_examples(config, spec)
     recipe = config.recipe_for(config.expert.recipe)
-    folder = cache_dir() / EXPERT_DIR / training_key(config.base, spec, examples, recipe)
+    folder = cache_path(EXPERT_DIR, training_key(config.base, spec, examples, recipe), field="expert folder")
     return str(train_adapter(config.base, spec, examples, recipe, folder, progress=progress))
 
 
@@ -164,13 +183,13 @@ def evaluate(config: LeaderboardConfig, lm, manager, on_phase: Callable[[str], N
 
 
 def _stage_seconds(names: tuple[str, ...], keys: dict[str, str]) -> float:
-    from ..paths import cache_dir
+    from ..paths import cache_path
     from ..stages import DONE_FILE
 
     total = 0.0
     for name in names:
         if name in keys:
-            done = cache_dir() / "stages" / name / keys[name] / DONE_FILE
+            done = cache_path("stages", name, keys[name], DONE_FILE, field=f"{name} stage key")
             total += float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
     return total
 
@@ -240,9 +259,11 @@ def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = F
     from tqdm.auto import tqdm
 
     out = Path(out)
-    (out / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / CONFIG_SNAPSHOT, config.to_dict())
     cells = config.cells()
+    for cell in cells:
+        results_path(out, cell)  # every cell's file name is checked before anything is computed
+    results_dir(out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(contained(out, CONFIG_SNAPSHOT, field="leaderboard snapshot"), config.to_dict())
     todo = [c for c in cells if not (resume and finished(out, config, c))]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=config.name, unit="cell", disable=not progress)
     if todo:
