@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataNotFoundError
-from .paths import DATA_ENV, MIRROR_LAYOUT, data_dir, hub_offline
+from .paths import DATA_ENV, MIRROR_LAYOUT, data_dir, hub_offline, mirror_path
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +84,8 @@ def _mirror_missing(what: str) -> DataNotFoundError:
 
 def mirror_file(relative: str) -> Path | None:
     """A file of the data mirror, or None when the mirror is unset or lacks it."""
-    root = data_dir()
-    if root is None:
-        return None
-    path = root / relative
-    return path if path.is_file() else None
+    path = mirror_path(relative)
+    return path if path is not None and path.is_file() else None
 
 
 @contextlib.contextmanager

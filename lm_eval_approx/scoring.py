@@ -39,6 +39,7 @@ from tqdm import tqdm
 from lm_eval.models.huggingface import HFLM
 
 from .errors import ConfigError
+from .safe_weights import hf_model_args
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ class FastHFLM(HFLM):
     def __init__(self, pretrained, verify_packing: bool = True, **kwargs) -> None:
         if not isinstance(verify_packing, bool):
             raise ConfigError("verify_packing", verify_packing, "true or false")
-        super().__init__(pretrained=pretrained, **kwargs)
+        kwargs = hf_model_args({"pretrained": pretrained, **kwargs})
+        super().__init__(**kwargs)
         self._packing_ok: bool | None = None if verify_packing else True
 
     # ------------------------------------------------------------------ dispatch

@@ -53,7 +53,7 @@ def _embedder():
     from transformers import AutoModel, AutoTokenizer
 
     folder = embedding_model_dir()
-    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False), AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False).eval()
 
 
 def sentence_embeddings(texts: list[str], batch_size: int = EMBED_BATCH) -> np.ndarray:

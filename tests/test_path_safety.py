@@ -177,3 +177,32 @@ def test_the_yaml_refuses_a_label_with_a_path_in_it(label):
         config_from_dict(data)
     assert info.value.field == "strategies[0].label"
 
+
+
+def test_the_report_does_not_read_a_result_file_linked_from_outside(out, outside):
+    from lm_eval_approx.leaderboard.report import load_results
+
+    (outside / "foreign.json").write_text(json.dumps({"results": {}}))
+    (out / "results").mkdir()
+    (out / "results" / "theta0.json").symlink_to(outside / "foreign.json")
+    with pytest.raises(PathEscapeError):
+        load_results(out)
+
+
+@pytest.mark.parametrize("preset", ["../presets/cpu", "cpu/../cpu", "/etc/passwd"])
+def test_a_preset_name_with_a_path_in_it_is_an_unknown_preset(preset):
+    from lm_eval_approx.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="preset"):
+        read_yaml(preset=preset)
+
+
+def test_a_seed_corpus_name_cannot_read_outside_the_mirror(monkeypatch, tmp_path):
+    from lm_eval_approx.corpus import load_corpus
+
+    mirror = tmp_path / "mirror"
+    (mirror / "seed").mkdir(parents=True)
+    (tmp_path / "secret.jsonl").write_text('{"text": "outside the mirror"}\n')
+    monkeypatch.setenv(DATA_ENV, str(mirror))
+    with pytest.raises(PathEscapeError):
+        load_corpus("seed:../../secret")

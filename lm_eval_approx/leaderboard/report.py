@@ -24,7 +24,7 @@ from typing import Any
 from ..atomic import write_text_atomic
 from ..errors import ApproxError
 from .config import APPROX, EXPERT, THETA0
-from .runner import CONFIG_SNAPSHOT, RESULTS_DIR
+from .runner import CONFIG_SNAPSHOT, RESULTS_DIR, result_files
 
 MD_FILE, CSV_FILE = "leaderboard.md", "leaderboard.csv"
 RANDOM = "random"
@@ -81,7 +81,7 @@ class Board:
 def load_results(out: str | Path) -> tuple[dict, list[dict]]:
     """The config snapshot (may be empty) and every cell's results dict, in file-name order."""
     out = Path(out)
-    files = sorted((out / RESULTS_DIR).glob("*.json"))
+    files = result_files(out)
     if not files:
         raise NoResultsError(f"{out / RESULTS_DIR} holds no results JSONs; run `lm-eval-approx leaderboard` first")
     snapshot_path = out / CONFIG_SNAPSHOT

@@ -22,9 +22,9 @@ def read_yaml(config_file: str | None = None, preset: str | None = None) -> dict
     if (config_file is None) == (preset is None):
         raise field_error("--config/--preset", (config_file, preset), "exactly one of --config FILE or --preset NAME")
     if preset is not None:
-        path = PRESET_DIR / f"{preset}.yaml"
-        if not path.is_file():
+        if preset not in preset_names():
             raise UnknownNameError("preset", preset, preset_names())
+        path = PRESET_DIR / f"{preset}.yaml"
     else:
         path = Path(config_file)
         if not path.is_file():
