@@ -133,6 +133,7 @@ def _tiny_dict(**changes) -> dict:
     ({"corpus": {"spec": "seed:wikitext2+nothing"}}, "corpus.spec"),
     ({"strategies": [{"name": "select_batched", "options": {"batch_sise": 4}}]}, "strategies[0].options.batch_sise"),
     ({"recipe": {"epochs": 0}}, "recipe.epochs"),
+    ({"strategies": ["random", {"name": "select", "recipe": {"epochs": 0}}]}, "strategies[1].recipe.epochs"),
 ])
 def test_bad_config_fails_before_compute_naming_the_key(changes, key, tmp_path, monkeypatch, capsys):
     with pytest.raises(LeaderboardConfigError) as info:
@@ -145,6 +146,22 @@ def test_bad_config_fails_before_compute_naming_the_key(changes, key, tmp_path, 
     assert main(["leaderboard", "--config", str(config_file), "--out", str(tmp_path / "out")]) == 2
     assert key in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_strategy_recipe_changes_only_its_own_rows_retraining(monkeypatch):
+    monkeypatch.setattr("lm_eval_approx.models.resolve_model", lambda name: name)
+    data = _tiny_dict(strategies=["select", {"name": "select", "label": "select_2ep", "recipe": {"epochs": 2}}])
+    config = config_from_dict(data)
+    plain, longer = (next(c for c in config.cells() if c.label == label) for label in ("select", "select_2ep"))
+    default_epochs = config.recipe_for().epochs
+    assert runner.approx_model_args(config, plain, "EXPERT")["train_epochs"] == default_epochs
+    assert runner.approx_model_args(config, longer, "EXPERT")["train_epochs"] == 2
+    assert config.recipe_for(config.expert.recipe).epochs == default_epochs
+    # A row without a recipe hashes as before the key existed, so earlier results still resume.
+    alone = config_from_dict(_tiny_dict(strategies=["select"]))
+    assert runner.cell_hash(config, plain) == runner.cell_hash(alone, plain)
+    assert runner.cell_hash(config, longer) != runner.cell_hash(
+        config_from_dict(_tiny_dict(strategies=[{"name": "select", "label": "select_2ep"}])), longer)
 
 
 def test_every_preset_validates_and_dry_runs(capsys):

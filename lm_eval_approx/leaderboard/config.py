@@ -11,7 +11,8 @@ Layout (every key but ``base``, ``expert`` and ``strategies`` has a default)::
     expert: {data: ag_news:train, size: 1000, seed: 0, recipe: {epochs: 2}}
     corpus: {spec: seed:wikitext2+seed:dbpedia, size: 2000, seed: 0}
     strategies: [random, {name: select, label: select_changed, options: {}, approx: {params: changed},
-                          budgets: [500], seeds: [0]}]
+                          budgets: [500], seeds: [0]},
+                 {name: select, label: select_2ep, recipe: {epochs: 2}}]   # recipe: this row's retraining
     budgets: [300]
     seeds: [0]
     extra_tasks: [approx_wikitext, {name: hellaswag, limit: 100}]
@@ -166,7 +167,9 @@ class CorpusConfig:
 @dataclass
 class StrategyConfig:
     """One strategy row family: registered ``name``, display ``label``, its ``options``, ApproxConfig
-    overrides (``approx``), and budgets/seeds replacing the leaderboard's when given."""
+    overrides (``approx``), budgets/seeds replacing the leaderboard's when given, and TrainingRecipe
+    fields (``recipe``) overriding the leaderboard's recipe for this row's retraining only (the
+    expert keeps its own), so a retraining ablation sits in the same table as the default."""
 
     name: str
     label: str = ""
@@ -174,6 +177,7 @@ class StrategyConfig:
     approx: dict[str, Any] = field(default_factory=dict)
     budgets: list[int] | None = None
     seeds: list[int] | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -248,10 +252,11 @@ def _strategy(key: str, raw: object, budgets: list[int], seeds: list[int]) -> St
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or "name" not in raw:
-        raise field_error(key, raw, "a strategy name or a mapping with name (and label, options, approx, budgets, seeds)")
+        raise field_error(key, raw, "a strategy name or a mapping with name (and label, options, approx, budgets, seeds, recipe)")
     unknown = set(raw) - {f.name for f in dataclasses.fields(StrategyConfig)}
     if unknown:
-        raise field_error(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "name, label, options, approx, budgets, seeds")
+        raise field_error(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
+                          "name, label, options, approx, budgets, seeds, recipe")
     name = raw["name"]
     registry = strategy_registry()
     if not isinstance(name, str) or name not in registry:
@@ -273,7 +278,8 @@ def _strategy(key: str, raw: object, budgets: list[int], seeds: list[int]) -> St
         raise field_error(f"{key}.label", label, "a name of letters, digits, _ . -")
     own_budgets = _int_list(f"{key}.budgets", raw["budgets"], 1) if raw.get("budgets") is not None else None
     own_seeds = _int_list(f"{key}.seeds", raw["seeds"], 0) if raw.get("seeds") is not None else None
-    return StrategyConfig(name, label, options, approx, own_budgets, own_seeds)
+    recipe = _mapping(f"{key}.recipe", raw.get("recipe"))
+    return StrategyConfig(name, label, options, approx, own_budgets, own_seeds, recipe)
 
 
 def _check_approx(key: str, approx: dict) -> None:
@@ -386,7 +392,9 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
 
 
 def _check_recipes(config: LeaderboardConfig) -> None:
-    for key, overrides in (("recipe", {}), ("expert.recipe", config.expert.recipe)):
+    checks = [("recipe", {}), ("expert.recipe", config.expert.recipe)]
+    checks += [(f"strategies[{i}].recipe", s.recipe) for i, s in enumerate(config.strategies) if s.recipe]
+    for key, overrides in checks:
         try:
             config.recipe_for(overrides)
         except ConfigError as exc:

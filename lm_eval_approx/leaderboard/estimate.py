@@ -44,7 +44,6 @@ def estimate(config: LeaderboardConfig) -> Estimate:
     from ..strategies.base import FEATURES, LOSS_BASE
 
     rates = _rates(config.device)
-    recipe = config.recipe_for()
     unknown: list[str] = []
     seconds = {"expert": 0.0, "labels+features": 0.0, "retraining": 0.0, "scoring": 0.0}
     if config.expert.data is not None:
@@ -70,7 +69,8 @@ def estimate(config: LeaderboardConfig) -> Estimate:
         seconds["labels+features"] += sum(n * m / rates["features"] for _, m in feature_sets)
     for cell in cells:
         if cell.kind == APPROX:
-            seconds["retraining"] += cell.k * recipe.epochs / rates["train"]
+            epochs = config.recipe_for(config.strategy(cell.label).recipe).epochs
+            seconds["retraining"] += cell.k * epochs / rates["train"]
         for task in config.tasks():
             if task.limit is None:
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")

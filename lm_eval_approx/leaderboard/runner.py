@@ -80,6 +80,8 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
         strategy = config.strategy(cell.label)
         inputs.update(corpus=config.corpus.__dict__, approx=config.approx, strategy=strategy.name,
                       options=strategy.options, strategy_approx=strategy.approx, k=cell.k, seed=cell.seed)
+        if strategy.recipe:
+            inputs.update(strategy_recipe=strategy.recipe)
     text = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
@@ -131,7 +133,7 @@ def approx_model_args(config: LeaderboardConfig, cell: Cell, expert: str) -> dic
         "corpus": config.corpus.spec, "corpus_size": config.corpus.size, "corpus_seed": config.corpus.seed,
         "strategy": strategy.name, "k": cell.k, "seed": cell.seed, **config.approx, **strategy.approx,
     }
-    recipe: TrainingRecipe = config.recipe_for()
+    recipe: TrainingRecipe = config.recipe_for(strategy.recipe)
     for name, value in recipe.to_dict().items():
         args[f"train_{name}"] = "+".join(value) if name == "target_modules" else value
     for name, value in strategy.options.items():
