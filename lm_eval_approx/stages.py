@@ -2,14 +2,20 @@
 where ``key`` hashes exactly the inputs that stage depends on (and the keys of the stages before it).
 
 A stage folder counts as finished only when its ``stage.json`` exists, which is written last and
-atomically; a per-key file lock keeps two runs sharing one cache from computing it twice.
+atomically; a per-key file lock keeps two runs sharing one cache from computing it twice (the
+second waits on the lock, then reuses). ``stage.json`` records the size and sha256 of every file
+of the folder (``"files"``); a reused folder is verified against it (integrity.py) and, when
+damaged, moved aside with a warning and recomputed. A ``stage.json`` written before checksums
+existed (no ``"files"``) is trusted as it is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,9 +25,13 @@ from typing import Any
 from filelock import FileLock
 
 from .atomic import write_json_atomic
+from .integrity import find_damage, folder_checksums, quarantine, verify_level
 from .paths import cache_dir
 
+logger = logging.getLogger(__name__)
+
 DONE_FILE = "stage.json"
+FILES_KEY = "files"
 KEY_HEX_DIGITS = 16
 
 
@@ -60,12 +70,38 @@ def run_stage(name: str, inputs: dict[str, Any], compute: Callable[[Path], dict[
     folder = cache_dir() / "stages" / name / key
     done = folder / DONE_FILE
     with _locked(folder):
-        if done.is_file():
-            record = json.loads(done.read_text(encoding="utf-8"))
+        record = _intact_record(name, key, folder)
+        if record is not None:
             return StageRecord(name, key, folder, True, 0.0, record.get("info", {}))
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         info = compute(folder)
         seconds = time.perf_counter() - start
-        write_json_atomic(done, {"stage": name, "key": key, "inputs": inputs, "seconds": seconds, "info": info})
+        files = folder_checksums(folder, skip=(DONE_FILE,))
+        write_json_atomic(done, {"stage": name, "key": key, "inputs": inputs, "seconds": seconds, "info": info,
+                                 FILES_KEY: files})
         return StageRecord(name, key, folder, False, seconds, info)
+
+
+def _intact_record(name: str, key: str, folder: Path) -> dict[str, Any] | None:
+    """The finished stage's record when its folder is intact; None when it must be computed
+    (never finished, or damaged: then the folder is moved aside and a warning says so)."""
+    done = folder / DONE_FILE
+    if not done.is_file():
+        return None
+    level = verify_level()
+    try:
+        record = json.loads(done.read_text(encoding="utf-8"))
+        problems = [] if FILES_KEY not in record else find_damage(folder, record[FILES_KEY], level)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        record, problems = None, [f"{DONE_FILE}: unreadable ({exc})"]
+    if isinstance(record, dict) and not problems:
+        return record
+    if not problems:
+        problems = [f"{DONE_FILE}: not a JSON object"]
+    moved = quarantine(folder)
+    message = (f"stage {name!r} (key {key}) is damaged: {'; '.join(problems)}; "
+               f"moved it to {str(moved)!r} and recomputing it")
+    logger.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return None

@@ -19,14 +19,18 @@ Resume protocol: rows are written into the memmaps, the memmaps are flushed, and
 completion mask set and flushed, so a mask bit never claims a row whose data could be lost.
 ``meta.json``, ``ids.json`` and ``target.npy`` are written atomically (temp file, fsync, replace).
 A store opened with ``expect`` raises ``StoreMismatchError`` when any expected field differs, so
-features of different runs are never silently mixed.
+features of different runs are never silently mixed. Opening also checks every column file's size
+against N and the shapes in ``meta.json``: a truncated file raises ``StoreCorruptError`` (and
+``open_or_create`` moves the damaged store aside with a warning and builds it again).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ import numpy as np
 
 from .atomic import write_json_atomic
 from .errors import ApproxError, ConfigError, StoreMismatchError
+from .integrity import CorruptCacheError, quarantine
 from .strategies.base import GradientFeatures
 
 FORMAT_VERSION = 1
@@ -52,6 +57,12 @@ COLUMNS = {
 }
 NO_LABEL = -1
 MERGE_BLOCK = 65536
+
+logger = logging.getLogger(__name__)
+
+
+class StoreCorruptError(CorruptCacheError):
+    """A store file is shorter or longer than its meta.json says, or cannot be read at all."""
 
 
 class FeatureOverflowError(ApproxError, ValueError):
@@ -77,13 +88,15 @@ class FeatureStore:
         if meta.get("factor_shape"):
             r, d1, d2 = meta["factor_shape"]
             shape_of.update(factor_a=(n, r, d1), factor_b=(n, r, d2))
+        if mode != "w+":
+            _check_sizes(self.path, {**{COLUMNS[k]: v for k, v in shape_of.items()},
+                                     (DONE_FILE, np.uint8): (n,)})
         self._maps = {
             name: _memmap(self.path / COLUMNS[name][0], COLUMNS[name][1], shape, mode)
             for name, shape in shape_of.items()
         }
         self.done = _memmap(self.path / DONE_FILE, np.uint8, (n,), mode)
-        target = self.path / TARGET_FILE
-        self.target = np.load(target) if target.exists() else None
+        self.target = _load_target(self.path / TARGET_FILE, dim)
 
     # ---- creation and opening -------------------------------------------------------------
     @classmethod
@@ -112,9 +125,9 @@ class FeatureStore:
             raise StoreMismatchError(f"{str(path)!r} is not a feature store (no {META_FILE})")
         if mode not in ("r", "r+"):
             raise ConfigError("mode", mode, "'r' (read) or 'r+' (resume writing)")
-        meta = json.loads((path / META_FILE).read_text())
+        meta = _read_json(path / META_FILE)
         check_meta(meta, expect or {}, path)
-        ids = json.loads((path / IDS_FILE).read_text())
+        ids = _read_json(path / IDS_FILE)
         if ids_fingerprint(ids) != meta["ids_fingerprint"]:
             raise StoreMismatchError(f"{str(path)!r}: ids.json does not match meta.json")
         return cls(path, meta, ids, mode)
@@ -127,7 +140,13 @@ class FeatureStore:
         if (path / META_FILE).exists():
             expect = dict(meta, dim=int(dim), num_examples=len(ids), ids_fingerprint=ids_fingerprint(ids),
                           factor_shape=list(factor_shape) if factor_shape else None)
-            return cls.open(path, expect=expect, mode="r+")
+            try:
+                return cls.open(path, expect=expect, mode="r+")
+            except StoreCorruptError as exc:
+                moved = quarantine(path)
+                message = f"{exc}; moved it to {str(moved)!r} and rebuilding the store"
+                logger.warning(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
         return cls.create(path, meta, ids, dim, factor_shape)
 
     # ---- columns ----------------------------------------------------------------------------
@@ -270,6 +289,43 @@ def check_meta(meta: dict, expect: dict, path: Path | str = "") -> None:
 def _normal(value: Any) -> Any:
     """JSON-normalised value, so tuples and lists (and ints and floats) compare equal."""
     return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _read_json(path: Path) -> Any:
+    """A store's JSON file; unreadable (damaged on disk) → ``StoreCorruptError`` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreCorruptError(f"feature store file {str(path)!r} cannot be read ({exc})") from exc
+
+
+def _check_sizes(folder: Path, shapes: dict[tuple[str, Any], tuple[int, ...]]) -> None:
+    """Raise ``StoreCorruptError`` naming each column file whose byte size is not N×row bytes."""
+    problems = []
+    for (name, dtype), shape in shapes.items():
+        expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if expected == 0:
+            continue
+        path = folder / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != expected:
+            problems.append(f"{name}: {'missing' if size is None else f'{size} bytes'}, expected {expected} "
+                            f"for shape {tuple(shape)}")
+    if problems:
+        raise StoreCorruptError(f"feature store {str(folder)!r} is damaged: {'; '.join(problems)}")
+
+
+def _load_target(path: Path, dim: int) -> np.ndarray | None:
+    """The stored target vector, None when not written yet; unreadable → ``StoreCorruptError``."""
+    if not path.exists():
+        return None
+    try:
+        target = np.load(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise StoreCorruptError(f"feature store file {str(path)!r} cannot be read ({exc})") from exc
+    if target.shape != (dim,):
+        raise StoreCorruptError(f"feature store file {str(path)!r} holds shape {target.shape}, expected ({dim},)")
+    return target
 
 
 def _memmap(path: Path, dtype, shape: tuple[int, ...], mode: str) -> np.ndarray:

@@ -1,0 +1,322 @@
+"""SIGKILL at random points of every stage, rerun, and check nothing was lost or silently wrong.
+
+A tiny but real run (tiny random Llama θ0, a local JSONL candidate corpus) goes through the cached
+pipeline — pseudo-labelling, gradient features, selection, training — and, in ``--mode leaderboard``,
+through lm-eval scoring inside a one-strategy leaderboard (needs the data mirror, LM_EVAL_APPROX_DATA).
+
+1. An uninterrupted baseline run records when each stage starts and how long it takes.
+2. Each trial starts from the baseline's cache with the killed stage and everything after it
+   removed (``leaderboard``: from nothing), waits for the stage to start, sleeps u × its measured
+   duration (u uniform in [0, 1)), sends SIGKILL, then reruns to completion.
+3. Survived means: the rerun finishes; its selection ids, adapter tensors and scores equal the
+   baseline's; every stage finished before the rerun is reported cached with its stage.json (and
+   every finished leaderboard results JSON) untouched; every stage.json's checksums verify.
+
+    python benchmarks/kill_resume.py --trials 2                      # pipeline stages, 8 kills
+    python benchmarks/kill_resume.py --mode leaderboard --trials 5   # all six stages, 30 kills
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "@@"
+PIPELINE_STAGES = ("labels", "features", "selection", "training")
+LEADERBOARD_STAGES = PIPELINE_STAGES + ("evaluation", "leaderboard")
+CORPUS_SIZE = 40
+TOPICS = ("peace talks in the capital", "the team won the match", "stocks and profits rose", "a new chip and software")
+CHILD_TIMEOUT_S = 900
+MIN_SLEEP_S = 0.0
+
+
+# ---- the child: one run of the pipeline, printing stage markers ----------------------------------
+def _child(args) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["LM_EVAL_APPROX_CACHE"] = str(args.cache)
+    from lm_eval_approx import pipeline
+
+    def mark(*words) -> None:
+        print(MARK, time.time(), *words, flush=True)
+
+    original = pipeline.run_stage
+
+    def marked_stage(name, inputs, compute):
+        mark("start", name)
+        record = original(name, inputs, compute)
+        mark("end", name, record.key, int(record.cached))
+        return record
+
+    pipeline.run_stage = marked_stage
+    mark("start", "leaderboard")
+    if args.mode == "pipeline":
+        from lm_eval_approx.pipeline import ApproxConfig, run_approximation
+        from lm_eval_approx.recipe import TrainingRecipe
+
+        config = ApproxConfig(base=str(args.work / "base"), finetuned=str(args.work / "finetuned"),
+                              corpus=str(args.work / "candidates.jsonl"), strategy="select", k=8, dim=64,
+                              extract_batch_size=8, extract_max_length=64)
+        run_approximation(config, TrainingRecipe(epochs=2, batch_size=4, validation_fraction=0.0))
+    else:
+        from lm_eval_approx.cli import main
+        from lm_eval_approx.leaderboard import runner
+
+        evaluate = runner.evaluate
+
+        def marked_evaluate(*a, **k):
+            mark("start", "evaluation")
+            result = evaluate(*a, **k)
+            mark("end", "evaluation", "-", 0)
+            return result
+
+        runner.evaluate = marked_evaluate
+        code = main(["leaderboard", "--config", str(args.work / "leaderboard.json"), "--out", str(args.out),
+                     "--resume", "--no-progress"])
+        if code:
+            return code
+    mark("end", "leaderboard", "-", 0)
+    return 0
+
+
+# ---- the harness ------------------------------------------------------------------------------------
+def _setup(work: Path, mode: str) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import save_tiny_model
+
+    save_tiny_model(work / "base", "llama", seed=0)
+    save_tiny_model(work / "finetuned", "llama", seed=1)
+    rows = [{"text": f"{TOPICS[(i * 3) % 4]} candidate {i}"} for i in range(CORPUS_SIZE)]
+    (work / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if mode == "leaderboard":
+        from lm_eval_approx.leaderboard.sources import apply_overrides, read_yaml
+
+        data = apply_overrides(read_yaml(preset="tiny"), [f"base={work / 'base'}"])
+        data.update(strategies=["select"], extra_tasks=[],
+                    corpus={"spec": str(work / "candidates.jsonl"), "size": CORPUS_SIZE, "seed": 0})
+        (work / "leaderboard.json").write_text(json.dumps(data))
+
+
+class Run:
+    """One child process; its markers are read as they come (harness-side clock)."""
+
+    def __init__(self, work: Path, cache: Path, out: Path, mode: str, log: Path):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", LM_EVAL_APPROX_LOAD_PLUGINS="")
+        cmd = [sys.executable, __file__, "--child", "--mode", mode, "--work", str(work), "--cache", str(cache),
+               "--out", str(out)]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w", encoding="utf-8") as stderr:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT, env=env)
+        self.events: list[tuple[float, str, list[str]]] = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            words = line.split()
+            if words[:1] == [MARK]:
+                with self.changed:
+                    self.events.append((time.monotonic(), words[2], words[3:]))
+                    self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_for_start(self, stage: str) -> float | None:
+        """Harness time at which ``stage`` started, or None when the run ended first."""
+        with self.changed:
+            while True:
+                for t, kind, rest in self.events:
+                    if kind == "start" and rest[0] == stage:
+                        return t
+                if self.proc.poll() is not None:
+                    return None
+                self.changed.wait(timeout=0.05)
+
+    def finish(self) -> int:
+        code = self.proc.wait(timeout=CHILD_TIMEOUT_S)
+        time.sleep(0.05)
+        return code
+
+    def stages(self) -> dict[str, tuple[str, bool]]:
+        """``{stage: (key, cached)}`` of every stage that ended (evaluation/leaderboard: no key)."""
+        return {rest[0]: (rest[1], rest[2] == "1") for _, kind, rest in self.events if kind == "end"}
+
+    def durations(self) -> dict[str, float]:
+        starts, spans = {}, {}
+        for t, kind, rest in self.events:
+            if kind == "start":
+                starts[rest[0]] = t
+            else:
+                spans[rest[0]] = t - starts[rest[0]]
+        return spans
+
+
+def _outputs(cache: Path, out: Path, keys: dict[str, tuple[str, bool]]) -> dict:
+    """What must equal the baseline: selection ids, adapter tensors, scores."""
+    from safetensors.torch import load_file
+
+    stages = cache / "stages"
+    ids = [json.loads(line)["id"] for line in
+           (stages / "selection" / keys["selection"][0] / "selection.jsonl").read_text().splitlines()]
+    adapter = load_file(stages / "training" / keys["training"][0] / "adapter" / "adapter_model.safetensors")
+    scores = {p.name: json.loads(p.read_text())["results"] for p in sorted((out / "results").glob("*.json"))}
+    return {"ids": ids, "adapter": adapter, "scores": scores}
+
+
+def _same(a: dict, b: dict) -> list[str]:
+    import torch
+
+    wrong = [] if a["ids"] == b["ids"] else ["selection ids differ"]
+    if a["adapter"].keys() != b["adapter"].keys() or not all(torch.equal(a["adapter"][k], b["adapter"][k])
+                                                             for k in a["adapter"]):
+        wrong.append("adapter tensors differ")
+    if a["scores"] != b["scores"]:
+        wrong.append("scores differ")
+    return wrong
+
+
+def _finished_files(cache: Path, out: Path) -> dict[str, int]:
+    """mtime of every stage.json and results JSON: what a rerun must leave untouched."""
+    found = {str(p): p.stat().st_mtime_ns for p in (cache / "stages").glob("*/*/stage.json")}
+    found.update({str(p): p.stat().st_mtime_ns for p in (out / "results").glob("*.json")})
+    return found
+
+
+def _verify_checksums(cache: Path) -> list[str]:
+    from lm_eval_approx.integrity import FULL, find_damage
+
+    problems = []
+    for done in (cache / "stages").glob("*/*/stage.json"):
+        record = json.loads(done.read_text())
+        problems += [f"{done.parent.name}: {p}" for p in find_damage(done.parent, record.get("files", {}), FULL)]
+    return problems
+
+
+def _prepare(base_cache: Path, base_out: Path, keys: dict, stage: str, cache: Path, out: Path) -> None:
+    """The baseline's state just before ``stage`` started (``leaderboard``: nothing at all)."""
+    if stage == "leaderboard":
+        return
+    shutil.copytree(base_cache, cache)
+    shutil.copytree(base_out, out)
+    later = PIPELINE_STAGES[PIPELINE_STAGES.index(stage):] if stage in PIPELINE_STAGES else ()
+    for name in later:
+        shutil.rmtree(cache / "stages" / name / keys[name][0])
+    for path in (out / "results").glob("select*.json"):
+        path.unlink()
+
+
+def _keep(cache: Path, out: Path, root: Path) -> Path:
+    """Move a failed trial's cache and output into its folder, for inspection."""
+    for path in (cache, out):
+        os.replace(path, root / path.name)
+    return root
+
+
+def trial(stage: str, work: Path, mode: str, baseline: dict, rng: random.Random) -> tuple[str, list[str]]:
+    """One kill in ``stage`` and a rerun: ('survived' | 'failed' | 'missed', problems)."""
+    root = Path(tempfile.mkdtemp(dir=work, prefix=f"trial-{stage}-"))
+    cache, out = work / "cache", work / "out"  # the baseline's paths: model paths are part of stage keys
+    for path in (cache, out):
+        shutil.rmtree(path, ignore_errors=True)
+    _prepare(baseline["cache"], baseline["out"], baseline["keys"], stage, cache, out)
+    killed = Run(work, cache, out, mode, root / "killed.log")
+    started = killed.wait_for_start(stage)
+    if started is None:
+        killed.finish()
+        shutil.rmtree(root, ignore_errors=True)
+        return "missed", [f"the run ended before {stage} started"]
+    delay = rng.random() * baseline["durations"][stage]
+    time.sleep(max(MIN_SLEEP_S, started + delay - time.monotonic()))
+    if killed.proc.poll() is not None:
+        shutil.rmtree(root, ignore_errors=True)
+        return "missed", [f"the run ended before the kill ({delay:.2f}s into {stage})"]
+    killed.proc.send_signal(signal.SIGKILL)
+    killed.finish()
+    before = _finished_files(cache, out)
+    rerun = Run(work, cache, out, mode, root / "rerun.log")
+    if rerun.finish() != 0:
+        return "failed", [f"the rerun exited with {rerun.proc.returncode}", f"kept in {_keep(cache, out, root)}"]
+    try:
+        problems = _same(baseline["outputs"], _outputs(cache, out, rerun.stages()))
+    except (OSError, KeyError, ValueError) as exc:  # an output the rerun should have left is missing or unreadable
+        problems = [f"outputs unreadable: {exc!r}"]
+    after = _finished_files(cache, out)
+    problems += [f"finished file rewritten: {p}" for p, t in before.items() if after.get(p) != t]
+    reported = rerun.stages()
+    finished = {(Path(p).parent.parent.name, Path(p).parent.name) for p in before if p.endswith("stage.json")}
+    problems += [f"finished stage {name} {key} reported as {reported[name]}"
+                 for name, key in finished if name in reported and reported[name] != (key, True)]
+    problems += [f"stage {name} {key} reported cached but was not finished before the rerun"
+                 for name, (key, cached) in reported.items() if cached and (name, key) not in finished]
+    problems += _verify_checksums(cache)
+    if problems:
+        return "failed", problems + [f"kept in {_keep(cache, out, root)}"]
+    shutil.rmtree(root, ignore_errors=True)
+    return "survived", problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=2, help="kills per stage")
+    parser.add_argument("--mode", choices=("pipeline", "leaderboard"), default="pipeline")
+    parser.add_argument("--stages", default="", help="comma-separated subset of the stages to kill")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args)
+    stages = LEADERBOARD_STAGES if args.mode == "leaderboard" else PIPELINE_STAGES
+    if args.stages:
+        stages = tuple(s for s in args.stages.split(",") if s)
+    work = args.work or Path(tempfile.mkdtemp(prefix="lm-eval-approx-kill-"))
+    work.mkdir(parents=True, exist_ok=True)
+    _setup(work, args.mode)
+    started = time.perf_counter()
+    (work / "out" / "results").mkdir(parents=True, exist_ok=True)
+    base = Run(work, work / "cache", work / "out", args.mode, work / "baseline.log")
+    if base.finish() != 0:
+        print(f"baseline run failed with exit code {base.proc.returncode}")
+        return 1
+    (work / "baseline").mkdir()
+    for name in ("cache", "out"):
+        os.replace(work / name, work / "baseline" / name)
+    keys = base.stages()
+    baseline = {"cache": work / "baseline" / "cache", "out": work / "baseline" / "out", "keys": keys,
+                "durations": base.durations(),
+                "outputs": _outputs(work / "baseline" / "cache", work / "baseline" / "out", keys)}
+    print("baseline seconds: " + ", ".join(f"{s} {baseline['durations'][s]:.1f}" for s in stages), flush=True)
+    rng = random.Random(args.seed)
+    counts = {s: {"survived": 0, "failed": 0, "missed": 0} for s in stages}
+    for _ in range(args.trials):
+        for stage in stages:
+            outcome, problems = trial(stage, work, args.mode, baseline, rng)
+            counts[stage][outcome] += 1
+            print(f"{stage}: {outcome}" + (f" ({'; '.join(problems)})" if problems else ""), flush=True)
+    kills = sum(c["survived"] + c["failed"] for c in counts.values())
+    survived = sum(c["survived"] for c in counts.values())
+    if args.work is None and survived == kills:
+        shutil.rmtree(work, ignore_errors=True)
+    for stage, c in counts.items():
+        print(f"{stage}: {c['survived']} / {c['survived'] + c['failed']} kills survived ({c['missed']} missed)")
+    print(f"kills survived / kills: {survived} / {kills} in {time.perf_counter() - started:.0f} s")
+    return 0 if survived == kills else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
