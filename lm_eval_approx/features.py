@@ -9,6 +9,10 @@ P(θ0 − θf) over the same parameters, projected by the same seeded projector 
 Several processes (``torchrun`` / ``accelerate launch``; gloo on CPU, NCCL on GPUs) each take a
 contiguous slice of the corpus and write their own shard store; rank 0 merges the shards in rank
 order, so the merged store has the corpus order whatever the number of processes.
+
+Memory is bounded by the batch and the store: pending rows are encoded ``STREAM_CHUNK`` documents
+at a time (batched by length within a chunk) and written straight into the memory-mapped store;
+pseudo-labels stream the same way (``labels.pseudo_label``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .gradients import (
 )
 from .labels import (
     DEFAULT_MAX_LENGTH,
+    STREAM_CHUNK,
     collate,
     encode_classification,
     encode_examples,
@@ -223,16 +228,24 @@ class _Extractor:
                      "sqnorm": "exact" if self.exact_sqnorm else "projected",
                      "corpus": config.corpus, "corpus_limit": config.corpus_limit, "corpus_seed": config.corpus_seed}
 
-    def labels_for(self, texts: list[str], given) -> np.ndarray:
+    def labels_for(self, texts, count: int, given) -> np.ndarray:
+        """The label of each of ``count`` texts (any iterable): given, θf's pseudo-label, or NO_LABEL."""
         if self.spec.kind != CLASSIFICATION:
-            return np.full(len(texts), NO_LABEL, dtype=np.int64)
+            return np.full(count, NO_LABEL, dtype=np.int64)
         if given is not None:
             return np.asarray(given, dtype=np.int64)
         return pseudo_label(self.model_f, self.tokenizer, self.spec, texts, self.config.batch_size,
                             self.config.max_length).labels
 
     def fill(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray, progress) -> None:
-        """Compute and write the given rows of ``store`` (texts/labels indexed like the store)."""
+        """Compute and write the given rows of ``store`` (texts/labels indexed like the store), encoding
+        ``STREAM_CHUNK`` rows at a time so memory does not grow with the number of rows."""
+        for lo in range(0, len(rows), STREAM_CHUNK):
+            self._fill_chunk(store, texts, labels, rows[lo : lo + STREAM_CHUNK], progress)
+
+    def _fill_chunk(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray,
+                    progress) -> None:
+        """``fill`` for one chunk of rows, in batches sorted by length."""
         cfg = self.config
         encoded = encode_examples(self.tokenizer, self.spec, [texts[i] for i in rows],
                                   None if self.spec.kind != CLASSIFICATION else labels[rows], cfg.max_length)
@@ -288,13 +301,13 @@ def build_feature_stores(config: FeatureConfig, corpus, labels, out_dir) -> list
             if store.target is None:
                 store.set_target(extractor.target)
             stores.append(store)
-        pending = sorted(set().union(*(s.pending().tolist() for s in stores)))
+        pending = np.unique(np.concatenate([s.pending() for s in stores]))
         my_labels = np.full(hi - lo, NO_LABEL, dtype=np.int64)
-        done_rows = [r for r in range(hi - lo) if stores[-1].done[r]]
+        done_rows = np.flatnonzero(stores[-1].done)
         my_labels[done_rows] = stores[-1].labels[done_rows]
-        if pending:
-            given = None if labels is None else [labels[lo + r] for r in pending]
-            my_labels[pending] = extractor.labels_for([texts[lo + r] for r in pending], given)
+        if len(pending):
+            given = None if labels is None else np.asarray(labels, dtype=np.int64)[lo + pending]
+            my_labels[pending] = extractor.labels_for((texts[lo + r] for r in pending), len(pending), given)
         total = sum(len(s.pending()) for s in stores)
         with tqdm(total=total, unit="ex", disable=rank != 0 or not total, desc="features") as progress:
             for alpha, store in zip(config.alphas, stores):

@@ -16,11 +16,17 @@ Pseudo-label (DESIGN.md step 2): ŷ_i = argmax_c −L_i(c) under θf, ties to th
 Context and continuation are tokenised as lm-eval does (trailing spaces move to the continuation;
 the continuation is the tail of the joint encoding), and a context too long for ``max_length`` is
 clipped on the left.
+
+Texts stream through in chunks of ``STREAM_CHUNK`` documents (any iterable works): only one chunk's
+token lists live at a time, so memory is bounded by the chunk plus the per-document outputs
+(a few numbers each), whatever the corpus size. Within a chunk, rows are batched by length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import torch
@@ -30,6 +36,8 @@ from .task_specs import CLASSIFICATION, TaskSpec
 
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_BATCH_SIZE = 16
+STREAM_CHUNK = 4096
+_END = object()
 
 
 @dataclass
@@ -163,13 +171,53 @@ def _losses_of(model, tokenizer, encoded: list[Encoded], batch_size: int) -> np.
     return out
 
 
-def example_losses(model, tokenizer, spec: TaskSpec, texts: list[str], labels=None,
-                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int = DEFAULT_MAX_LENGTH) -> np.ndarray:
-    """The task loss of each text (with its label for classification), float32[N]."""
-    if not texts:
-        return np.zeros(0, dtype=np.float32)
-    encoded = encode_examples(tokenizer, spec, list(texts), labels, max_length)
-    return _losses_of(model, tokenizer, encoded, batch_size)
+def _chunk_size(chunk_size: int | None) -> int:
+    """``chunk_size``, or the module's ``STREAM_CHUNK`` (read at call time) when None."""
+    size = STREAM_CHUNK if chunk_size is None else chunk_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError("chunk_size", size, "an integer ≥ 1 (documents encoded at a time)")
+    return size
+
+
+def text_chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Consecutive lists of at most ``size`` texts, read lazily from any iterable."""
+    items = iter(texts)
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def _labelled_chunks(texts: Iterable[str], labels, size: int) -> Iterator[tuple[list[str], list | None]]:
+    """Chunks of texts with the matching chunk of labels (None when ``labels`` is None); a count
+    mismatch raises ``ConfigError`` naming both counts."""
+    if labels is None:
+        yield from ((chunk, None) for chunk in text_chunks(texts, size))
+        return
+    if hasattr(texts, "__len__") and hasattr(labels, "__len__") and len(labels) != len(texts):
+        raise ConfigError("labels", f"{len(labels)} labels", f"{len(texts)} (one per text)")
+    label_items, seen = iter(labels), 0
+    for chunk in text_chunks(texts, size):
+        part = list(islice(label_items, len(chunk)))
+        seen += len(part)
+        if len(part) != len(chunk):
+            raise ConfigError("labels", f"{seen} labels", f"one per text (more than {seen} texts)")
+        yield chunk, part
+    if next(label_items, _END) is not _END:
+        raise ConfigError("labels", f"more than {seen} labels", f"{seen} (one per text)")
+
+
+def example_losses(model, tokenizer, spec: TaskSpec, texts: Iterable[str], labels=None,
+                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int = DEFAULT_MAX_LENGTH,
+                   chunk_size: int | None = None) -> np.ndarray:
+    """The task loss of each text (with its label for classification), float32[N].
+
+    ``texts`` (and ``labels``) may be any iterables; they are encoded ``chunk_size`` documents at a
+    time (default ``STREAM_CHUNK``), so memory does not grow with N beyond the output.
+    """
+    size = _chunk_size(chunk_size)
+    paired = _labelled_chunks(texts, labels if spec.kind == CLASSIFICATION else None, size)
+    parts = [_losses_of(model, tokenizer, encode_examples(tokenizer, spec, chunk, given, max_length), batch_size)
+             for chunk, given in paired]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
 def _carrier_rows(encodings: list[Encoded]) -> tuple[list[list[int]], list[list[tuple[int, int, int]]]]:
@@ -231,26 +279,38 @@ def _choice_logprobs(model, tokenizer, per_text: list[list[Encoded]], batch_size
     return out
 
 
-def pseudo_label(model, tokenizer, spec: TaskSpec, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_length: int = DEFAULT_MAX_LENGTH, shared_context: bool = True) -> LabelResult:
+def _chunk_labels(model, tokenizer, spec: TaskSpec, texts: list[str], batch_size: int, max_length: int,
+                  shared_context: bool) -> LabelResult:
+    """``pseudo_label`` of one chunk of texts (log-probs summed in float64, stored as float32)."""
+    per_text = [[encode_classification(tokenizer, spec, text, label, max_length) for label in range(spec.num_classes)]
+                for text in texts]
+    if shared_context:
+        logprobs = _choice_logprobs(model, tokenizer, per_text, batch_size)
+    else:
+        flat = [enc for encodings in per_text for enc in encodings]
+        logprobs = -_losses_of(model, tokenizer, flat, batch_size).reshape(len(texts), spec.num_classes)
+        logprobs = logprobs.astype(np.float64)
+    labels = np.argmax(logprobs, axis=1).astype(np.int64)
+    loss = (-logprobs[np.arange(len(texts)), labels]).astype(np.float32)
+    return LabelResult(labels=labels, loss=loss, logprobs=logprobs.astype(np.float32))
+
+
+def pseudo_label(model, tokenizer, spec: TaskSpec, texts: Iterable[str], batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_length: int = DEFAULT_MAX_LENGTH, shared_context: bool = True,
+                 chunk_size: int | None = None) -> LabelResult:
     """θf's choice for each text: argmax over labels of the summed log-prob of the verbaliser.
 
     ``shared_context`` (default) scores all one-token choices of a document from one forward row
     (AG News: one row per document instead of four); False runs one row per (document, choice),
-    the slow twin the tests compare against.
+    the slow twin the tests compare against. ``texts`` may be any iterable; it is encoded
+    ``chunk_size`` documents at a time (default ``STREAM_CHUNK``), so memory stays bounded.
     """
     if spec.kind != CLASSIFICATION:
         raise ConfigError("task", spec.name, "a classification task (language-modelling tasks need no labels)")
-    n, c = len(texts), spec.num_classes
-    per_text = [[encode_classification(tokenizer, spec, text, label, max_length) for label in range(c)]
-                for text in texts]
-    if not n:
-        logprobs = np.zeros((0, c))
-    elif shared_context:
-        logprobs = _choice_logprobs(model, tokenizer, per_text, batch_size)
-    else:
-        flat = [enc for encodings in per_text for enc in encodings]
-        logprobs = -_losses_of(model, tokenizer, flat, batch_size).reshape(n, c).astype(np.float64)
-    labels = np.argmax(logprobs, axis=1).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
-    loss = (-logprobs[np.arange(n), labels]).astype(np.float32)
-    return LabelResult(labels=labels, loss=loss, logprobs=logprobs.astype(np.float32))
+    size = _chunk_size(chunk_size)
+    parts = [_chunk_labels(model, tokenizer, spec, chunk, batch_size, max_length, shared_context)
+             for chunk in text_chunks(texts, size)]
+    if not parts:
+        return LabelResult(labels=np.zeros(0, dtype=np.int64), loss=np.zeros(0, dtype=np.float32),
+                           logprobs=np.zeros((0, spec.num_classes), dtype=np.float32))
+    return LabelResult(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("labels", "loss", "logprobs")))
