@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataNotFoundError
-from .paths import DATA_ENV, MIRROR_LAYOUT, data_dir, hub_offline, mirror_path
+from .paths import DATA_ENV, MIRROR_LAYOUT, data_dir, expand_user, hub_offline, mirror_path
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _local_path(spec: str) -> Path | None:
     """The local file a spec names, or None when it names none (bad characters, too long a name)."""
     if "\0" in spec:
         raise ConfigError("corpus", spec, "a spec without NUL characters")
-    path = Path(spec).expanduser()
+    path = expand_user(spec)
     try:
         exists = path.exists()
     except OSError:
@@ -266,6 +266,9 @@ def _load_source(spec: str, taken: set[str] = frozenset()):
     )
 
 
+DEDUP_DIGEST_BYTES = 16
+
+
 def load_corpus(spec: str, limit: int | None = None, seed: int = 0) -> Corpus:
     """Load, deduplicate and optionally subsample (``limit`` documents drawn with ``seed``)."""
     if not isinstance(spec, str) or not spec.strip():
@@ -279,10 +282,13 @@ def load_corpus(spec: str, limit: int | None = None, seed: int = 0) -> Corpus:
         docs = _load_source(part, sources)
         sources.update(source for _, _, _, source in docs[:1])
         for doc_id, text, label, source in docs:
-            key = " ".join(text.split())
-            if not key:
+            normal = " ".join(text.split())
+            if not normal:
                 corpus.dropped_empty += 1
                 continue
+            # A 128-bit digest instead of the text: the dedup set then costs ~100 B per document
+            # rather than a second copy of the corpus (collisions are ~2^-64 likely at 2^32 documents).
+            key = hashlib.blake2b(normal.encode("utf-8"), digest_size=DEDUP_DIGEST_BYTES).digest()
             if key in seen:
                 corpus.dropped_duplicates += 1
                 continue

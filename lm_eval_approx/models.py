@@ -22,7 +22,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import MissingDependencyError, ModelResolutionError
-from .paths import cache_path, hub_offline
+from .paths import cache_path, expand_user, hub_offline
 from .safe_paths import safe_name
 from .safe_weights import SAFE_PATTERNS, TRUST_REMOTE_CODE_ARG, check_weights, pretrained_kwargs
 
@@ -118,7 +118,7 @@ def resolve_model(name: str) -> str:
         raise ModelResolutionError(f"model name must be a non-empty string, got {name!r}")
     if name in ALIASES:
         return str(convert_gguf(gguf_from_package(ALIASES[name]), name))
-    path = Path(name).expanduser()
+    path = expand_user(name)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelResolutionError(f"GGUF file {str(path)!r} does not exist")

@@ -18,7 +18,7 @@ def cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lm-eval-approx"
     )
-    path = Path(root).expanduser().resolve()
+    path = expand_user(root).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -32,7 +32,7 @@ def cache_path(*parts: str, field: str = "cache path") -> Path:
 def data_dir() -> Path | None:
     """The local data mirror named by LM_EVAL_APPROX_DATA, or None when it is not set."""
     value = os.environ.get(DATA_ENV)
-    return Path(value).expanduser().resolve() if value else None
+    return expand_user(value).resolve() if value else None
 
 
 def mirror_path(relative: str, field: str = "corpus") -> Path | None:
@@ -40,6 +40,15 @@ def mirror_path(relative: str, field: str = "corpus") -> Path | None:
     such as ``..`` or a symlink leading out of the mirror raises ``PathEscapeError``."""
     root = data_dir()
     return None if root is None else contained_relative(root, relative, field=field)
+
+
+def expand_user(value: str | Path) -> Path:
+    """``value`` with a leading ``~`` expanded; a ``~name`` of no known user stays as written (pathlib
+    would raise RuntimeError, a traceback for what is only a path that does not exist)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        return Path(value)
 
 
 def hub_offline() -> bool:

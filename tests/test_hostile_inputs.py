@@ -120,6 +120,7 @@ def test_same_file_name_in_two_folders_keeps_ids_unique(tmp_path):
 @settings(max_examples=60, **SETTINGS)
 @given(spec=st.text(max_size=40) | st.sampled_from(["+", "a.jsonl+", "seed:", "x" * 5000 + ".jsonl",
                                                     "a\x00.jsonl", "ag_news:validation", "/"]))
+@example(spec="~0")  # a home folder of a user that does not exist: expanduser raised RuntimeError
 def test_corpus_specs(spec):
     try:
         load_corpus(spec)
@@ -255,3 +256,13 @@ def test_cli_argument_validation(command, data, tiny_gpt2, tmp_path, no_heavy_co
         code = exc.code
     assert code in (0, 2)
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["~0", "~no_such_user_xyz/model"])
+def test_a_home_folder_of_an_unknown_user_is_a_named_error(name):
+    from lm_eval_approx.models import resolve_model
+
+    with pytest.raises(ApproxError):
+        resolve_model(name)
+    with pytest.raises(ApproxError):
+        load_corpus(name)

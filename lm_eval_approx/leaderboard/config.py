@@ -37,6 +37,7 @@ from typing import Any
 
 from ..corpus import LOCAL_SUFFIXES, MIRROR_NAMED
 from ..errors import ConfigError, UnknownNameError
+from ..paths import expand_user
 
 TOP_KEYS = ("name", "base", "task", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
             "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size")
@@ -95,7 +96,7 @@ def check_corpus_spec(key: str, spec: object) -> None:
         elif name == "seed":
             if not SEED_NAME.match(part):
                 raise field_error(key, part, "seed:<name>, e.g. seed:wikitext2")
-        elif Path(part).suffix.lower() in LOCAL_SUFFIXES or Path(part).expanduser().exists():
+        elif Path(part).suffix.lower() in LOCAL_SUFFIXES or expand_user(part).exists():
             continue
         elif not HUB_ID.match(part):
             raise field_error(key, part, "ag_news:train|test, msmarco:train|test, seed:<name>, a local "
