@@ -35,6 +35,7 @@ BASE_LAYER_MARK = ".base_layer"
 # LoRA factor pairs as PEFT names them in a saved adapter: the update of a layer is B @ A.
 LORA_PAIRS = (("B", "A"), ("embedding_B", "embedding_A"))
 HEAD, CHANGED = "head", "changed"
+HEAD_LABELS = "head_labels"  # label_head.HEAD_LABELS (not imported: label_head pulls in torch)
 WEIGHT_SUFFIX = ".weight"
 
 
@@ -181,7 +182,7 @@ def _meta_model(config):
 def _chosen_modules(model, params: str) -> list[str]:
     from .gradients import head_name, linear_modules, resolve_modules
 
-    if params == HEAD:
+    if params in (HEAD, HEAD_LABELS):
         return [head_name(model)]
     if params == CHANGED:
         return sorted(linear_modules(model))

@@ -5,6 +5,8 @@ and every document i, the store row is P ∇_θ L_i(θ_α) over the parameter se
 task loss of ``labels.py`` with the document's (pseudo-)label; the store's target is
 P(θ0 − θf) over the same parameters, projected by the same seeded projector (see DESIGN.md,
 "The math that makes it fast"). Pseudo-labels always come from θf.
+``params=head_labels`` (classification) stores instead the exact gradient of the loss restricted to
+the C label tokens with respect to their C head rows, and θ0 − θf on those rows (``label_head.py``).
 
 Several processes (``torchrun`` / ``accelerate launch``; gloo on CPU, NCCL on GPUs) each take a
 contiguous slice of the corpus and write their own shard store; rank 0 merges the shards in rank
@@ -41,6 +43,14 @@ from .gradients import (
     total_sqnorm,
     weight_delta,
 )
+from .label_head import (
+    HEAD_LABELS,
+    check_label_task,
+    first_label_encodings,
+    label_head_factors,
+    label_head_projector,
+    label_token_ids,
+)
 from .labels import (
     DEFAULT_MAX_LENGTH,
     STREAM_CHUNK,
@@ -69,7 +79,9 @@ class FeatureConfig:
     base: str = help_field("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
     finetuned: str = help_field("θf: a full model or a PEFT adapter folder", "")
     task: str = help_field("approximation task (approx_agnews, approx_msmarco, ...)", "approx_agnews")
-    params: str = help_field("'head', 'changed' or a comma-separated list of linear-layer names", HEAD)
+    params: str = help_field("'head', 'changed', 'head_labels' (classification: the exact head gradient of the "
+                        "loss restricted to the C label tokens, d = C·H, projection and dim unused) or a "
+                        "comma-separated list of linear-layer names", HEAD)
     dim: int = help_field("total projected dimension d, split over the layers", DEFAULT_DIM)
     projection: str = help_field("kronecker (default), dense (oracle) or identity (no projection)", "kronecker")
     seed: int = help_field("seed of the projection matrices", 0)
@@ -104,6 +116,8 @@ class FeatureConfig:
                 raise ConfigError(name, getattr(self, name), f"one of {', '.join(accepted)}")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError("device", self.device, "cpu or cuda")
+        if self.params == HEAD_LABELS:
+            check_label_task(TASK_SPECS[self.task])
 
     @property
     def alphas(self) -> list[float]:
@@ -111,8 +125,8 @@ class FeatureConfig:
 
     @property
     def param_names(self) -> list[str] | None:
-        """The explicit layer list, or None for 'head' / 'changed'."""
-        if self.params in (HEAD, CHANGED):
+        """The explicit layer list, or None for 'head' / 'changed' / 'head_labels'."""
+        if self.params in (HEAD, CHANGED, HEAD_LABELS):
             return None
         return [name.strip() for name in self.params.split(",") if name.strip()]
 
@@ -169,7 +183,7 @@ def _parameter_set(config: FeatureConfig, model0, model_f) -> list[str]:
         resolve_modules(model0, explicit)
         resolve_modules(model_f, explicit)
         return explicit
-    if config.params == HEAD:
+    if config.params in (HEAD, HEAD_LABELS):
         return [head_name(model_f)]
     names = changed_modules(model0, model_f)
     if not names:
@@ -210,12 +224,19 @@ class _Extractor:
         self.tokenizer = load_tokenizer(config.base)
         self.names = _parameter_set(config, self.model0, self.model_f)
         mods0, mods_f = linear_modules(self.model0), linear_modules(self.model_f)
-        shapes = {n: layer_shape(mods_f[n]) for n in self.names}
-        self.projector = make_projector(config.projection, shapes, config.dim, config.seed, device)
-        self.target = self.projector.project_delta(
-            {n: weight_delta(mods0[n], mods_f[n]) for n in self.names}).cpu().numpy()
+        self.label_ids = label_token_ids(self.tokenizer, self.spec) if config.params == HEAD_LABELS else None
+        if self.label_ids is not None:
+            head = self.names[0]
+            self.projector, target = label_head_projector(mods0[head], mods_f[head], head, self.label_ids, device,
+                                                          (config.base, config.finetuned))
+        else:
+            shapes = {n: layer_shape(mods_f[n]) for n in self.names}
+            self.projector = make_projector(config.projection, shapes, config.dim, config.seed, device)
+            target = self.projector.project_delta({n: weight_delta(mods0[n], mods_f[n]) for n in self.names})
+        self.target = target.cpu().numpy()
         self.is_head = config.params == HEAD
-        self.exact_sqnorm = config.sqnorm == "exact" or (config.sqnorm == "auto" and self.is_head)
+        self.exact_sqnorm = config.sqnorm == "exact" or (
+            config.sqnorm == "auto" and (self.is_head or self.label_ids is not None))
         low_rank = (self.is_head and self.spec.kind == CLASSIFICATION and config.projection == "kronecker")
         self.factor_shape = None
         if low_rank:
@@ -227,6 +248,8 @@ class _Extractor:
                      "labels_source": config.labels, "max_length": config.max_length,
                      "sqnorm": "exact" if self.exact_sqnorm else "projected",
                      "corpus": config.corpus, "corpus_limit": config.corpus_limit, "corpus_seed": config.corpus_seed}
+        if self.label_ids is not None:
+            self.meta.update(projection=self.projector.kind, label_token_ids=self.label_ids)
 
     def labels_for(self, texts, count: int, given) -> np.ndarray:
         """The label of each of ``count`` texts (any iterable): given, θf's pseudo-label, or NO_LABEL."""
@@ -249,12 +272,17 @@ class _Extractor:
         cfg = self.config
         encoded = encode_examples(self.tokenizer, self.spec, [texts[i] for i in rows],
                                   None if self.spec.kind != CLASSIFICATION else labels[rows], cfg.max_length)
+        if self.label_ids is not None:
+            encoded = first_label_encodings(encoded)
         order = np.argsort([len(e.ids) for e in encoded], kind="stable")
         device = self.projector.device
         for lo in range(0, len(order), cfg.batch_size):
             part = order[lo : lo + cfg.batch_size]
             batch = collate([encoded[j] for j in part], self.tokenizer.pad_token_id, device)
-            if self.is_head:
+            if self.label_ids is not None:
+                loss, factors = label_head_factors(self.model_f, batch, self.names[0], self.label_ids,
+                                                   labels[rows[part]])
+            elif self.is_head:
                 loss, factors = head_factors(self.model_f, batch, self.names[0])
             else:
                 loss, factors = layer_factors(self.model_f, batch, self.names)

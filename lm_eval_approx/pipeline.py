@@ -31,7 +31,7 @@ LABELS_FILE = "labels.npy"
 LOSS_FILE = "loss.npy"
 SELECTION_FILE = "selection.jsonl"
 FEATURE_DIR = "features"
-PARAM_SETS = ("head", "changed")
+PARAM_SETS = ("head", "head_labels", "changed")
 PROJECTIONS = ("kronecker", "dense", "identity")
 
 

@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--task", required=True, help="approximation task, e.g. approx_agnews")
     parser.add_argument("--corpus", required=True, help="corpus spec, e.g. seed:wikitext2+seed:dbpedia")
     parser.add_argument("--params", default=defaults.params,
-                        help="head (default), changed, or comma-separated linear-layer names")
+                        help="head (default), head_labels (classification: exact gradient of the label-token softmax on the "
+                             "head's label rows), changed, or comma-separated linear-layer names")
     parser.add_argument("--dim", type=int, default=defaults.dim, help="projected dimension (default 4096)")
     parser.add_argument("--out", required=True, help="output folder of the feature store")
     parser.add_argument("--checkpoints", type=int, default=defaults.checkpoints,
