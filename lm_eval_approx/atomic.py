@@ -7,17 +7,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, and rename it into place."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(fh)`` on a temporary binary file beside ``path``, fsync it, and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -25,6 +26,11 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to a temporary file beside ``path``, fsync it, and rename it into place."""
+    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: Path, record: Any) -> Path:

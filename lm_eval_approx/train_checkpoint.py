@@ -11,15 +11,15 @@ restarts from scratch, which ends in the same weights.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +67,7 @@ def write_checkpoint(path: Path, trainable: dict[str, torch.Tensor], optimizer, 
     state = plain_state({"trainable": trainable, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), **rng_state(), "history": history,
                          "best_state": best_state})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def read_checkpoint(path: Path) -> dict | None:
