@@ -11,8 +11,9 @@ STAMP := $(VENV)/.installed
 .PHONY: venv test test-fast demo bench clean
 
 $(STAMP): pyproject.toml plugins/lm-eval-approx-stratified/pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	# A venv whose creation was interrupted has python but no pip: build it again.
+	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q -e plugins/lm-eval-approx-stratified
