@@ -171,6 +171,21 @@ def test_every_preset_validates_and_dry_runs(capsys):
         assert f"{cells} cells" in text and "total:" in text, preset
 
 
+def test_dry_run_with_resume_marks_finished_cells_and_drops_their_cost(tiny_run, capsys):
+    out, base, _ = tiny_run
+    config_args = ["--preset", "tiny", "--set", f"base={base}"]
+    assert main(["leaderboard", *config_args, "--dry-run"]) == 0
+    fresh = capsys.readouterr().out
+    assert main(["leaderboard", *config_args, "--out", str(out), "--resume", "--dry-run"]) == 0
+    resumed = capsys.readouterr().out
+    assert "(done)" not in fresh and "already finished" not in fresh
+    done_lines = [line for line in resumed.splitlines() if line.endswith("(done)")]
+    assert len(done_lines) == len(list((out / "results").glob("*.json"))) > 0
+    minutes = {text: float(line.split(":")[1].split()[0]) for text in (fresh, resumed)
+               for line in text.splitlines() if line.strip().startswith("scoring:")}
+    assert minutes[resumed] < minutes[fresh]
+
+
 def _fake_cell(label: str, kind: str, k: int, seed: int, ppl: float, acc: float) -> dict:
     """A results dict in lm-eval's schema with a perplexity target and an accuracy extra task."""
     return {

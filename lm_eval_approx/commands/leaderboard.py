@@ -3,6 +3,7 @@
     lm-eval-approx leaderboard --preset cpu-small --out out/demo --resume
     lm-eval-approx leaderboard --config grid.yaml --out out/grid --set budgets=[100,500]
     lm-eval-approx leaderboard --preset gpu --dry-run
+    lm-eval-approx leaderboard --config grid.yaml --out out/grid --resume --dry-run   # what is left
     lm-eval-approx leaderboard --show out/demo
 
 Writes every cell's lm-eval results JSON under OUT/results/, then leaderboard.md, leaderboard.csv,
@@ -29,7 +30,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted for nesting; value read as YAML), repeatable")
     parser.add_argument("--resume", action="store_true", help="skip cells whose results JSON is already there")
-    parser.add_argument("--dry-run", action="store_true", help="print the planned cells and estimated cost, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned cells and estimated cost, run nothing; with --resume --out, "
+                        "finished cells are marked done and left out of the estimate")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=leaderboard_command)
 
@@ -56,8 +58,10 @@ def leaderboard_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.preset, args.overrides)
     if args.dry_run:
         from ..leaderboard.estimate import describe
+        from ..leaderboard.runner import finished_cells
 
-        print(describe(config), file=sys.stdout)
+        done = finished_cells(args.out, config) if args.resume and args.out else frozenset()
+        print(describe(config, done), file=sys.stdout)
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")

@@ -7,6 +7,10 @@ with N the candidate count, M the synthetic checkpoints of a feature set (each d
 set is extracted once and shared by the strategies using it), and epochs the recipe's maximum (early
 stopping only shortens it). The CPU rates were measured with SmolLM2-135M on two cores; the GPU rates
 are an assumed speed-up, so the GPU figure is an order of magnitude, not a promise.
+
+With ``--resume --out DIR`` the cells already finished in DIR (same cell hash) are listed as done
+and left out of the retraining and scoring parts; the expert and the labels/features stay in the
+estimate, because whether their cached stages survive is only known once the run looks them up.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ def _rates(device: str) -> dict[str, float]:
     return {name: rate * scale for name, rate in CPU_RATES.items()}
 
 
-def estimate(config: LeaderboardConfig) -> Estimate:
-    """Seconds for expert training, labels/features, retraining and scoring of every cell."""
+def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset()) -> Estimate:
+    """Seconds for expert training, labels/features, and retraining and scoring of every cell not
+    in ``done`` (cell ids)."""
     from ..registry import strategy_registry
     from ..strategies.base import FEATURES, LOSS_BASE
 
@@ -68,6 +73,8 @@ def estimate(config: LeaderboardConfig) -> Estimate:
         }
         seconds["labels+features"] += sum(n * m / rates["features"] for _, m in feature_sets)
     for cell in cells:
+        if cell.id in done:
+            continue
         if cell.kind == APPROX:
             epochs = config.recipe_for(config.strategy(cell.label).recipe).epochs
             seconds["retraining"] += cell.k * epochs / rates["train"]
@@ -80,11 +87,14 @@ def estimate(config: LeaderboardConfig) -> Estimate:
     return Estimate([c.id for c in cells], seconds, unknown)
 
 
-def describe(config: LeaderboardConfig) -> str:
-    """The dry-run text: one line per cell, then the cost per part and in total."""
-    est = estimate(config)
-    lines = [f"leaderboard {config.name!r}: {len(est.cells)} cells on {config.device}"]
-    lines += [f"  {cell}" for cell in est.cells]
+def describe(config: LeaderboardConfig, done: frozenset[str] = frozenset()) -> str:
+    """The dry-run text: one line per cell (finished ones marked), then the cost per part and in
+    total."""
+    est = estimate(config, done)
+    finished = [cell for cell in est.cells if cell in done]
+    head = f"leaderboard {config.name!r}: {len(est.cells)} cells on {config.device}"
+    lines = [head + (f", {len(finished)} already finished (skipped by --resume)" if finished else "")]
+    lines += [f"  {cell}" + ("  (done)" if cell in done else "") for cell in est.cells]
     lines.append("estimated cost (rates: " + ", ".join(f"{k} {v:g}/s" for k, v in _rates(config.device).items()) + "):")
     lines += [f"  {part}: {secs / 60:.1f} min" for part, secs in est.seconds.items()]
     lines.append(f"  total: {est.total / 60:.1f} min" + (" + unknown parts" if est.unknown else ""))

@@ -94,6 +94,12 @@ def finished(out: Path, config: LeaderboardConfig, cell: Cell) -> bool:
     return record.get("config", {}).get("leaderboard", {}).get("cell_hash") == cell_hash(config, cell)
 
 
+def finished_cells(out: str | Path, config: LeaderboardConfig) -> frozenset[str]:
+    """Ids of the cells ``--resume`` would skip: their results JSON in ``out`` has the same hash."""
+    folder = Path(out)
+    return frozenset(cell.id for cell in config.cells() if finished(folder, config, cell))
+
+
 def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
     """θf's folder: the given one, or θ0 trained on the true data (cached by its training key)."""
     from ..models import resolve_model
