@@ -27,7 +27,10 @@ def msmarco_last_context(doc: dict) -> str:
 
 
 def msmarco_last_word(doc: dict) -> str:
-    return MSMARCO.clip(doc["text"]).split()[-1]
+    """The last word with its leading space, as LAMBADA's target: lm-eval builds a loglikelihood
+    request as (context, target) and applies no target_delimiter, so without the space the model
+    would be asked for the word glued to the previous one."""
+    return " " + MSMARCO.clip(doc["text"]).split()[-1]
 
 
 def wikitext_page(doc: dict) -> str:

@@ -158,3 +158,34 @@ def test_smollm2_alias_scores_agnews(mirror, tmp_path):
     result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
     acc = result["results"]["approx_agnews"]["acc,none"]
     assert 0.3 <= acc <= 1.0, f"SmolLM2 zero-shot AG News accuracy {acc} is far from the expected ~0.65"
+
+
+def test_msmarco_last_scores_the_spaced_last_word_given_the_rest(tiny_llama, tmp_path, monkeypatch):
+    """The oracle: log p(" word" | every word before it) summed over the word's tokens by hand.
+    Version 1.0 of the task asked for the word glued to the context (no space), ~e^10 too unlikely."""
+    import lm_eval
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_approx.harness import task_manager
+
+    mirror = _mini_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(mirror))
+    result = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_llama}", tasks=["approx_msmarco_last"],
+                                     limit=3, device="cpu", batch_size=2, task_manager=task_manager(),
+                                     log_samples=True, bootstrap_iters=0)
+    samples = result["samples"]["approx_msmarco_last"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    texts = [json.loads(line)["text"] for line in (mirror / "msmarco" / "test.jsonl").read_text().splitlines()]
+    for sample in samples:
+        context, target = sample["arguments"][0]
+        words = texts[sample["doc_id"]].split()
+        assert (context, target) == (" ".join(words[:-1]), " " + words[-1])
+        context_ids = tokenizer(context).input_ids
+        whole = tokenizer(context + target).input_ids
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), dim=-1)
+        expected = sum(logprobs[i - 1, whole[i]].item() for i in range(len(context_ids), len(whole)))
+        assert sample["filtered_resps"][0][0] == pytest.approx(expected, abs=1e-4)
+    assert result["versions"]["approx_msmarco_last"] == 2.0

@@ -18,7 +18,7 @@ from lm_eval_approx.cli import main
 from lm_eval_approx.leaderboard import runner
 from lm_eval_approx.leaderboard.config import LeaderboardConfigError, config_from_dict
 from lm_eval_approx.leaderboard.report import build_board, to_csv, to_markdown
-from lm_eval_approx.leaderboard.sources import apply_overrides, read_yaml
+from lm_eval_approx.leaderboard.sources import apply_overrides, load_config, read_yaml
 
 TARGET, METRIC, WIKITEXT = "approx_agnews", "acc", "wikitext"
 TINY_CELLS = 7  # θ0, expert, random × 2 seeds, topk, likelihood_min, select at k = 4
@@ -184,6 +184,24 @@ def test_dry_run_with_resume_marks_finished_cells_and_drops_their_cost(tiny_run,
     minutes = {text: float(line.split(":")[1].split()[0]) for text in (fresh, resumed)
                for line in text.splitlines() if line.strip().startswith("scoring:")}
     assert minutes[resumed] < minutes[fresh]
+
+
+def test_a_bumped_task_version_reopens_the_cells_scored_with_the_old_one(tiny_run, tmp_path):
+    out, base, _ = tiny_run
+    config = load_config(None, "tiny", [f"base={base}"])
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    done = runner.finished_cells(copy, config)
+    assert done == {cell.id for cell in config.cells()}
+    stale = copy / "results" / "theta0.json"
+    record = json.loads(stale.read_text())
+    assert float(record["versions"][TARGET]) == float(runner.task_versions((TARGET,))[TARGET])
+    record["versions"][TARGET] = 0.5
+    stale.write_text(json.dumps(record))
+    assert runner.finished_cells(copy, config) == done - {"theta0"}
+    del record["versions"]
+    stale.write_text(json.dumps(record))
+    assert "theta0" not in runner.finished_cells(copy, config)
 
 
 def _fake_cell(label: str, kind: str, k: int, seed: int, ppl: float, acc: float) -> dict:

@@ -86,12 +86,39 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
+def task_versions(names: tuple[str, ...]) -> dict[str, object]:
+    """The ``metadata.version`` each named task (or group) declares now, where it declares one."""
+    index = shared_task_manager().task_index
+    versions = {}
+    for name in names:
+        entry = index.get(name)
+        version = ((entry.cfg or {}).get("metadata") or {}).get("version") if entry is not None else None
+        if version is not None:
+            versions[name] = version
+    return versions
+
+
+def _same_version(recorded: object, current: object) -> bool:
+    """lm-eval writes a version as the YAML gave it (1.0 or "1.0"): compare numbers as numbers."""
+    try:
+        return float(recorded) == float(current)
+    except (TypeError, ValueError):
+        return str(recorded) == str(current)
+
+
 def finished(out: Path, config: LeaderboardConfig, cell: Cell) -> bool:
+    """The cell's results JSON exists, has this config's cell hash, and was scored with the task
+    versions the tasks declare now: bumping a task's ``metadata.version`` (a fixed prompt or
+    target) re-scores the cells that used the old one, while retraining stays cached."""
     path = results_path(out, cell)
     if not path.is_file():
         return False
     record = json.loads(path.read_text(encoding="utf-8"))
-    return record.get("config", {}).get("leaderboard", {}).get("cell_hash") == cell_hash(config, cell)
+    if record.get("config", {}).get("leaderboard", {}).get("cell_hash") != cell_hash(config, cell):
+        return False
+    recorded = record.get("versions") or {}
+    current = task_versions(tuple(task.name for task in config.tasks()))
+    return all(_same_version(recorded.get(name), version) for name, version in current.items())
 
 
 def finished_cells(out: str | Path, config: LeaderboardConfig) -> frozenset[str]:
