@@ -171,6 +171,31 @@ def test_every_preset_validates_and_dry_runs(capsys):
         assert f"{cells} cells" in text and "total:" in text, preset
 
 
+def test_gap_vs_random_compares_rows_retrained_with_the_same_recipe(tmp_path):
+    def cell(label, strategy, kind, seed, acc, epochs):
+        record = _fake_cell(label, kind, 5 if kind == "approx" else 0, seed, 30.0, acc)
+        record["results"] = {"approx_agnews": {"acc,none": acc}}
+        record["higher_is_better"] = {"approx_agnews": {"acc": True}}
+        record["config"]["leaderboard"].update(target="approx_agnews", strategy=strategy, limits={"approx_agnews": 10})
+        if epochs:
+            record["config"]["approx"] = {"recipe": {"epochs": epochs, "learning_rate": 2e-4}}
+        return record
+
+    cells = [cell("theta0", "theta0", "theta0", 0, 0.5, None), cell("expert", "expert", "expert", 0, 0.9, None),
+             cell("random", "random", "approx", 0, 0.6, 1), cell("random", "random", "approx", 1, 0.62, 1),
+             cell("random_2ep", "random", "approx", 0, 0.55, 2), cell("select", "select", "approx", 0, 0.65, 1),
+             cell("select_2ep", "select", "approx", 0, 0.75, 2)]
+    (tmp_path / "results").mkdir()
+    for i, record in enumerate(cells):
+        (tmp_path / "results" / f"{i}.json").write_text(json.dumps(record))
+    rows = {r.label: r for r in build_board(tmp_path).rows}
+    assert rows["select"].gap_random == pytest.approx((0.65 - 0.61) / (0.9 - 0.61))
+    assert rows["select_2ep"].gap_random == pytest.approx((0.75 - 0.55) / (0.9 - 0.55))
+    assert rows["random_2ep"].gap_random == pytest.approx(0.0) and rows["random"].gap_random == pytest.approx(0.0)
+    table = to_markdown(build_board(tmp_path))
+    assert "-0.0%" not in table and "| 0.0% |" in table
+
+
 def test_dry_run_with_resume_marks_finished_cells_and_drops_their_cost(tiny_run, capsys):
     out, base, _ = tiny_run
     config_args = ["--preset", "tiny", "--set", f"base={base}"]

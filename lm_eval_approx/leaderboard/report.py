@@ -5,7 +5,9 @@ and the share of the gap to the expert it closes,
 
     gap_random = (s − s_random) / (s_expert − s_random),   gap_theta0 = (s − s_θ0) / (s_expert − s_θ0),
 
-with s the row mean and s_random the mean of the ``random`` strategy at the same k. Both ratios
+with s the row mean and s_random the mean of the ``random`` strategy at the same k retrained with the
+same recipe (a 2-epoch row is compared with 2-epoch random data; the row labelled ``random`` is
+preferred when several random rows share k and recipe). Both ratios
 are invariant to the metric's direction (for a perplexity, lower is better, s_expert < s_θ0, and
 an approximation that moves toward the expert still gets a positive share), so only the sort
 order and the "best" mark use ``higher_is_better``. θ0 and the expert are reference rows.
@@ -52,6 +54,8 @@ class Row:
     sources: dict[str, float] = field(default_factory=dict)
     gap_random: float | None = None
     gap_theta0: float | None = None
+    strategy: str | None = None
+    recipe: str = ""
 
     @property
     def mean(self) -> float:
@@ -134,6 +138,8 @@ def build_board(out: str | Path) -> Board:
             for name, share in e.get("sources", {}).items():
                 sources[name] = sources.get(name, 0.0) + share / len(members)
         row.sources = sources
+        row.strategy = members[0][1].get("strategy", label)  # results written before the key: the label
+        row.recipe = _recipe_key(members[0][0])
         rows.append(row)
     rank = {THETA0: 0, EXPERT: 1, APPROX: 2}
     rows.sort(key=lambda r: (rank[r.kind], order.index(r.label) if r.label in order else len(order), r.label, r.k or 0))
@@ -142,16 +148,24 @@ def build_board(out: str | Path) -> Board:
                  [{**e, "score": task_metric(c, target, metric)[0]} for c, e in zip(cells, extras)])
 
 
+def _recipe_key(cell: dict) -> str:
+    """The retraining recipe a cell's approximation was trained with, as a comparable string."""
+    recipe = (cell.get("config", {}).get("approx") or {}).get("recipe")
+    return json.dumps(recipe, sort_keys=True) if recipe else ""
+
+
 def _fill_gaps(rows: list[Row]) -> None:
     theta0 = next((r.mean for r in rows if r.kind == THETA0), None)
     expert = next((r.mean for r in rows if r.kind == EXPERT), None)
-    random = {r.k: r.mean for r in rows if r.kind == APPROX and r.label == RANDOM}
+    random: dict[tuple, float] = {}
+    for r in sorted((r for r in rows if r.kind == APPROX and r.strategy == RANDOM), key=lambda r: r.label != RANDOM):
+        random.setdefault((r.k, r.recipe), r.mean)
     for row in rows:
         if expert is None:
             continue
         if theta0 is not None and expert != theta0:
             row.gap_theta0 = (row.mean - theta0) / (expert - theta0)
-        base = random.get(row.k) if row.kind == APPROX else None
+        base = random.get((row.k, row.recipe)) if row.kind == APPROX else None
         if base is not None and expert != base:
             row.gap_random = (row.mean - base) / (expert - base)
 
@@ -191,7 +205,7 @@ def to_markdown(board: Board) -> str:
     lines = [f"# {board.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in board.rows:
         score = _fmt(row.mean) + ("" if row.std is None else f" ± {_fmt(row.std)}")
-        pct = lambda v: "" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        pct = lambda v: "" if v is None else f"{round(100 * v, 1) + 0.0:.1f}%"  # noqa: E731  (+0.0: no "-0.0%")
         cells = [row.label, "" if row.k is None else str(row.k), str(len(row.seeds)), score, pct(row.gap_random),
                  pct(row.gap_theta0), *[_fmt(row.extras.get(c)) for c in board.extra_columns],
                  _fmt(row.selection_seconds, 1), _fmt(row.training_seconds, 1),
