@@ -211,6 +211,40 @@ def test_dry_run_with_resume_marks_finished_cells_and_drops_their_cost(tiny_run,
     assert minutes[resumed] < minutes[fresh]
 
 
+def test_only_runs_the_matching_cells_in_pattern_order(tiny_run, tmp_path, monkeypatch, capsys):
+    out, base, cache = tiny_run
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(_mirror()))
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", cache)
+    config = load_config(None, "tiny", [f"base={base}"])
+    assert [c.id for c in config.chosen_cells(["select-*", "random-k4-s1", "random-*"])] == \
+        ["select-k4-s0", "random-k4-s1", "random-k4-s0"]
+    assert config.chosen_cells(None) == config.cells()
+    with pytest.raises(LeaderboardConfigError) as info:
+        config.chosen_cells(["random-*", "selekt-*"])
+    assert info.value.field == "--only" and "select-k4-s0" in str(info.value)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in ("random-k4-s1", "select-k4-s0", "topk-k4-s0"):
+        (copy / "results" / f"{name}.json").unlink()
+    config_args = ["--preset", "tiny", "--set", f"base={base}", "--out", str(copy), "--resume"]
+    capsys.readouterr()
+    assert main(["leaderboard", *config_args, "--only", "select-*", "--only", "random-*", "--dry-run"]) == 0
+    planned = capsys.readouterr().out.splitlines()
+    assert planned[0].startswith(f"leaderboard 'tiny': 3 of {TINY_CELLS} cells (--only)")
+    assert [line.strip() for line in planned[1:4]] == ["select-k4-s0", "random-k4-s0  (done)", "random-k4-s1"]
+    ran = []
+    original = runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", lambda config, cell, *a, **k: ran.append(cell.id) or original(config, cell, *a, **k))
+    assert main(["leaderboard", *config_args, "--only", "select-*", "--only", "random-*", "--no-progress"]) == 0
+    assert ran == ["select-k4-s0", "random-k4-s1"]
+    assert not (copy / "results" / "topk-k4-s0.json").exists()  # left out, not run
+    table = capsys.readouterr().out
+    assert "| topk |" not in table and "| select |" in table  # the table covers the finished cells
+    for name in ("select-k4-s0", "random-k4-s1"):
+        new, old = _results(copy)[name], _results(out)[name]
+        assert _score(new, TARGET, METRIC) == _score(old, TARGET, METRIC)
+
+
 def test_a_bumped_task_version_reopens_the_cells_scored_with_the_old_one(tiny_run, tmp_path):
     out, base, _ = tiny_run
     config = load_config(None, "tiny", [f"base={base}"])

@@ -4,6 +4,7 @@
     lm-eval-approx leaderboard --config grid.yaml --out out/grid --set budgets=[100,500]
     lm-eval-approx leaderboard --preset gpu --dry-run
     lm-eval-approx leaderboard --config grid.yaml --out out/grid --resume --dry-run   # what is left
+    lm-eval-approx leaderboard --config grid.yaml --out out/grid --resume --only 'random-*' --only 'select-k100-*'
     lm-eval-approx leaderboard --show out/demo
 
 Writes every cell's lm-eval results JSON under OUT/results/, then leaderboard.md, leaderboard.csv,
@@ -32,6 +33,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="skip cells whose results JSON is already there")
     parser.add_argument("--dry-run", action="store_true", help="print the planned cells and estimated cost, run nothing; with --resume --out, "
                         "finished cells are marked done and left out of the estimate")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="run only the cells whose id (e.g. select-k300-s0, theta0) matches this shell-style "
+                        "pattern, repeatable; cells run in the order of the patterns; the tables cover every "
+                        "finished cell")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=leaderboard_command)
 
@@ -60,13 +65,13 @@ def leaderboard_command(args: argparse.Namespace) -> int:
         from ..leaderboard.estimate import describe
         from ..leaderboard.runner import finished_cells
 
-        done = finished_cells(args.out, config) if args.resume and args.out else frozenset()
-        print(describe(config, done), file=sys.stdout)
+        done = finished_cells(args.out, config, args.only) if args.resume and args.out else frozenset()
+        print(describe(config, done, args.only), file=sys.stdout)
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")
     from ..leaderboard.runner import run_leaderboard
 
-    run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress)
+    run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress, only=args.only)
     print(write_outputs(args.out), end="", file=sys.stdout)
     return 0

@@ -30,6 +30,7 @@ read as YAML (``--set budgets=[10,20]``).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,6 +176,22 @@ class LeaderboardConfig:
                 for seed in s.seeds or self.seeds:
                     cells.append(Cell(f"{s.label}-k{k}-s{seed}", APPROX, s.label, k, seed))
         return cells
+
+    def chosen_cells(self, patterns: list[str] | None = None) -> list[Cell]:
+        """The cells whose id matches one of the shell-style ``patterns`` (``--only``), ordered by
+        the first pattern each matches, config order within a pattern; every cell without patterns.
+        A pattern that matches no cell is an error naming the cell ids there are."""
+        cells = self.cells()
+        if not patterns:
+            return cells
+        chosen: dict[str, Cell] = {}
+        for pattern in patterns:
+            matched = [cell for cell in cells if fnmatch.fnmatchcase(cell.id, pattern)]
+            if not matched:
+                raise field_error("--only", pattern, "a shell-style pattern matching at least one cell id of this "
+                                  "config: " + ", ".join(cell.id for cell in cells))
+            chosen.update((cell.id, cell) for cell in matched if cell.id not in chosen)
+        return list(chosen.values())
 
     def tasks(self) -> list[TaskEntry]:
         """The target first, then the extra tasks."""

@@ -8,7 +8,8 @@ set is extracted once and shared by the strategies using it), and epochs the rec
 stopping only shortens it). The CPU rates were measured with SmolLM2-135M on two cores; the GPU rates
 are an assumed speed-up, so the GPU figure is an order of magnitude, not a promise.
 
-With ``--resume --out DIR`` the cells already finished in DIR (same cell hash) are listed as done
+With ``--only PATTERN`` only the matching cells are planned (and only the feature sets their
+strategies need). With ``--resume --out DIR`` the cells already finished in DIR (same cell hash) are listed as done
 and left out of the retraining and scoring parts; the expert and the labels/features stay in the
 estimate, because whether their cached stages survive is only known once the run looks them up.
 """
@@ -42,9 +43,10 @@ def _rates(device: str) -> dict[str, float]:
     return {name: rate * scale for name, rate in CPU_RATES.items()}
 
 
-def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset()) -> Estimate:
-    """Seconds for expert training, labels/features, and retraining and scoring of every cell not
-    in ``done`` (cell ids)."""
+def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
+             only: list[str] | None = None) -> Estimate:
+    """Seconds for expert training, labels/features, and retraining and scoring of every cell
+    chosen by ``only`` (all without it) and not in ``done`` (cell ids)."""
     from ..registry import strategy_registry
     from ..strategies.base import FEATURES, LOSS_BASE
 
@@ -57,19 +59,21 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset()) -> E
         else:
             epochs = config.recipe_for(config.expert.recipe).epochs
             seconds["expert"] = config.expert.size * epochs / rates["train"]
-    cells = config.cells()
+    cells = config.chosen_cells(only)
+    labels = {cell.label for cell in cells if cell.kind == APPROX and cell.id not in done}
+    strategies = [s for s in config.strategies if s.label in labels]
     n = config.corpus.size
     if n is None:
         unknown.append("labels and features (corpus.size is null: the whole corpus)")
-    else:
+    elif strategies:
         seconds["labels+features"] = n / rates["label"]
-        needs = [strategy_registry().get(s.name).obj.requires for s in config.strategies]
+        needs = [strategy_registry().get(s.name).obj.requires for s in strategies]
         if any(LOSS_BASE in r for r in needs):
             seconds["labels+features"] += n / rates["label"]
         feature_sets = {
             (s.approx.get("params", config.approx.get("params", "head")),
              s.approx.get("checkpoints", config.approx.get("checkpoints", 1)))
-            for s, r in zip(config.strategies, needs) if FEATURES in r
+            for s, r in zip(strategies, needs) if FEATURES in r
         }
         seconds["labels+features"] += sum(n * m / rates["features"] for _, m in feature_sets)
     for cell in cells:
@@ -87,12 +91,14 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset()) -> E
     return Estimate([c.id for c in cells], seconds, unknown)
 
 
-def describe(config: LeaderboardConfig, done: frozenset[str] = frozenset()) -> str:
-    """The dry-run text: one line per cell (finished ones marked), then the cost per part and in
-    total."""
-    est = estimate(config, done)
+def describe(config: LeaderboardConfig, done: frozenset[str] = frozenset(), only: list[str] | None = None) -> str:
+    """The dry-run text: one line per chosen cell in run order (finished ones marked), then the
+    cost per part and in total."""
+    est = estimate(config, done, only)
     finished = [cell for cell in est.cells if cell in done]
-    head = f"leaderboard {config.name!r}: {len(est.cells)} cells on {config.device}"
+    total = len(config.cells())
+    count = f"{len(est.cells)} of {total} cells (--only)" if only else f"{total} cells"
+    head = f"leaderboard {config.name!r}: {count} on {config.device}"
     lines = [head + (f", {len(finished)} already finished (skipped by --resume)" if finished else "")]
     lines += [f"  {cell}" + ("  (done)" if cell in done else "") for cell in est.cells]
     lines.append("estimated cost (rates: " + ", ".join(f"{k} {v:g}/s" for k, v in _rates(config.device).items()) + "):")

@@ -121,10 +121,11 @@ def finished(out: Path, config: LeaderboardConfig, cell: Cell) -> bool:
     return all(_same_version(recorded.get(name), version) for name, version in current.items())
 
 
-def finished_cells(out: str | Path, config: LeaderboardConfig) -> frozenset[str]:
-    """Ids of the cells ``--resume`` would skip: their results JSON in ``out`` has the same hash."""
+def finished_cells(out: str | Path, config: LeaderboardConfig, only: list[str] | None = None) -> frozenset[str]:
+    """Ids of the cells (those ``only`` chooses) ``--resume`` would skip: their results JSON in
+    ``out`` has the same hash."""
     folder = Path(out)
-    return frozenset(cell.id for cell in config.cells() if finished(folder, config, cell))
+    return frozenset(cell.id for cell in config.chosen_cells(only) if finished(folder, config, cell))
 
 
 def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
@@ -289,14 +290,16 @@ def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, mana
 
 
 def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = False,
-                    progress: bool = True) -> list[Path]:
-    """Run every unfinished cell (all cells without ``resume``) and return every results path."""
+                    progress: bool = True, only: list[str] | None = None) -> list[Path]:
+    """Run every unfinished cell (all cells without ``resume``) that ``only`` chooses (every cell
+    without it; see ``LeaderboardConfig.chosen_cells``), in that order, and return their results
+    paths. Cells left out keep whatever results they have."""
     from tqdm.auto import tqdm
 
     out = Path(out)
-    cells = config.cells()
-    for cell in cells:
+    for cell in config.cells():
         results_path(out, cell)  # every cell's file name is checked before anything is computed
+    cells = config.chosen_cells(only)
     results_dir(out).mkdir(parents=True, exist_ok=True)
     write_json_atomic(contained(out, CONFIG_SNAPSHOT, field="leaderboard snapshot"), config.to_dict())
     todo = [c for c in cells if not (resume and finished(out, config, c))]
