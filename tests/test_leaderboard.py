@@ -90,6 +90,19 @@ def test_tiny_preset_end_to_end(tiny_run, capsys):
             assert float(row["training_s"]) > 0 and row["vocab_containment"] != "" and row["sources"]
     random_row = next(r for r in rows if r["strategy"] == "random")
     assert random_row["seeds"] == "0 1"
+    # the pseudo-labels column counts θf's labels of the selected documents, read back from the selection file
+    from collections import Counter
+
+    from lm_eval_approx.selection_file import read_selection
+
+    selected = read_selection(results["select-k4-s0"]["config"]["approx"]["selection_file"])
+    counts = Counter(r.label_text for r in selected)
+    select_row = next(r for r in rows if r["strategy"] == "select")
+    shares = dict(part.split("=") for part in select_row["labels"].split(";"))
+    assert {name: float(v) for name, v in shares.items()} == pytest.approx(
+        {name: n / len(selected) for name, n in counts.items()}, abs=1e-3)
+    assert all(r["labels"] == "" for r in rows if not r["k"])
+    assert "pseudo-labels %" in (out / "leaderboard.md").read_text()
     # --show prints the saved table without computing anything.
     capsys.readouterr()
     assert main(["leaderboard", "--show", str(out)]) == 0

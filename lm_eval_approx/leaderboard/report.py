@@ -52,6 +52,7 @@ class Row:
     training_seconds: float | None = None
     similarity: dict[str, float | None] = field(default_factory=dict)
     sources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, float] = field(default_factory=dict)
     gap_random: float | None = None
     gap_theta0: float | None = None
     strategy: str | None = None
@@ -133,11 +134,8 @@ def build_board(out: str | Path) -> Board:
         row.selection_seconds = _mean([e.get("selection_seconds") for _, e in members])
         row.training_seconds = _mean([e.get("training_seconds") for _, e in members])
         row.similarity = {key: _mean([e.get("similarity", {}).get(key) for _, e in members]) for key in SIMILARITY_KEYS}
-        sources: dict[str, float] = {}
-        for _, e in members:
-            for name, share in e.get("sources", {}).items():
-                sources[name] = sources.get(name, 0.0) + share / len(members)
-        row.sources = sources
+        row.sources = _mean_fractions([e.get("sources", {}) for _, e in members])
+        row.labels = _mean_fractions([e.get("labels", {}) for _, e in members])
         row.strategy = members[0][1].get("strategy", label)  # results written before the key: the label
         row.recipe = _recipe_key(members[0][0])
         rows.append(row)
@@ -146,6 +144,19 @@ def build_board(out: str | Path) -> Board:
     _fill_gaps(rows)
     return Board(snapshot.get("name", Path(out).name), target, metric, higher, extra_columns, rows,
                  [{**e, "score": task_metric(c, target, metric)[0]} for c, e in zip(cells, extras)])
+
+
+def _mean_fractions(parts: list[dict[str, float]]) -> dict[str, float]:
+    """The share of each name averaged over the seeds of a row."""
+    total: dict[str, float] = {}
+    for part in parts:
+        for name, share in part.items():
+            total[name] = total.get(name, 0.0) + share / len(parts)
+    return total
+
+
+def _fractions(shares: dict[str, float], digits: int = DIGITS) -> str:
+    return ";".join(f"{name}={share:.{digits}f}" for name, share in sorted(shares.items()))
 
 
 def _recipe_key(cell: dict) -> str:
@@ -176,16 +187,17 @@ def _fmt(value: float | None, digits: int = DIGITS) -> str:
 
 def columns(board: Board) -> list[str]:
     return ["strategy", "k", "seeds", board.metric, f"{board.metric}_std", "gap_closed_vs_random",
-            "gap_closed_vs_theta0", *board.extra_columns, "selection_s", "training_s", *SIMILARITY_KEYS, "sources"]
+            "gap_closed_vs_theta0", *board.extra_columns, "selection_s", "training_s", *SIMILARITY_KEYS, "sources",
+            "labels"]
 
 
 def row_values(board: Board, row: Row) -> list[str]:
     """The CSV cells of a row (plain numbers, empty when unknown)."""
-    sources = ";".join(f"{name}={share:.3f}" for name, share in sorted(row.sources.items()))
     return [row.label, "" if row.k is None else str(row.k), " ".join(map(str, row.seeds)), _fmt(row.mean),
             _fmt(row.std), _fmt(row.gap_random, 3), _fmt(row.gap_theta0, 3),
             *[_fmt(row.extras.get(c)) for c in board.extra_columns], _fmt(row.selection_seconds, 1),
-            _fmt(row.training_seconds, 1), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS], sources]
+            _fmt(row.training_seconds, 1), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS],
+            _fractions(row.sources, 3), _fractions(row.labels, 3)]
 
 
 def to_csv(board: Board) -> str:
@@ -197,11 +209,13 @@ def to_csv(board: Board) -> str:
 
 
 def to_markdown(board: Board) -> str:
-    """The table people read: mean ± std, gaps as percentages, costs and similarity."""
+    """The table people read: mean ± std, gaps as percentages, costs, similarity and, for a
+    classification target, the pseudo-labels of each selection (percent per class)."""
     direction = "higher" if board.higher_is_better else "lower"
+    with_labels = any(row.labels for row in board.rows)
     header = ["strategy", "k", "seeds", f"{board.target} {board.metric} ({direction} is better)",
               "gap closed vs random", "gap closed vs θ0", *board.extra_columns, "selection s", "training s",
-              *SIMILARITY_KEYS]
+              *SIMILARITY_KEYS, *(["pseudo-labels %"] if with_labels else [])]
     lines = [f"# {board.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in board.rows:
         score = _fmt(row.mean) + ("" if row.std is None else f" ± {_fmt(row.std)}")
@@ -210,6 +224,8 @@ def to_markdown(board: Board) -> str:
                  pct(row.gap_theta0), *[_fmt(row.extras.get(c)) for c in board.extra_columns],
                  _fmt(row.selection_seconds, 1), _fmt(row.training_seconds, 1),
                  *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS]]
+        if with_labels:
+            cells.append(" ".join(f"{name} {100 * share:.0f}" for name, share in sorted(row.labels.items())))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -251,6 +251,8 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, reference: list[str] 
     extras["training_seconds"] = round(_stage_seconds((TRAINING_STAGE,), info["stage_keys"]), 3)
     rows = read_selection(info["selection_file"])
     extras["sources"] = source_fractions([r.source for r in rows])
+    if any(r.label_text is not None for r in rows):  # classification: θf's pseudo-labels of the selection
+        extras["labels"] = source_fractions([r.label_text for r in rows])
     if reference:
         report = dataset_similarity([r.text for r in rows], reference, embed=bool(config.similarity.get("embed", True)))
         extras["similarity"] = {k: v for k, v in report.to_dict().items() if k != "source_fractions"}
