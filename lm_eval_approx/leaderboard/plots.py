@@ -18,6 +18,7 @@ METRIC_PNG, GAP_PNG, SOURCES_PNG = "metric_vs_k.png", "gap_closed.png", "sources
 FIGSIZE = (7.0, 4.2)
 DPI = 110
 BAR_WIDTH = 0.8
+LOG_K_SPAN = 5  # largest k / smallest k from which the k axis is logarithmic
 
 
 def _approx_labels(board: Board) -> list[str]:
@@ -34,6 +35,11 @@ def metric_vs_k(board: Board, path: Path) -> Path:
         ref = next((r for r in board.rows if r.kind == kind), None)
         if ref is not None:
             ax.axhline(ref.mean, linestyle=style, color="gray", label=f"{kind} ({ref.mean:.3f})")
+    budgets = sorted({r.k for r in board.rows if r.kind == APPROX})
+    if budgets and budgets[-1] >= LOG_K_SPAN * budgets[0]:  # k grids are usually geometric (100, 300, 1000)
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(k) for k in budgets])
+        ax.minorticks_off()
     ax.set_xlabel("k (selected documents)")
     ax.set_ylabel(f"{board.target} {board.metric}")
     ax.set_title(f"{board.metric} vs k ({'higher' if board.higher_is_better else 'lower'} is better)")
