@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_
 DATA ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo clean
 
 $(STAMP): pyproject.toml plugins/lm-eval-approx-stratified/pyproject.toml
 	# A venv whose creation was interrupted has python but no pip: build it again.

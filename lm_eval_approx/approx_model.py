@@ -7,7 +7,8 @@ adapter exactly like ``hf`` (with FastHFLM's one-forward-per-context scoring). K
 - every ``ApproxConfig`` field (base, finetuned, task, corpus, corpus_size, strategy, k, seed,
   params, dim, projection, checkpoints, extract_batch_size, extract_max_length, ...);
 - ``train_<field>`` for every ``TrainingRecipe`` field (train_epochs=2, train_learning_rate=2e-4;
-  ``train_target_modules`` joins module names with ``+``);
+  ``train_target_modules`` joins module names with ``+``, as ``params`` joins layer names: commas
+  already separate ``--model_args``);
 - ``strategy_<option>`` for the strategy's own options (strategy_batch_size=16, strategy_min_cosine=0.1);
 - ``recipe=FILE`` to read a recipe JSON (train_* keys override it);
 - ``allow_pickle=true`` to accept θ0/θf folders that hold only pickle checkpoints (read with
@@ -42,7 +43,7 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
     recipe_file = kwargs.pop("recipe", None)
     for key, value in kwargs.items():
         if key in config_fields:
-            config[key] = value
+            config[key] = str(value).replace("+", ",") if key == "params" else value
         elif key.startswith(TRAIN_PREFIX):
             name = key[len(TRAIN_PREFIX):]
             if name not in recipe_fields:

@@ -49,7 +49,7 @@ class ApproxConfig:
     strategy_options: dict[str, Any] = help_field("options of the strategy (e.g. batch_size for select_batched)", None)
     k: int = help_field("number of documents to select", 100)
     seed: int = help_field("seed of the strategy (and of nothing upstream)", 0)
-    params: str = help_field("gradient parameter set: head, changed, or comma-separated layer names", "head")
+    params: str = help_field("gradient parameter set: head, head_labels, changed, or comma-separated layer names", "head")
     dim: int = help_field("projected feature dimension", 4096)
     projection: str = help_field("kronecker, dense or identity", "kronecker")
     projection_seed: int = help_field("seed of the projection matrices", 0)

@@ -107,6 +107,9 @@ def test_bad_config_is_named_before_compute(tiny_llama):
                                              "train_target_modules": "all-linear+head"})
     assert config.k == 3 and recipe.epochs == 2 and config.strategy_options == {"batch_size": 4}
     assert rest == {"batch_size": 8} and recipe.target_modules == ("all-linear", "head")
+    config, _, _ = split_model_args({"base": tiny_llama, "finetuned": tiny_llama,
+                                     "params": "model.layers.0.mlp.up_proj+lm_head"})
+    assert config.params == "model.layers.0.mlp.up_proj,lm_head"
 
 
 def test_model_approx_through_lm_eval_cli(tiny_llama, expert_and_corpus, tmp_path):
