@@ -335,3 +335,21 @@ def test_html_page_renders_in_headless_chromium(tiny_run, tmp_path):
     assert dom.count("<tr") == len(board.rows) + 1  # header + one per row
     assert all(f">{r.label}</td>" in dom for r in board.rows)
     assert dom.count("data:image/png;base64,") == 3
+
+
+def test_estimate_costs_each_stage_at_its_measured_rate():
+    from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
+
+    def labels_and_features(preset, *overrides):
+        return estimate(load_config(None, preset, list(overrides))).seconds["labels+features"]
+
+    n = load_config(None, "cpu-small", []).corpus.size
+    # random needs only pseudo-labels: one forward per choice for AG News, one forward for MS MARCO
+    assert labels_and_features("cpu-small", "strategies=[random]") == pytest.approx(n / CPU_RATES["score_choice"])
+    m = load_config(None, "cpu-msmarco", []).corpus.size
+    assert labels_and_features("cpu-msmarco", "strategies=[random]") == pytest.approx(m / CPU_RATES["label_text"])
+    head = labels_and_features("cpu-small", "strategies=[select]")
+    changed = labels_and_features("cpu-small", "strategies=[select]", "approx={params: changed}")
+    three = labels_and_features("cpu-small", "strategies=[select]", "approx={params: head, checkpoints: 3}")
+    assert changed - head == pytest.approx(n / CPU_RATES["features_changed"] - n / CPU_RATES["features_head"])
+    assert three - head == pytest.approx(2 * n / CPU_RATES["features_head"])

@@ -1,12 +1,17 @@
 """``--dry-run``: the planned cells and a rough cost, from throughput rates per device.
 
-seconds ≈ expert_docs·epochs / r_train + N·(1/r_label + [base loss] 1/r_label + [features] M/r_feat)
+seconds ≈ expert_docs·epochs / r_train + N·(1/r_label + [base loss] 1/r_loss + Σ_feature sets M/r_features(params))
           + Σ_cells k·epochs / r_train + Σ_cells Σ_tasks limit / r_score(task),
 
 with N the candidate count, M the synthetic checkpoints of a feature set (each distinct feature
 set is extracted once and shared by the strategies using it), and epochs the recipe's maximum (early
-stopping only shortens it). The CPU rates were measured with SmolLM2-135M on two cores; the GPU rates
-are an assumed speed-up, so the GPU figure is an order of magnitude, not a promise.
+stopping only shortens it). Pseudo-labels of a classification task cost one forward per choice, so
+they run at the multiple-choice scoring rate; a language-modelling task's labels are one forward.
+The CPU rates are what the ``results/cpu`` grids measured with SmolLM2-135M on two quiet cores
+(stage seconds in each cell's results JSON): head features 5.3 candidates/s, ``changed`` features
+2.6/s, pseudo-labels 6/s (MS MARCO) and ~3/s (AG News, 4 choices), θ0 losses ~8/s, LoRA training
+2.0 examples/s. The GPU rates are an assumed speed-up, so the GPU figure is an order of magnitude,
+not a promise.
 
 With ``--only PATTERN`` only the matching cells are planned (and only the feature sets their
 strategies need). With ``--resume --out DIR`` the cells already finished in DIR (same cell hash) are listed as done
@@ -20,9 +25,10 @@ from dataclasses import dataclass
 
 from .config import APPROX, LeaderboardConfig
 
-CPU_RATES = {"train": 2.5, "label": 20.0, "features": 10.0, "score_choice": 3.0, "score_text": 1.0}
+CPU_RATES = {"train": 2.0, "label_text": 6.0, "loss": 8.0, "features_head": 5.3, "features_changed": 2.6,
+             "score_choice": 3.0, "score_text": 1.0}
+HEAD_PARAMS = ("head", "head_labels")
 GPU_SPEEDUP = 40.0
-CLASSIFICATION_PREFIX = "approx_agnews"
 
 
 @dataclass
@@ -41,6 +47,19 @@ class Estimate:
 def _rates(device: str) -> dict[str, float]:
     scale = 1.0 if device == "cpu" else GPU_SPEEDUP
     return {name: rate * scale for name, rate in CPU_RATES.items()}
+
+
+def _is_choice_task(name: str) -> bool:
+    """An approximation task scored by choices (the other tasks are costed as text perplexity)."""
+    from ..task_specs import CLASSIFICATION, TASK_SPECS
+
+    spec = TASK_SPECS.get(name)
+    return spec is not None and spec.kind == CLASSIFICATION
+
+
+def _feature_rate(rates: dict[str, float], params: str) -> float:
+    """Head features need a forward only; ``changed`` or named layers need a backward as well."""
+    return rates["features_head"] if params in HEAD_PARAMS else rates["features_changed"]
 
 
 def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
@@ -66,16 +85,16 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
     if n is None:
         unknown.append("labels and features (corpus.size is null: the whole corpus)")
     elif strategies:
-        seconds["labels+features"] = n / rates["label"]
+        seconds["labels+features"] = n / rates["score_choice" if _is_choice_task(config.task) else "label_text"]
         needs = [strategy_registry().get(s.name).obj.requires for s in strategies]
         if any(LOSS_BASE in r for r in needs):
-            seconds["labels+features"] += n / rates["label"]
+            seconds["labels+features"] += n / rates["loss"]
         feature_sets = {
             (s.approx.get("params", config.approx.get("params", "head")),
              s.approx.get("checkpoints", config.approx.get("checkpoints", 1)))
             for s, r in zip(strategies, needs) if FEATURES in r
         }
-        seconds["labels+features"] += sum(n * m / rates["features"] for _, m in feature_sets)
+        seconds["labels+features"] += sum(n * m / _feature_rate(rates, params) for params, m in feature_sets)
     for cell in cells:
         if cell.id in done:
             continue
@@ -86,7 +105,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             if task.limit is None:
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")
                 continue
-            rate = rates["score_choice"] if task.name.startswith(CLASSIFICATION_PREFIX) else rates["score_text"]
+            rate = rates["score_choice"] if _is_choice_task(task.name) else rates["score_text"]
             seconds["scoring"] += task.limit / rate
     return Estimate([c.id for c in cells], seconds, unknown)
 
