@@ -103,6 +103,10 @@ def test_tiny_preset_end_to_end(tiny_run, capsys):
         {name: n / len(selected) for name, n in counts.items()}, abs=1e-3)
     assert all(r["labels"] == "" for r in rows if not r["k"])
     assert "pseudo-labels %" in (out / "leaderboard.md").read_text()
+    # a WikiText/DBpedia pool holds none of the expert's AG News documents: 0 in the CSV, no markdown column
+    assert all(float(r["true_documents"]) == 0 for r in rows if r["k"])
+    assert all(r["true_documents"] == "" for r in rows if not r["k"])
+    assert "true training docs" not in (out / "leaderboard.md").read_text()
     # --show prints the saved table without computing anything.
     capsys.readouterr()
     assert main(["leaderboard", "--show", str(out)]) == 0
@@ -353,3 +357,30 @@ def test_estimate_costs_each_stage_at_its_measured_rate():
     three = labels_and_features("cpu-small", "strategies=[select]", "approx={params: head, checkpoints: 3}")
     assert changed - head == pytest.approx(n / CPU_RATES["features_changed"] - n / CPU_RATES["features_head"])
     assert three - head == pytest.approx(2 * n / CPU_RATES["features_head"])
+
+
+def test_true_documents_counts_selected_documents_the_expert_trained_on(tiny_run, tmp_path, monkeypatch):
+    from lm_eval_approx.leaderboard.config import APPROX
+    from lm_eval_approx.selection_file import SelectedExample, write_selection
+    from lm_eval_approx.task_specs import get_task_spec
+
+    _, base, cache = tiny_run
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(_mirror()))
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", cache)
+    config = load_config(None, "tiny", [f"base={base}"])
+    texts = [e.text for e in runner.true_examples(config, get_task_spec(config.task))]
+    truth = runner.true_data(config)
+    assert len(texts) == config.expert.size and truth.reference == texts[: config.similarity["reference_size"]]
+    selection = write_selection(tmp_path / "selection.jsonl", [
+        SelectedExample(id="a", text="  " + texts[0].replace(" ", "\n "), label=0, label_text="World"),  # re-wrapped
+        SelectedExample(id="b", text=texts[-1], label=1, label_text="Sports", order=1),
+        SelectedExample(id="c", text="a document the expert never saw", label=2, label_text="Business", order=2),
+    ])
+
+    class ApproxLM:
+        def get_model_info(self):
+            return {"approx": {"stage_keys": {}, "selection_file": str(selection)}}
+
+    cell = next(c for c in config.cells() if c.kind == APPROX)
+    assert runner.cell_extras(config, cell, ApproxLM(), truth, "unused")["true_documents"] == 2
+    assert "true_documents" not in runner.cell_extras(config, cell, ApproxLM(), runner.TrueData(), "unused")

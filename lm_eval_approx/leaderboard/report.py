@@ -53,6 +53,7 @@ class Row:
     similarity: dict[str, float | None] = field(default_factory=dict)
     sources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, float] = field(default_factory=dict)
+    true_documents: float | None = None
     gap_random: float | None = None
     gap_theta0: float | None = None
     strategy: str | None = None
@@ -136,6 +137,7 @@ def build_board(out: str | Path) -> Board:
         row.similarity = {key: _mean([e.get("similarity", {}).get(key) for _, e in members]) for key in SIMILARITY_KEYS}
         row.sources = _mean_fractions([e.get("sources", {}) for _, e in members])
         row.labels = _mean_fractions([e.get("labels", {}) for _, e in members])
+        row.true_documents = _mean([e.get("true_documents") for _, e in members])
         row.strategy = members[0][1].get("strategy", label)  # results written before the key: the label
         row.recipe = _recipe_key(members[0][0])
         rows.append(row)
@@ -188,7 +190,7 @@ def _fmt(value: float | None, digits: int = DIGITS) -> str:
 def columns(board: Board) -> list[str]:
     return ["strategy", "k", "seeds", board.metric, f"{board.metric}_std", "gap_closed_vs_random",
             "gap_closed_vs_theta0", *board.extra_columns, "selection_s", "training_s", *SIMILARITY_KEYS, "sources",
-            "labels"]
+            "labels", "true_documents"]
 
 
 def row_values(board: Board, row: Row) -> list[str]:
@@ -197,7 +199,7 @@ def row_values(board: Board, row: Row) -> list[str]:
             _fmt(row.std), _fmt(row.gap_random, 3), _fmt(row.gap_theta0, 3),
             *[_fmt(row.extras.get(c)) for c in board.extra_columns], _fmt(row.selection_seconds, 1),
             _fmt(row.training_seconds, 1), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS],
-            _fractions(row.sources, 3), _fractions(row.labels, 3)]
+            _fractions(row.sources, 3), _fractions(row.labels, 3), _fmt(row.true_documents, 1)]
 
 
 def to_csv(board: Board) -> str:
@@ -209,13 +211,16 @@ def to_csv(board: Board) -> str:
 
 
 def to_markdown(board: Board) -> str:
-    """The table people read: mean ± std, gaps as percentages, costs, similarity and, for a
-    classification target, the pseudo-labels of each selection (percent per class)."""
+    """The table people read: mean ± std, gaps as percentages, costs, similarity, for a
+    classification target the pseudo-labels of each selection (percent per class), and, when some
+    selection holds documents the expert was trained on, how many (a pool with true data in it)."""
     direction = "higher" if board.higher_is_better else "lower"
     with_labels = any(row.labels for row in board.rows)
+    with_true = any(row.true_documents for row in board.rows)
     header = ["strategy", "k", "seeds", f"{board.target} {board.metric} ({direction} is better)",
               "gap closed vs random", "gap closed vs θ0", *board.extra_columns, "selection s", "training s",
-              *SIMILARITY_KEYS, *(["pseudo-labels %"] if with_labels else [])]
+              *SIMILARITY_KEYS, *(["pseudo-labels %"] if with_labels else []),
+              *(["true training docs"] if with_true else [])]
     lines = [f"# {board.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in board.rows:
         score = _fmt(row.mean) + ("" if row.std is None else f" ± {_fmt(row.std)}")
@@ -226,6 +231,8 @@ def to_markdown(board: Board) -> str:
                  *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS]]
         if with_labels:
             cells.append(" ".join(f"{name} {100 * share:.0f}" for name, share in sorted(row.labels.items())))
+        if with_true:
+            cells.append(_fmt(row.true_documents, 1))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,36 @@ def _stage_seconds(names: tuple[str, ...], keys: dict[str, str]) -> float:
     return total
 
 
-def cell_extras(config: LeaderboardConfig, cell: Cell, lm, reference: list[str] | None, expert: str) -> dict:
-    """Our ``config.leaderboard`` record: cell identity, costs, and similarity to the true data."""
+@dataclass(frozen=True)
+class TrueData:
+    """What a cell's selection is compared with: the expert's training texts, capped for the
+    similarity metrics (``reference``) and all of them as normalised keys (``keys``)."""
+
+    reference: list[str] | None = None
+    keys: frozenset[str] | None = None
+
+
+def text_key(text: str) -> str:
+    """A document as compared across corpora: its words joined by single spaces."""
+    return " ".join(str(text).split())
+
+
+def true_data(config: LeaderboardConfig) -> TrueData:
+    """The expert's true training texts, when the config says how the expert was made."""
+    from ..task_specs import get_task_spec
+    from .config import DEFAULT_REFERENCE_SIZE
+
+    if config.expert.data is None:
+        return TrueData()
+    texts = [e.text for e in true_examples(config, get_task_spec(config.task))]
+    return TrueData(texts[: config.similarity.get("reference_size", DEFAULT_REFERENCE_SIZE)],
+                    frozenset(text_key(t) for t in texts))
+
+
+def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expert: str) -> dict:
+    """Our ``config.leaderboard`` record: cell identity, costs, and similarity to the true data
+    (including ``true_documents``: how many selected documents the expert was trained on, which is
+    non-zero only when the candidate pool holds some of its training data)."""
     from ..selection_file import read_selection
     from ..similarity import dataset_similarity, source_fractions
 
@@ -253,25 +282,17 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, reference: list[str] 
     extras["sources"] = source_fractions([r.source for r in rows])
     if any(r.label_text is not None for r in rows):  # classification: θf's pseudo-labels of the selection
         extras["labels"] = source_fractions([r.label_text for r in rows])
-    if reference:
-        report = dataset_similarity([r.text for r in rows], reference, embed=bool(config.similarity.get("embed", True)))
+    if truth.keys is not None:
+        extras["true_documents"] = sum(text_key(r.text) in truth.keys for r in rows)
+    if truth.reference:
+        report = dataset_similarity([r.text for r in rows], truth.reference,
+                                    embed=bool(config.similarity.get("embed", True)))
         extras["similarity"] = {k: v for k, v in report.to_dict().items() if k != "source_fractions"}
     return extras
 
 
-def reference_texts(config: LeaderboardConfig) -> list[str] | None:
-    """The expert's true training texts (capped at similarity.reference_size), when known."""
-    from ..task_specs import get_task_spec
-    from .config import DEFAULT_REFERENCE_SIZE
-
-    if config.expert.data is None:
-        return None
-    texts = [e.text for e in true_examples(config, get_task_spec(config.task))]
-    return texts[: config.similarity.get("reference_size", DEFAULT_REFERENCE_SIZE)]
-
-
 def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, manager,
-             reference: list[str] | None, on_phase: Callable[[str], None]) -> Path:
+             truth: TrueData, on_phase: Callable[[str], None]) -> Path:
     """Build, score and record one cell; its results JSON is written last, atomically."""
     from lm_eval.utils import handle_non_serializable
 
@@ -282,7 +303,7 @@ def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, mana
     results.pop("samples", None)
     results["config"]["model"] = model
     results["config"]["model_args"] = ",".join(f"{k}={v}" for k, v in args.items())
-    results["config"]["leaderboard"] = {**cell_extras(config, cell, lm, reference, expert),
+    results["config"]["leaderboard"] = {**cell_extras(config, cell, lm, truth, expert),
                                         "wall_seconds": round(time.perf_counter() - started, 3)}
     del lm
     gc.collect()
@@ -310,9 +331,9 @@ def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = F
         manager = shared_task_manager()
         bar.set_postfix_str("expert")
         expert = expert_model(config, progress=False)
-        reference = reference_texts(config)
+        truth = true_data(config)
         for cell in todo:
-            run_cell(config, cell, out, expert, manager, reference,
+            run_cell(config, cell, out, expert, manager, truth,
                      lambda phase, c=cell: bar.set_postfix_str(f"{c.id}: {phase}"))
             bar.update(1)
     bar.close()
