@@ -86,6 +86,7 @@ class FeatureConfig:
     projection: str = help_field("kronecker (default), dense (oracle) or identity (no projection)", "kronecker")
     seed: int = help_field("seed of the projection matrices", 0)
     checkpoints: int = help_field("M synthetic checkpoints α = j/M, j = 1..M (1: θf only)", 1)
+    checkpoint: int | None = help_field("build only checkpoint j of the M (α = j/M); None: all M", None)
     labels: str = help_field("'pseudo' (θf's argmax) or 'true' (the corpus labels)", "pseudo")
     batch_size: int = help_field("examples per forward pass", 16)
     max_length: int = help_field("tokens per example (contexts are clipped on the left)", DEFAULT_MAX_LENGTH)
@@ -114,6 +115,9 @@ class FeatureConfig:
                                ("sqnorm", SQNORM_KINDS)):
             if getattr(self, name) not in accepted:
                 raise ConfigError(name, getattr(self, name), f"one of {', '.join(accepted)}")
+        if self.checkpoint is not None and (isinstance(self.checkpoint, bool) or not isinstance(self.checkpoint, int)
+                                            or not 1 <= self.checkpoint <= self.checkpoints):
+            raise ConfigError("checkpoint", self.checkpoint, f"None or an integer in 1..{self.checkpoints} (checkpoints)")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError("device", self.device, "cpu or cuda")
         if self.params == HEAD_LABELS:
@@ -121,6 +125,8 @@ class FeatureConfig:
 
     @property
     def alphas(self) -> list[float]:
+        if self.checkpoint is not None:
+            return [self.checkpoint / self.checkpoints]
         return [j / self.checkpoints for j in range(1, self.checkpoints + 1)]
 
     @property

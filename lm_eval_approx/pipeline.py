@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,18 @@ class ApproxResult:
     selection: Path
     stages: list[StageRecord]
 
+    def labels(self) -> list[str]:
+        """Each stage's name, with ``@α`` for the feature stages of synthetic checkpoints before θf
+        (``features@1/3``), so the records of one run stay apart."""
+        return [s.name if "alpha" not in s.info else f"{s.name}{STAGE_ALPHA_SEPARATOR}{s.info['alpha']}"
+                for s in self.stages]
+
     def info(self) -> dict[str, Any]:
+        labels = self.labels()
         return {
-            "stage_keys": {s.name: s.key for s in self.stages},
-            "stage_seconds": {s.name: round(s.seconds, 3) for s in self.stages},
-            "stage_cached": {s.name: s.cached for s in self.stages},
+            "stage_keys": {label: s.key for label, s in zip(labels, self.stages)},
+            "stage_seconds": {label: round(s.seconds, 3) for label, s in zip(labels, self.stages)},
+            "stage_cached": {label: s.cached for label, s in zip(labels, self.stages)},
             "selected": self.stages[-2].info.get("selected"),
         }
 
@@ -153,13 +161,25 @@ def _base_loss_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
     return run_stage("base_loss", inputs, compute)
 
 
-def _feature_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
+STAGE_ALPHA_SEPARATOR = "@"
+
+
+def _feature_stages(config, spec, corpus, models, labels_stage) -> list[StageRecord]:
+    """One stage per synthetic checkpoint α = j/M, keyed by α in lowest terms: the α = 1 store (θf's
+    own features) is the plain ``checkpoints = 1`` stage, shared by select and every M, and α = 1/2
+    is shared by M = 2 and M = 4."""
+    alphas = [Fraction(j, config.checkpoints) for j in range(1, config.checkpoints + 1)]
+    return [_feature_stage(config, spec, corpus, models, labels_stage, alpha) for alpha in alphas]
+
+
+def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) -> StageRecord:
     from .features import FeatureConfig, build_feature_stores
 
+    checkpoint = None if alpha.denominator == 1 else alpha.numerator
     feature_config = FeatureConfig(
         base=config.base, finetuned=config.finetuned, task=spec.name, params=config.params, dim=config.dim,
-        projection=config.projection, seed=config.projection_seed, checkpoints=config.checkpoints,
-        batch_size=config.extract_batch_size, max_length=config.extract_max_length,
+        projection=config.projection, seed=config.projection_seed, checkpoints=alpha.denominator,
+        checkpoint=checkpoint, batch_size=config.extract_batch_size, max_length=config.extract_max_length,
         corpus=config.corpus, corpus_limit=config.corpus_size, corpus_seed=config.corpus_seed,
     )
 
@@ -167,11 +187,13 @@ def _feature_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
         labels = np.load(labels_stage.path / LABELS_FILE)
         given = labels if spec.kind == CLASSIFICATION else None
         stores = build_feature_stores(feature_config, corpus, given, folder / FEATURE_DIR)
-        return {"stores": [str(s.path) for s in stores]}
+        return {"stores": [str(s.path) for s in stores], **({} if checkpoint is None else {"alpha": str(alpha)})}
 
     inputs = {**models, "labels": labels_stage.key, "params": config.params, "dim": config.dim,
               "projection": config.projection, "projection_seed": config.projection_seed,
-              "checkpoints": config.checkpoints, "max_length": config.extract_max_length}
+              "checkpoints": alpha.denominator, "max_length": config.extract_max_length}
+    if checkpoint is not None:  # θf's own store keeps the key it had before stages were per α
+        inputs["checkpoint"] = checkpoint
     return run_stage("features", inputs, compute)
 
 
@@ -200,8 +222,9 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
         stages.append(_base_loss_stage(config, spec, corpus, models, stages[0]))
         loss_b = np.load(stages[-1].path / LOSS_FILE)
     if FEATURES in needs:
-        stages.append(_feature_stage(config, spec, corpus, models, stages[0]))
-        stores = open_feature_stores(stages[-1].path / FEATURE_DIR)
+        feature_stages = _feature_stages(config, spec, corpus, models, stages[0])
+        stages += feature_stages
+        stores = [store for stage in feature_stages for store in open_feature_stores(stage.path / FEATURE_DIR)]
     upstream = [s.key for s in stages]
 
     def compute_selection(folder: Path) -> dict:

@@ -165,3 +165,40 @@ def test_model_approx_end_to_end_on_smollm2(mirror, tmp_path, monkeypatch):
     assert 0.0 <= result["results"]["approx_agnews"]["acc,none"] <= 1.0
     selected = read_selection(approx["selection_file"])
     assert all(row.source == "seed:dbpedia" and row.label in range(4) for row in selected)
+
+
+def test_checkpoint_features_are_one_stage_per_alpha_shared_across_m(tiny_llama, expert_and_corpus, tmp_path,
+                                                                      monkeypatch):
+    import numpy as np
+
+    from lm_eval_approx.corpus import load_corpus
+    from lm_eval_approx.features import FeatureConfig, build_feature_stores, open_feature_stores
+    from lm_eval_approx.pipeline import FEATURE_DIR, LABELS_FILE
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    expert, corpus = expert_and_corpus
+    plain = run_approximation(_config(tiny_llama, expert, corpus), FAST)
+    two = run_approximation(_config(tiny_llama, expert, corpus, strategy="select_checkpoints", checkpoints=2), FAST)
+    assert two.labels() == ["labels", "features@1/2", "features", "selection", "training"]
+    assert [s.cached for s in two.stages[:3]] == [True, False, True]
+    assert two.stages[2].key == plain.stages[1].key  # θf's own features: select's stage, not recomputed
+    four = run_approximation(_config(tiny_llama, expert, corpus, strategy="select_checkpoints", checkpoints=4), FAST)
+    assert four.labels()[1:5] == ["features@1/4", "features@1/2", "features@3/4", "features"]
+    assert [s.cached for s in four.stages[1:5]] == [False, True, False, True]
+    assert set(four.info()["stage_keys"]) == {"labels", "features@1/4", "features@1/2", "features@3/4", "features",
+                                              "selection", "training"}
+    # oracle: the per-α stages hold exactly the stores one M = 4 extraction builds in one folder
+    config = _config(tiny_llama, expert, corpus)
+    whole = build_feature_stores(
+        FeatureConfig(base=tiny_llama, finetuned=expert, task=config.task, params=config.params, dim=config.dim,
+                      projection=config.projection, seed=config.projection_seed, checkpoints=4,
+                      batch_size=config.extract_batch_size, max_length=config.extract_max_length, corpus=corpus,
+                      corpus_limit=config.corpus_size, corpus_seed=config.corpus_seed),
+        load_corpus(corpus, config.corpus_size, config.corpus_seed), np.load(four.stages[0].path / LABELS_FILE),
+        tmp_path / "whole")
+    staged = [store for stage in four.stages[1:5] for store in open_feature_stores(stage.path / FEATURE_DIR)]
+    assert [s.alpha for s in staged] == [s.alpha for s in whole] == [0.25, 0.5, 0.75, 1.0]
+    for mine, oracle in zip(staged, whole):
+        np.testing.assert_allclose(np.asarray(mine.features, dtype=np.float32),
+                                   np.asarray(oracle.features, dtype=np.float32), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(mine.target, oracle.target, rtol=1e-5, atol=1e-7)

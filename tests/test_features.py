@@ -217,3 +217,11 @@ def test_cli_features_then_select_reads_the_recorded_corpus(tiny_gpt2, tuned_gpt
     rows = read_selection(tmp_path / "sel.jsonl")
     assert len(rows) == 3 and all(r.text in TEXTS and r.id in store.ids for r in rows)
     assert all(r.label_text == AGNEWS.choices[r.label] for r in rows)
+
+
+def test_checkpoint_picks_one_alpha_of_m():
+    assert FeatureConfig(base="a", finetuned="b", checkpoints=3, checkpoint=2).alphas == [2 / 3]
+    assert FeatureConfig(base="a", finetuned="b", checkpoints=3).alphas == [1 / 3, 2 / 3, 1.0]
+    for bad in (0, 4, True, "2"):
+        with pytest.raises(ConfigError, match="checkpoint"):
+            FeatureConfig(base="a", finetuned="b", checkpoints=3, checkpoint=bad)

@@ -355,8 +355,10 @@ def test_estimate_costs_each_stage_at_its_measured_rate():
     head = labels_and_features("cpu-small", "strategies=[select]")
     changed = labels_and_features("cpu-small", "strategies=[select]", "approx={params: changed}")
     three = labels_and_features("cpu-small", "strategies=[select]", "approx={params: head, checkpoints: 3}")
+    both = labels_and_features("cpu-small", "strategies=[select, {name: select_checkpoints, approx: {checkpoints: 3}}]")
     assert changed - head == pytest.approx(n / CPU_RATES["features_changed"] - n / CPU_RATES["features_head"])
     assert three - head == pytest.approx(2 * n / CPU_RATES["features_head"])
+    assert both == pytest.approx(three)  # α = 1 is one store, shared by select and select_checkpoints
 
 
 def test_true_documents_counts_selected_documents_the_expert_trained_on(tiny_run, tmp_path, monkeypatch):

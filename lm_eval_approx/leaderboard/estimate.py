@@ -1,10 +1,11 @@
 """``--dry-run``: the planned cells and a rough cost, from throughput rates per device.
 
-seconds ≈ expert_docs·epochs / r_train + N·(1/r_label + [base loss] 1/r_loss + Σ_feature sets M/r_features(params))
+seconds ≈ expert_docs·epochs / r_train + N·(1/r_label + [base loss] 1/r_loss + Σ_(params, α) 1/r_features(params))
           + Σ_cells k·epochs / r_train + Σ_cells Σ_tasks limit / r_score(task),
 
-with N the candidate count, M the synthetic checkpoints of a feature set (each distinct feature
-set is extracted once and shared by the strategies using it), and epochs the recipe's maximum (early
+with N the candidate count and the sum over the distinct (parameter set, α) stores the strategies
+need (a store is extracted once and shared: α = 1 by select and every M of select_checkpoints,
+which adds α = j/M for j < M), and epochs the recipe's maximum (early
 stopping only shortens it). Pseudo-labels of a classification task cost one forward per choice, so
 they run at the multiple-choice scoring rate; a language-modelling task's labels are one forward.
 The CPU rates are what the ``results/cpu`` grids measured with SmolLM2-135M on two quiet cores
@@ -22,6 +23,7 @@ estimate, because whether their cached stages survive is only known once the run
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 from .config import APPROX, LeaderboardConfig
 
@@ -90,11 +92,11 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
         if any(LOSS_BASE in r for r in needs):
             seconds["labels+features"] += n / rates["loss"]
         feature_sets = {
-            (s.approx.get("params", config.approx.get("params", "head")),
-             s.approx.get("checkpoints", config.approx.get("checkpoints", 1)))
+            (s.approx.get("params", config.approx.get("params", "head")), Fraction(j, m))
             for s, r in zip(strategies, needs) if FEATURES in r
+            for m in [s.approx.get("checkpoints", config.approx.get("checkpoints", 1))] for j in range(1, m + 1)
         }
-        seconds["labels+features"] += sum(n * m / _feature_rate(rates, params) for params, m in feature_sets)
+        seconds["labels+features"] += sum(n / _feature_rate(rates, params) for params, _ in feature_sets)
     for cell in cells:
         if cell.id in done:
             continue

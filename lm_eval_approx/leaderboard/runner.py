@@ -220,13 +220,17 @@ def evaluate(config: LeaderboardConfig, lm, manager, on_phase: Callable[[str], N
 
 
 def _stage_seconds(names: tuple[str, ...], keys: dict[str, str]) -> float:
+    """Seconds the stages called ``names`` took when computed (``features@1/3``-style labels of
+    checkpoint stages count as ``features``), whether or not this cell reused them."""
     from ..paths import cache_path
+    from ..pipeline import STAGE_ALPHA_SEPARATOR
     from ..stages import DONE_FILE
 
     total = 0.0
-    for name in names:
-        if name in keys:
-            done = cache_path("stages", name, keys[name], DONE_FILE, field=f"{name} stage key")
+    for label, key in keys.items():
+        name = label.split(STAGE_ALPHA_SEPARATOR)[0]
+        if name in names:
+            done = cache_path("stages", name, key, DONE_FILE, field=f"{label} stage key")
             total += float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
     return total
 
