@@ -80,7 +80,7 @@ def sources(board: Board, path: Path) -> Path | None:
     ax.set_xticks(range(len(rows)), [f"{r.label} k={r.k}" for r in rows], rotation=30, ha="right")
     ax.set_ylabel("share of the selection (%)")
     ax.set_title("source composition of each selection")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: stacks reach 100%
     return _save(fig, path)
 
 
