@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from lm_eval_approx.gradients import (changed_modules, head_factors, head_name, layer_factors, layer_shape,
-                                      linear_modules, total_sqnorm)
-from lm_eval_approx.labels import Batch
-from lm_eval_approx.projection import DENSE_MAX_ELEMENTS, make_projector
+from lm_eval_approx.models.layers import changed_modules, head_name, layer_shape, linear_modules
+from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
+from lm_eval_approx.features.encoding import Batch
+from lm_eval_approx.features.projection import DENSE_MAX_ELEMENTS, make_projector
 
 BATCH, TOKENS, DIM = 16, 64, 4096
 PERTURBATION = 1e-3
@@ -32,7 +32,7 @@ def smollm2_config():
     from transformers import AutoConfig, LlamaConfig
 
     from lm_eval_approx.errors import ApproxError
-    from lm_eval_approx.models import resolve_model
+    from lm_eval_approx.models.loading import resolve_model
 
     try:
         return AutoConfig.from_pretrained(resolve_model("smollm2-135m"))

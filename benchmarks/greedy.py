@@ -20,8 +20,8 @@ import tracemalloc
 
 import numpy as np
 
-from lm_eval_approx.greedy import greedy_select
-from lm_eval_approx.strategies.base import GradientFeatures
+from lm_eval_approx.strategies.greedy import greedy_select
+from lm_eval_approx.features.gradient_features import GradientFeatures
 
 DIM = 4096
 RANK, D1, D2 = 3, 64, 64

@@ -64,7 +64,7 @@ def _child(args) -> int:
     mark("start", "leaderboard")
     if args.mode == "pipeline":
         from lm_eval_approx.pipeline import ApproxConfig, run_approximation
-        from lm_eval_approx.recipe import TrainingRecipe
+        from lm_eval_approx.training.recipe import TrainingRecipe
 
         config = ApproxConfig(base=str(args.work / "base"), finetuned=str(args.work / "finetuned"),
                               corpus=str(args.work / "candidates.jsonl"), strategy="select", k=8, dim=64,
@@ -196,7 +196,7 @@ def _finished_files(cache: Path, out: Path) -> dict[str, int]:
 
 
 def _verify_checksums(cache: Path) -> list[str]:
-    from lm_eval_approx.integrity import FULL, find_damage
+    from lm_eval_approx.cache.integrity import FULL, find_damage
 
     problems = []
     for done in (cache / "stages").glob("*/*/stage.json"):

@@ -103,11 +103,11 @@ def child(args) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from lm_eval_approx.corpus import load_corpus
-    from lm_eval_approx.features import FeatureConfig, build_feature_store
-    from lm_eval_approx.labels import pseudo_label
-    from lm_eval_approx.models import load_model, load_tokenizer
-    from lm_eval_approx.task_specs import AGNEWS
+    from lm_eval_approx.data.corpus import load_corpus
+    from lm_eval_approx.features.build import FeatureConfig, build_feature_store
+    from lm_eval_approx.features.pseudo_labels import pseudo_label
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+    from lm_eval_approx.tasks.specs import AGNEWS
 
     work = Path(args.work)
     base, tuned = str(work / "theta0"), str(work / "thetaf")

@@ -37,7 +37,7 @@ def agnews_docs(limit: int) -> list[dict]:
     """The first ``limit`` AG News test documents of the data mirror (LM_EVAL_APPROX_DATA, or the
     shared mirror next to the checkout)."""
     from lm_eval_approx.errors import DataNotFoundError
-    from lm_eval_approx.paths import DATA_ENV, data_dir
+    from lm_eval_approx.data.mirror import DATA_ENV, data_dir
 
     mirror = data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data"
     path = mirror / "ag_news" / "test.jsonl"
@@ -49,7 +49,7 @@ def agnews_docs(limit: int) -> list[dict]:
 
 def requests_for(docs: list[dict], continuations: list[str]):
     from lm_eval.api.instance import Instance
-    from lm_eval_approx.task_specs import AGNEWS
+    from lm_eval_approx.tasks.specs import AGNEWS
 
     pairs = [(AGNEWS.context(doc["text"]), cont) for doc in docs for cont in continuations]
     return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from lm_eval.models.huggingface import HFLM
-    from lm_eval_approx.models import resolve_model
-    from lm_eval_approx.scoring import FastHFLM
-    from lm_eval_approx.task_specs import AGNEWS
+    from lm_eval_approx.models.loading import resolve_model
+    from lm_eval_approx.harness.fast_hflm import FastHFLM
+    from lm_eval_approx.tasks.specs import AGNEWS
 
     reference = HFLM(pretrained=resolve_model(MODEL), device="cpu", batch_size=args.batch_size, dtype="float32")
     fast = FastHFLM(pretrained=reference.model, tokenizer=reference.tokenizer, device="cpu",

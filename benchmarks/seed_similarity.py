@@ -26,7 +26,7 @@ IN_DOMAIN = {"AG News": "ag_news:test", "MS MARCO": "msmarco:test"}
 
 
 def _texts(spec: str, n: int) -> list[str]:
-    from lm_eval_approx.corpus import load_corpus
+    from lm_eval_approx.data.corpus import load_corpus
 
     return list(load_corpus(spec, limit=n, seed=0).texts)
 
@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the tables to this Markdown file")
     args = parser.parse_args(argv)
 
-    from lm_eval_approx.similarity import sentence_embeddings, sinkhorn_distance, vocabulary_overlap
+    from lm_eval_approx.data.similarity import (
+        sentence_embeddings,
+        sinkhorn_distance,
+        vocabulary_overlap,
+    )
 
     started = time.perf_counter()
     targets = {name: _texts(spec, args.n) for name, spec in TASKS.items()}

@@ -37,8 +37,8 @@ RUNS = {"new": ("lora", False), "old": ("lora", True), "full": ("full", False)}
 
 
 def examples(n: int):
-    from lm_eval_approx.selection_file import SelectedExample
-    from lm_eval_approx.task_specs import AGNEWS
+    from lm_eval_approx.data.selection_file import SelectedExample
+    from lm_eval_approx.tasks.specs import AGNEWS
 
     return [SelectedExample(id=str(i), text=f"{i} {FILLER}", label=i % AGNEWS.num_classes) for i in range(n)]
 
@@ -48,9 +48,9 @@ def child(run: str, threads: int, batches: int) -> None:
     import psutil
     import torch
 
-    from lm_eval_approx.recipe import TrainingRecipe
-    from lm_eval_approx.task_specs import AGNEWS
-    from lm_eval_approx.training import train_model
+    from lm_eval_approx.training.recipe import TrainingRecipe
+    from lm_eval_approx.tasks.specs import AGNEWS
+    from lm_eval_approx.training.loop import train_model
 
     torch.set_num_threads(threads)
     method, full_logits = RUNS[run]

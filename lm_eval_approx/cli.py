@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from . import __version__
-from .errors import ApproxError
-from .plugins import call_each
+from lm_eval_approx import __version__
+from lm_eval_approx.errors import ApproxError
+from lm_eval_approx.plugins.manager import call_each
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from .corpus import load_corpus
-from .errors import ConfigError
-from .fields import help_field
-from .recipe import TrainingRecipe
-from .selection_file import read_selection, selection_hash, write_selection
-from .stages import StageRecord, run_stage
-from .strategies.base import FEATURES, LABELS, LOSS_BASE, LOSS_FINETUNED
-from .task_specs import CLASSIFICATION, get_task_spec
+from lm_eval_approx.data.corpus import load_corpus
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.validation import help_field
+from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.data.selection_file import read_selection, selection_hash, write_selection
+from lm_eval_approx.cache.stages import StageRecord, run_stage
+from lm_eval_approx.strategies.base import FEATURES, LABELS, LOSS_BASE, LOSS_FINETUNED
+from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ApproxConfig:
             raise ConfigError("projection", self.projection, f"one of {', '.join(PROJECTIONS)}")
         if not isinstance(self.strategy_options, dict) or not all(isinstance(o, str) for o in self.strategy_options):
             raise ConfigError("strategy_options", self.strategy_options, "a mapping of option names to values")
-        from .registry import strategy_registry
+        from lm_eval_approx.strategies.registry import strategy_registry
 
         strategy_registry().get(self.strategy)
 
@@ -117,15 +117,16 @@ class ApproxResult:
 
 
 def _models_key(config: ApproxConfig) -> dict[str, str]:
-    from .checkpoints import model_fingerprint
+    from lm_eval_approx.models.interpolation import model_fingerprint
 
     return {"base": model_fingerprint(config.base), "finetuned": model_fingerprint(config.finetuned)}
 
 
 def _label_stage(config, spec, corpus, models) -> StageRecord:
     """θf's pseudo-labels and losses (classification), or θf's LM losses (language modelling)."""
-    from .labels import example_losses, pseudo_label
-    from .models import load_model, load_tokenizer
+    from lm_eval_approx.features.losses import example_losses
+    from lm_eval_approx.features.pseudo_labels import pseudo_label
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
 
     def compute(folder: Path) -> dict:
         model, tokenizer = load_model(config.finetuned), load_tokenizer(config.base)
@@ -146,8 +147,8 @@ def _label_stage(config, spec, corpus, models) -> StageRecord:
 
 
 def _base_loss_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
-    from .labels import example_losses
-    from .models import load_model, load_tokenizer
+    from lm_eval_approx.features.losses import example_losses
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
 
     def compute(folder: Path) -> dict:
         labels = np.load(labels_stage.path / LABELS_FILE)
@@ -173,7 +174,7 @@ def _feature_stages(config, spec, corpus, models, labels_stage) -> list[StageRec
 
 
 def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) -> StageRecord:
-    from .features import FeatureConfig, build_feature_stores
+    from lm_eval_approx.features.build import FeatureConfig, build_feature_stores
 
     checkpoint = None if alpha.denominator == 1 else alpha.numerator
     feature_config = FeatureConfig(
@@ -202,11 +203,12 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
 
     θ0 and θf are checked as a pair first (compat.py), so a pair that cannot be approximated fails
     in seconds, before any labelling, extraction or training."""
-    from .compat import check_model_pair
-    from .features import open_feature_stores
-    from .registry import strategy_registry
-    from .selection import build_pool, select, selection_rows
-    from .training import train_adapter
+    from lm_eval_approx.models.pairs import check_model_pair
+    from lm_eval_approx.features.build import open_feature_stores
+    from lm_eval_approx.strategies.registry import strategy_registry
+    from lm_eval_approx.strategies.pool import build_pool, selection_rows
+    from lm_eval_approx.strategies.registry import select
+    from lm_eval_approx.training.loop import train_adapter
 
     spec = get_task_spec(config.task)
     strategy_cls = strategy_registry().get(config.strategy).obj

@@ -1,8 +1,8 @@
-"""Prompt functions of the approximation tasks; they call lm_eval_approx.task_specs so that lm-eval
+"""Prompt functions of the approximation tasks; they call lm_eval_approx.tasks.specs so that lm-eval
 scores exactly the text that pseudo-labelling and training render."""
 
-from lm_eval_approx import task_data
-from lm_eval_approx.task_specs import AGNEWS, MSMARCO
+from lm_eval_approx.tasks import data as task_data
+from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
 
 load_agnews = task_data.load_agnews
 load_msmarco = task_data.load_msmarco

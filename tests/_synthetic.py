@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lm_eval_approx.strategies.base import CandidatePool, GradientFeatures
+from lm_eval_approx.strategies.base import CandidatePool
+from lm_eval_approx.features.gradient_features import GradientFeatures
 
 NUM_CLASSES = 4
 

@@ -106,7 +106,7 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("LM_EVAL_APPROX_LOAD_PLUGINS", "")
     yield
-    from lm_eval_approx.plugins import reset_plugins
+    from lm_eval_approx.plugins.registry import reset_plugins
 
     reset_plugins()
 

@@ -11,10 +11,10 @@ import pytest
 
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.pipeline import ApproxConfig, run_approximation
-from lm_eval_approx.recipe import TrainingRecipe
-from lm_eval_approx.selection_file import SelectedExample, read_selection
-from lm_eval_approx.stages import run_stage, stage_key
-from lm_eval_approx.task_specs import AGNEWS
+from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.data.selection_file import SelectedExample, read_selection
+from lm_eval_approx.cache.stages import run_stage, stage_key
+from lm_eval_approx.tasks.specs import AGNEWS
 
 TOPICS = ["peace talks in the capital", "the team won the match", "stocks and profits rose", "a new chip and software"]
 FAST = TrainingRecipe(epochs=1, batch_size=8, validation_fraction=0.0)
@@ -23,7 +23,7 @@ FAST = TrainingRecipe(epochs=1, batch_size=8, validation_fraction=0.0)
 @pytest.fixture(scope="module")
 def expert_and_corpus(tiny_llama, tmp_path_factory):
     """θf = tiny Llama + a LoRA trained on labelled toy news; a 40-document candidate file."""
-    from lm_eval_approx.training import train_adapter
+    from lm_eval_approx.training.loop import train_adapter
 
     root = tmp_path_factory.mktemp("approx")
     rows = [SelectedExample(id=str(i), text=f"{TOPICS[i % 4]} number {i}", label=i % 4) for i in range(32)]
@@ -96,7 +96,7 @@ def test_bad_config_is_named_before_compute(tiny_llama):
         ApproxConfig(base=tiny_llama, finetuned=tiny_llama, k=-1)
     with pytest.raises(UnknownNameError, match="approx_agnews"):
         ApproxConfig(base=tiny_llama, finetuned=tiny_llama, task="agnews")
-    from lm_eval_approx.approx_model import split_model_args
+    from lm_eval_approx.harness.approx_model import split_model_args
 
     with pytest.raises(ConfigError, match="train_epochz"):
         split_model_args({"base": "a", "finetuned": "b", "train_epochz": 2})
@@ -140,8 +140,8 @@ def test_model_approx_end_to_end_on_smollm2(mirror, tmp_path, monkeypatch):
     """The real model: a LoRA expert on 16 AG News documents, 24 wiki candidates, k = 8, 10 test documents."""
     import time
 
-    from lm_eval_approx.corpus import load_corpus
-    from lm_eval_approx.training import train_adapter
+    from lm_eval_approx.data.corpus import load_corpus
+    from lm_eval_approx.training.loop import train_adapter
 
     env = {**os.environ, "LM_EVAL_APPROX_DATA": str(mirror), "LM_EVAL_APPROX_CACHE": str(tmp_path / "cache")}
     monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(mirror))
@@ -171,8 +171,12 @@ def test_checkpoint_features_are_one_stage_per_alpha_shared_across_m(tiny_llama,
                                                                       monkeypatch):
     import numpy as np
 
-    from lm_eval_approx.corpus import load_corpus
-    from lm_eval_approx.features import FeatureConfig, build_feature_stores, open_feature_stores
+    from lm_eval_approx.data.corpus import load_corpus
+    from lm_eval_approx.features.build import (
+        FeatureConfig,
+        build_feature_stores,
+        open_feature_stores,
+    )
     from lm_eval_approx.pipeline import FEATURE_DIR, LABELS_FILE
 
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))

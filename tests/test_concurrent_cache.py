@@ -31,7 +31,7 @@ def _compute_once(log: Path, hold_s: float):
 
 def _same_key_worker(cache: str, log: str, barrier, results) -> None:
     os.environ["LM_EVAL_APPROX_CACHE"] = cache
-    from lm_eval_approx.stages import run_stage
+    from lm_eval_approx.cache.stages import run_stage
 
     barrier.wait()
     record = run_stage("shared", {"x": 1}, _compute_once(Path(log), HOLD_S))
@@ -41,7 +41,7 @@ def _same_key_worker(cache: str, log: str, barrier, results) -> None:
 def _rendezvous_worker(cache: str, me: str, other: str, flags: str, results) -> None:
     """Compute stage ``me`` and, inside it, wait until stage ``other`` has started computing too."""
     os.environ["LM_EVAL_APPROX_CACHE"] = cache
-    from lm_eval_approx.stages import run_stage
+    from lm_eval_approx.cache.stages import run_stage
 
     def compute(folder: Path) -> dict:
         (Path(flags) / me).touch()

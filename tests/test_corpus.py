@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lm_eval_approx.corpus import load_corpus
+from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.errors import ConfigError, DataNotFoundError
 
 

@@ -15,15 +15,20 @@ import torch
 from conftest import save_tiny_model
 from test_gradients import _oracle
 
-from lm_eval_approx.corpus import Corpus
+from lm_eval_approx.data.corpus import Corpus
 from lm_eval_approx.errors import ConfigError, StoreMismatchError
-from lm_eval_approx.features import FeatureConfig, build_feature_store, build_feature_stores, open_feature_stores
-from lm_eval_approx.gradients import linear_modules, oriented_weight, weight_delta
-from lm_eval_approx.labels import encode_examples
-from lm_eval_approx.models import load_model, load_tokenizer
-from lm_eval_approx.projection import make_projector
-from lm_eval_approx.store import FeatureStore
-from lm_eval_approx.task_specs import AGNEWS
+from lm_eval_approx.features.build import (
+    FeatureConfig,
+    build_feature_store,
+    build_feature_stores,
+    open_feature_stores,
+)
+from lm_eval_approx.models.layers import linear_modules, oriented_weight, weight_delta
+from lm_eval_approx.features.encoding import encode_examples
+from lm_eval_approx.models.loading import load_model, load_tokenizer
+from lm_eval_approx.features.projection import make_projector
+from lm_eval_approx.features.store import FeatureStore
+from lm_eval_approx.tasks.specs import AGNEWS
 
 TEXTS = ["The team won the final match of the season.", "Stocks fell as the central bank raised rates.",
          "Leaders met in Geneva.", "A new chip doubles the speed of scientific computing.",
@@ -172,7 +177,7 @@ def test_lora_checkpoint_scales_the_update_and_restores(tiny_tokenizer):
     from conftest import build_tiny_model
     from test_gradients import _lora
 
-    from lm_eval_approx.checkpoints import interpolated
+    from lm_eval_approx.models.interpolation import interpolated
 
     base = build_tiny_model("gpt2", len(tiny_tokenizer), seed=0)
     tuned = _lora(base)
@@ -203,7 +208,7 @@ def test_sqnorm_exact_and_projected(tiny_gpt2, tuned_gpt2, tmp_path):
 def test_cli_features_then_select_reads_the_recorded_corpus(tiny_gpt2, tuned_gpt2, tmp_path):
     """`features` records the corpus spec and draw in the store; `select` reloads the texts from it."""
     from lm_eval_approx.cli import main
-    from lm_eval_approx.selection_file import read_selection
+    from lm_eval_approx.data.selection_file import read_selection
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))

@@ -11,10 +11,16 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lm_eval_approx.errors import UnknownNameError
-from lm_eval_approx.gradients import (changed_modules, head_factors, head_name, layer_factors,
-                                      linear_modules, oriented_weight, total_sqnorm, weight_delta)
-from lm_eval_approx.labels import collate, encode_examples
-from lm_eval_approx.task_specs import AGNEWS, MSMARCO
+from lm_eval_approx.models.layers import (
+    changed_modules,
+    head_name,
+    linear_modules,
+    oriented_weight,
+    weight_delta,
+)
+from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
+from lm_eval_approx.features.encoding import collate, encode_examples
+from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
 
 TEXTS = ["The team won the final match.", "Stocks fell as the central bank raised rates again today.",
          "Leaders met", "A new chip doubles the speed of scientific computing in labs."]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lm_eval_approx import greedy
+from lm_eval_approx.strategies import greedy
 from lm_eval_approx.errors import SelectionError
-from lm_eval_approx.strategies.base import GradientFeatures
+from lm_eval_approx.features.gradient_features import GradientFeatures
 
 from _synthetic import direct_select
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_approx.harness import resolve_model_args, rewrite_argv
+from lm_eval_approx.harness.lm_eval_cli import resolve_model_args, rewrite_argv
 
 LIMIT = 6
 
@@ -64,7 +64,7 @@ def test_run_passthrough_matches_simple_evaluate(tiny_llama, tmp_path, monkeypat
     monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(mirror))
     import lm_eval
 
-    from lm_eval_approx.harness import task_manager
+    from lm_eval_approx.harness.lm_eval_cli import task_manager
 
     direct = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={tiny_llama}", tasks=["approx_agnews", "approx_msmarco"],
@@ -116,7 +116,7 @@ def test_offline_without_mirror_is_a_readable_error(tiny_llama, tmp_path):
 
 
 def test_model_args_aliases_are_rewritten(monkeypatch, tmp_path):
-    import lm_eval_approx.harness as harness
+    import lm_eval_approx.harness.lm_eval_cli as harness
 
     monkeypatch.setattr(harness, "resolve_model", lambda name: f"/resolved/{name}")
     assert resolve_model_args("pretrained=smollm2-135m,dtype=float32") == "pretrained=/resolved/smollm2-135m,dtype=float32"
@@ -139,7 +139,7 @@ def test_unknown_task_name_is_lm_evals_error(tiny_llama, tmp_path):
 def test_smollm2_alias_scores_agnews(mirror, tmp_path):
     import time
 
-    from lm_eval_approx.models import load_model, resolve_model
+    from lm_eval_approx.models.loading import load_model, resolve_model
 
     first = resolve_model("smollm2-135m")
     start = time.perf_counter()
@@ -167,7 +167,7 @@ def test_msmarco_last_scores_the_spaced_last_word_given_the_rest(tiny_llama, tmp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lm_eval_approx.harness import task_manager
+    from lm_eval_approx.harness.lm_eval_cli import task_manager
 
     mirror = _mini_mirror(tmp_path / "mirror")
     monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(mirror))

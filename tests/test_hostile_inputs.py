@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lm_eval_approx.corpus import load_corpus
+from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.errors import ApproxError, ConfigError
-from lm_eval_approx.recipe import TrainingRecipe
-from lm_eval_approx.selection_file import read_selection
+from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.data.selection_file import read_selection
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                       HealthCheck.too_slow])
@@ -227,7 +227,8 @@ COMMANDS = {
 @pytest.fixture
 def no_heavy_compute(monkeypatch):
     """The CLI tests check validation only: the long stages are replaced by recorders."""
-    from lm_eval_approx import features, training
+    from lm_eval_approx.features import build as features
+    from lm_eval_approx.training import loop as training
     from lm_eval_approx.leaderboard import runner
 
     calls = []
@@ -260,7 +261,7 @@ def test_cli_argument_validation(command, data, tiny_gpt2, tmp_path, no_heavy_co
 
 @pytest.mark.parametrize("name", ["~0", "~no_such_user_xyz/model"])
 def test_a_home_folder_of_an_unknown_user_is_a_named_error(name):
-    from lm_eval_approx.models import resolve_model
+    from lm_eval_approx.models.loading import resolve_model
 
     with pytest.raises(ApproxError):
         resolve_model(name)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.integrity import (
+from lm_eval_approx.cache.integrity import (
     FULL,
     SIZE,
     VERIFY_ENV,
@@ -22,8 +22,8 @@ from lm_eval_approx.integrity import (
     verify_folder,
     verify_level,
 )
-from lm_eval_approx.stages import DONE_FILE, run_stage
-from lm_eval_approx.store import FeatureStore, StoreCorruptError
+from lm_eval_approx.cache.stages import DONE_FILE, run_stage
+from lm_eval_approx.features.store import FeatureStore, StoreCorruptError
 
 ROWS, DIM = 6, 8
 

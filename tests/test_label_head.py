@@ -11,16 +11,21 @@ import torch
 from conftest import save_tiny_model
 from torch import nn
 
-from lm_eval_approx.corpus import Corpus
+from lm_eval_approx.data.corpus import Corpus
 from lm_eval_approx.errors import ConfigError, ModelPairError
-from lm_eval_approx.features import FeatureConfig, build_feature_store, build_feature_stores
-from lm_eval_approx.gradients import head_name, linear_modules, oriented_weight
-from lm_eval_approx.label_head import (HEAD_LABELS, first_label_encodings, label_head_factors,
-                                       label_token_ids)
-from lm_eval_approx.labels import collate, encode_classification, encode_examples
-from lm_eval_approx.models import load_model, load_tokenizer
-from lm_eval_approx.selection import build_pool, select
-from lm_eval_approx.task_specs import AGNEWS, MSMARCO
+from lm_eval_approx.features.build import FeatureConfig, build_feature_store, build_feature_stores
+from lm_eval_approx.models.layers import head_name, linear_modules, oriented_weight
+from lm_eval_approx.features.label_head import (
+    HEAD_LABELS,
+    first_label_encodings,
+    label_head_factors,
+    label_token_ids,
+)
+from lm_eval_approx.features.encoding import collate, encode_classification, encode_examples
+from lm_eval_approx.models.loading import load_model, load_tokenizer
+from lm_eval_approx.strategies.pool import build_pool
+from lm_eval_approx.strategies.registry import select
+from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
 
 TEXTS = ["The team won the final match of the season.", "Stocks fell as the central bank raised rates.",
          "Leaders met in Geneva.", "A new chip doubles the speed of scientific computing.",

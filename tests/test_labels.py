@@ -8,8 +8,10 @@ import torch
 from conftest import build_tiny_model
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.labels import encode_classification, encode_lm, example_losses, pseudo_label
-from lm_eval_approx.task_specs import AGNEWS, MSMARCO
+from lm_eval_approx.features.encoding import encode_classification, encode_lm
+from lm_eval_approx.features.losses import example_losses
+from lm_eval_approx.features.pseudo_labels import pseudo_label
+from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
 
 TEXTS = ["The team won the final match of the season.", "Stocks fell.", "Leaders met in Geneva to discuss peace.",
          "A new chip doubles the speed of scientific computing.", "x", "Sports Business World news " * 3]
@@ -54,7 +56,7 @@ def test_pseudo_label_equals_unpadded_argmax(llama, tiny_tokenizer, batch_size, 
 
 
 def test_shared_context_runs_fewer_rows(llama, tiny_tokenizer):
-    from lm_eval_approx.labels import _carrier_rows
+    from lm_eval_approx.features.pseudo_labels import _carrier_rows
 
     encodings = [encode_classification(tiny_tokenizer, AGNEWS, TEXTS[0], c, 64) for c in range(4)]
     rows, reads = _carrier_rows(encodings)

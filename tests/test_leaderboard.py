@@ -93,7 +93,7 @@ def test_tiny_preset_end_to_end(tiny_run, capsys):
     # the pseudo-labels column counts θf's labels of the selected documents, read back from the selection file
     from collections import Counter
 
-    from lm_eval_approx.selection_file import read_selection
+    from lm_eval_approx.data.selection_file import read_selection
 
     selected = read_selection(results["select-k4-s0"]["config"]["approx"]["selection_file"])
     counts = Counter(r.label_text for r in selected)
@@ -166,7 +166,7 @@ def test_bad_config_fails_before_compute_naming_the_key(changes, key, tmp_path, 
 
 
 def test_a_strategy_recipe_changes_only_its_own_rows_retraining(monkeypatch):
-    monkeypatch.setattr("lm_eval_approx.models.resolve_model", lambda name: name)
+    monkeypatch.setattr("lm_eval_approx.models.loading.resolve_model", lambda name: name)
     data = _tiny_dict(strategies=["select", {"name": "select", "label": "select_2ep", "recipe": {"epochs": 2}}])
     config = config_from_dict(data)
     plain, longer = (next(c for c in config.cells() if c.label == label) for label in ("select", "select_2ep"))
@@ -363,8 +363,8 @@ def test_estimate_costs_each_stage_at_its_measured_rate():
 
 def test_true_documents_counts_selected_documents_the_expert_trained_on(tiny_run, tmp_path, monkeypatch):
     from lm_eval_approx.leaderboard.config import APPROX
-    from lm_eval_approx.selection_file import SelectedExample, write_selection
-    from lm_eval_approx.task_specs import get_task_spec
+    from lm_eval_approx.data.selection_file import SelectedExample, write_selection
+    from lm_eval_approx.tasks.specs import get_task_spec
 
     _, base, cache = tiny_run
     monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(_mirror()))

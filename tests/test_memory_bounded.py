@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 from conftest import build_tiny_model, save_tiny_model
 
-from lm_eval_approx import features as features_module
-from lm_eval_approx import labels as labels_module
-from lm_eval_approx.corpus import Corpus
+from lm_eval_approx.features import build as features_module
+from lm_eval_approx.features import losses as labels_module
+from lm_eval_approx.data.corpus import Corpus
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.features import FeatureConfig, build_feature_store
-from lm_eval_approx.labels import example_losses, pseudo_label
-from lm_eval_approx.store import FeatureStore
-from lm_eval_approx.task_specs import AGNEWS, MSMARCO
+from lm_eval_approx.features.build import FeatureConfig, build_feature_store
+from lm_eval_approx.features.losses import example_losses
+from lm_eval_approx.features.pseudo_labels import pseudo_label
+from lm_eval_approx.features.store import FeatureStore
+from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
 
 WORDS = "the team won match stocks fell bank rates leaders met peace talks chip speed science planet".split()
 CHUNK = 32

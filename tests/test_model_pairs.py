@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import build_tiny_model, save_tiny_model, train_tiny_tokenizer
-from lm_eval_approx.compat import adapter_changed_modules, check_model_pair, first_difference
+from lm_eval_approx.models.pairs import adapter_changed_modules, check_model_pair, first_difference
 from lm_eval_approx.errors import ConfigError, ModelPairError, UnknownNameError
 
 OTHER_VOCAB = 320
@@ -135,7 +135,7 @@ def test_adapter_scan_matches_materialised_lora_updates(tiny_gpt2, pairs):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lm_eval_approx.gradients import canonical_name
+    from lm_eval_approx.models.layers import canonical_name
 
     for key in ("zero_adapter", "trained_adapter"):
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), pairs[key])
@@ -161,7 +161,7 @@ def test_first_difference_matches_a_full_comparison(tiny_gpt2, pairs):
 
 def test_pipeline_checks_the_pair_before_any_stage(tiny_gpt2, tiny_llama, monkeypatch):
     from lm_eval_approx import pipeline
-    from lm_eval_approx.recipe import TrainingRecipe
+    from lm_eval_approx.training.recipe import TrainingRecipe
 
     def no_compute(*args, **kwargs):
         raise AssertionError("a stage ran before the model pair was checked")

@@ -7,8 +7,8 @@ import pytest
 from scipy.optimize import nnls
 
 from lm_eval_approx.errors import SelectionError
-from lm_eval_approx.omp import select_omp
-from lm_eval_approx.strategies.base import GradientFeatures
+from lm_eval_approx.strategies.pursuit import select_omp
+from lm_eval_approx.features.gradient_features import GradientFeatures
 
 from _synthetic import make_pool
 
@@ -61,7 +61,7 @@ def test_stops_when_no_candidate_helps():
 
 def test_strategy_weights_have_mean_one_and_report_nnls():
     pool = make_pool(80)
-    from lm_eval_approx.registry import strategy_registry
+    from lm_eval_approx.strategies.registry import strategy_registry
 
     sel = strategy_registry().get("select_omp").obj().run(pool, 10, 0)
     assert sel.weights.mean() == pytest.approx(1.0)

@@ -12,11 +12,23 @@ from hypothesis import strategies as st
 
 from lm_eval_approx.leaderboard import runner
 from lm_eval_approx.leaderboard.config import (
-    APPROX, Cell, ExpertConfig, LeaderboardConfig, LeaderboardConfigError, StrategyConfig, config_from_dict,
+    APPROX,
+    Cell,
+    ExpertConfig,
+    LeaderboardConfig,
+    LeaderboardConfigError,
+    StrategyConfig,
+    config_from_dict,
 )
 from lm_eval_approx.leaderboard.sources import apply_overrides, read_yaml
-from lm_eval_approx.paths import DATA_ENV, cache_dir, cache_path, mirror_path
-from lm_eval_approx.safe_paths import PathEscapeError, contained, contained_relative, safe_name
+from lm_eval_approx.data.mirror import DATA_ENV, mirror_path
+from lm_eval_approx.cache.paths import cache_dir, cache_path
+from lm_eval_approx.cache.safe_paths import (
+    PathEscapeError,
+    contained,
+    contained_relative,
+    safe_name,
+)
 
 ESCAPES = ["..", ".", "", "../x", "../../etc/passwd", "a/../../b", "/abs", "a\\b", "nul\x00byte"]
 PLAIN = ["select-k5-s0", "..-k5-s0", "a.b_c", "ünïcødé", "k=3"]
@@ -198,7 +210,7 @@ def test_a_preset_name_with_a_path_in_it_is_an_unknown_preset(preset):
 
 
 def test_a_seed_corpus_name_cannot_read_outside_the_mirror(monkeypatch, tmp_path):
-    from lm_eval_approx.corpus import load_corpus
+    from lm_eval_approx.data.corpus import load_corpus
 
     mirror = tmp_path / "mirror"
     (mirror / "seed").mkdir(parents=True)

@@ -10,8 +10,10 @@ import pytest
 
 from lm_eval_approx import hookspecs
 from lm_eval_approx.errors import UnknownNameError
-from lm_eval_approx.plugins import get_plugin_manager, list_plugins, reset_plugins
-from lm_eval_approx.registry import DuplicateNameError, strategy_registry, task_registry
+from lm_eval_approx.plugins.manager import get_plugin_manager, list_plugins
+from lm_eval_approx.plugins.registry import reset_plugins
+from lm_eval_approx.plugins.registry import DuplicateNameError, task_registry
+from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.strategies import CandidatePool, Selection, Strategy
 
 # Every hook and the tests that exercise it; test_every_hook_has_a_test fails for a new hook
@@ -51,7 +53,7 @@ def plugin_registered():
     pm = get_plugin_manager()
     plugin = _Plugin()
     pm.register(plugin, name="test-plugin")
-    from lm_eval_approx import registry
+    from lm_eval_approx.plugins import registry
 
     registry.reset_registries()
     try:
@@ -94,7 +96,7 @@ def test_duplicate_strategy_name_is_a_named_error():
 
     pm = get_plugin_manager()
     pm.register(ClashPlugin(), name="clash")
-    from lm_eval_approx import registry
+    from lm_eval_approx.plugins import registry
 
     registry.reset_registries()
     try:
@@ -129,7 +131,7 @@ def test_plugin_task_folder(tmp_path):
 
     pm = get_plugin_manager()
     pm.register(TaskPlugin(), name="task-plugin")
-    from lm_eval_approx import registry
+    from lm_eval_approx.plugins import registry
 
     registry.reset_registries()
     try:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from lm_eval_approx.errors import ConfigError, UnknownNameError
-from lm_eval_approx.gradients import LayerFactors, WeightDelta
-from lm_eval_approx.projection import KroneckerProjector, make_projector, split_dim
+from lm_eval_approx.features.gradients import LayerFactors
+from lm_eval_approx.models.layers import WeightDelta
+from lm_eval_approx.features.projection import KroneckerProjector, make_projector, split_dim
 
 SHAPES = {"a": (10, 6), "b": (7, 9)}
 SEEDS = 300

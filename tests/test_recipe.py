@@ -9,8 +9,13 @@ import json
 import pytest
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.recipe import (
-    ALL_LINEAR, DEFAULT_TARGET_MODULES, HEAD, TrainingRecipe, add_recipe_arguments, recipe_from_args,
+from lm_eval_approx.training.recipe import (
+    ALL_LINEAR,
+    DEFAULT_TARGET_MODULES,
+    HEAD,
+    TrainingRecipe,
+    add_recipe_arguments,
+    recipe_from_args,
 )
 
 

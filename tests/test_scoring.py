@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
-from lm_eval_approx import scoring
+from lm_eval_approx.harness import fast_hflm as scoring
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.scoring import FastHFLM, block_causal_mask, pack_rows
+from lm_eval_approx.harness.fast_hflm import FastHFLM, block_causal_mask, pack_rows
 
 # Documents of the SmolLM2 check: enough for several batches of 4-way groups, quick in CI.
 SLOW_DOCS = 24
@@ -183,7 +183,7 @@ def test_bad_verify_packing_is_a_named_error(tiny_gpt2):
 def test_register_models_is_idempotent_and_keeps_builtins():
     from lm_eval.api.registry import get_model
 
-    from lm_eval_approx.lm_eval_bridge import APPROX_MODULE, register_models
+    from lm_eval_approx.harness.registration import APPROX_MODULE, register_models
 
     first, second = register_models(), register_models()
     assert first == second
@@ -196,7 +196,7 @@ def test_register_models_is_idempotent_and_keeps_builtins():
 def test_model_type_taken_by_another_plugin_is_a_named_error():
     from lm_eval.api.registry import model_registry
 
-    from lm_eval_approx import lm_eval_bridge
+    from lm_eval_approx.harness import registration as lm_eval_bridge
 
     alias = "approx_hf_test_conflict"
     model_registry.register(alias, target="some_plugin.models:OtherLM")
@@ -235,7 +235,7 @@ def test_simple_evaluate_registered_approx_hf_gives_hflm_acc(tiny_llama, tmp_pat
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_approx.lm_eval_bridge import register_models
+    from lm_eval_approx.harness.registration import register_models
 
     register_models()
     write_tiny_task(tmp_path)
@@ -259,8 +259,8 @@ def test_simple_evaluate_registered_approx_hf_gives_hflm_acc(tiny_llama, tmp_pat
 
 @pytest.mark.slow
 def test_smollm2_agnews_documents_equal_hflm(mirror):
-    from lm_eval_approx.models import resolve_model
-    from lm_eval_approx.task_specs import AGNEWS
+    from lm_eval_approx.models.loading import resolve_model
+    from lm_eval_approx.tasks.specs import AGNEWS
 
     with open(mirror / "ag_news" / "test.jsonl") as handle:
         docs = [json.loads(line) for _, line in zip(range(SLOW_DOCS), handle)]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from lm_eval_approx.errors import StoreMismatchError, UnknownNameError
-from lm_eval_approx.selection import build_pool, select, selection_rows
-from lm_eval_approx.selection_file import read_selection
-from lm_eval_approx.strategies.base import GradientFeatures
-from lm_eval_approx.task_specs import get_task_spec
+from lm_eval_approx.strategies.pool import build_pool, selection_rows
+from lm_eval_approx.strategies.registry import select
+from lm_eval_approx.data.selection_file import read_selection
+from lm_eval_approx.features.gradient_features import GradientFeatures
+from lm_eval_approx.tasks.specs import get_task_spec
 
 from _synthetic import direct_select
 
@@ -84,13 +85,13 @@ def test_select_by_name_and_rows():
 
 def test_select_command_end_to_end(tmp_path):
     from lm_eval_approx.commands.select import parse_options, run_select
-    from lm_eval_approx.store import FeatureStore
+    from lm_eval_approx.features.store import FeatureStore
 
     rng = np.random.default_rng(2)
     n, d = 25, 12
     corpus_path = tmp_path / "corpus.jsonl"
     corpus_path.write_text("".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(n)))
-    from lm_eval_approx.corpus import load_corpus
+    from lm_eval_approx.data.corpus import load_corpus
 
     corpus = load_corpus(str(corpus_path))
     store = FeatureStore.create(tmp_path / "feats", {"task": "approx_agnews"}, list(corpus.ids), d)

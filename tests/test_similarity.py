@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lm_eval_approx import similarity
+from lm_eval_approx.data import similarity
 from lm_eval_approx.errors import ConfigError
 
 

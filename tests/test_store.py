@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lm_eval_approx.errors import StoreMismatchError
-from lm_eval_approx.store import FeatureOverflowError, FeatureStore
-from lm_eval_approx.strategies.base import GradientFeatures
+from lm_eval_approx.features.store import FeatureOverflowError, FeatureStore
+from lm_eval_approx.features.gradient_features import GradientFeatures
 
 META = {"task": "approx_agnews", "params": "head", "projection": "kronecker", "seed": 0, "alpha": 1.0}
 

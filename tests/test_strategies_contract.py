@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lm_eval_approx.errors import ConfigError, SelectionError
-from lm_eval_approx.registry import strategy_registry
+from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.strategies.base import FEATURES, LOSS_BASE, LOSS_FINETUNED
 
 from _synthetic import make_pool
@@ -18,7 +18,7 @@ N = 40
 @pytest.fixture(autouse=True)
 def _third_party_plugins_loaded(monkeypatch):
     """The table covers installed third-party strategies too, so plugins stay on here."""
-    from lm_eval_approx.plugins import reset_plugins
+    from lm_eval_approx.plugins.registry import reset_plugins
 
     monkeypatch.delenv("LM_EVAL_APPROX_LOAD_PLUGINS", raising=False)
     reset_plugins()

@@ -10,18 +10,29 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lm_eval_approx import training
+from lm_eval_approx.training import loop as training
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.models import load_model
-from lm_eval_approx.recipe import TrainingRecipe
-from lm_eval_approx.selection_file import SelectedExample, write_selection
-from lm_eval_approx.task_specs import AGNEWS, MSMARCO
-from lm_eval_approx.train_data import (
-    IGNORE_INDEX, TrainingDataError, collate, example_losses, normalise_weights, render_example,
-    render_examples, split_validation,
+from lm_eval_approx.models.loading import load_model
+from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.data.selection_file import SelectedExample, write_selection
+from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
+from lm_eval_approx.training.data import (
+    IGNORE_INDEX,
+    TrainingDataError,
+    collate,
+    example_losses,
+    normalise_weights,
+    render_example,
+    render_examples,
+    split_validation,
 )
-from lm_eval_approx.training import (
-    CHECKPOINT_FILE, TRAINING_FILE, save_training, train_adapter, train_model, work_dir_for,
+from lm_eval_approx.training.loop import (
+    CHECKPOINT_FILE,
+    TRAINING_FILE,
+    save_training,
+    train_adapter,
+    train_model,
+    work_dir_for,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -85,7 +96,7 @@ def test_adapter_reloads_in_lm_eval_with_identical_loglikelihoods(request, tmp_p
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_approx import peft_compat
+    from lm_eval_approx.harness import tied_head as peft_compat
 
     peft_compat.install()  # HFLM's tie_weights() fails on a LoRA-wrapped tied head otherwise
     base = request.getfixturevalue(base_name)
@@ -132,7 +143,7 @@ def test_lora_on_a_tied_head_leaves_input_embeddings_unchanged(request, tmp_path
 
 
 def test_tied_head_check_sees_through_the_lora_wrapper(tiny_llama, tmp_path):
-    from lm_eval_approx.peft_compat import head_already_tied, install
+    from lm_eval_approx.harness.tied_head import head_already_tied, install
 
     install()
     result = train_model(tiny_llama, AGNEWS, toy_examples(8), TrainingRecipe(epochs=1, **FAST), tmp_path,
@@ -208,7 +219,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_llama, tmp_path, monkeypatch):
 
 def test_batched_weighted_loss_agrees_with_a_per_example_loop(tiny_gpt2):
     model, tokenizer = load_model(tiny_gpt2), None
-    from lm_eval_approx.models import load_tokenizer
+    from lm_eval_approx.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_gpt2)
     for spec in (AGNEWS, MSMARCO):
@@ -308,8 +319,8 @@ def test_smollm2_adapter_reloads_in_lm_eval_with_identical_loglikelihoods(tmp_pa
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_approx import peft_compat
-    from lm_eval_approx.models import resolve_model
+    from lm_eval_approx.harness import tied_head as peft_compat
+    from lm_eval_approx.models.loading import resolve_model
 
     peft_compat.install()
     base = resolve_model("smollm2-135m")

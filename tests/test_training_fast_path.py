@@ -8,16 +8,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lm_eval_approx.models import load_model, load_tokenizer
-from lm_eval_approx.recipe import TrainingRecipe
-from lm_eval_approx.selection_file import SelectedExample
-from lm_eval_approx.task_specs import AGNEWS, MSMARCO
-from lm_eval_approx.train_data import IGNORE_INDEX, collate, normalise_weights, render_examples
-from lm_eval_approx.train_loss import (
-    HeadPositionsError, batch_example_losses, full_example_losses, head_example_losses, head_position_mask,
+from lm_eval_approx.models.loading import load_model, load_tokenizer
+from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.data.selection_file import SelectedExample
+from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
+from lm_eval_approx.training.data import IGNORE_INDEX, collate, normalise_weights, render_examples
+from lm_eval_approx.training.loss import (
+    HeadPositionsError,
+    batch_example_losses,
+    full_example_losses,
+    head_example_losses,
+    head_position_mask,
     supports_head_positions,
 )
-from lm_eval_approx.training import prepare_model, save_training, train_model
+from lm_eval_approx.training.loop import prepare_model, save_training, train_model
 
 RTOL = 1e-5
 NO_DROPOUT = dict(batch_size=4, learning_rate=3e-3, validation_fraction=0.25, lora_dropout=0.0)

@@ -20,13 +20,25 @@ from safetensors.torch import save_file
 
 import lm_eval_approx
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.models import CONVERTED_MARKER, _converted, convert_gguf, load_model
-from lm_eval_approx.safe_paths import PathEscapeError
-from lm_eval_approx.safe_weights import (
-    PICKLE, SAFETENSORS, PickleCheckpointError, UnsafePickleError, check_weights, hf_model_args, parse_flag,
+from lm_eval_approx.models.loading import CONVERTED_MARKER, _converted, convert_gguf, load_model
+from lm_eval_approx.cache.safe_paths import PathEscapeError
+from lm_eval_approx.models.safe_weights import (
+    PICKLE,
+    SAFETENSORS,
+    PickleCheckpointError,
+    UnsafePickleError,
+    check_weights,
+    hf_model_args,
+    parse_flag,
     pickle_allowed,
 )
-from lm_eval_approx.train_checkpoint import plain_state, read_checkpoint, restore_rng, rng_state, write_checkpoint
+from lm_eval_approx.training.resume import (
+    plain_state,
+    read_checkpoint,
+    restore_rng,
+    rng_state,
+    write_checkpoint,
+)
 
 PACKAGE = Path(lm_eval_approx.__file__).parent
 FORBIDDEN_SOURCE = ("trust_remote_code=True", "weights_only=False", "allow_pickle=True)")
@@ -232,7 +244,7 @@ def test_a_checkpoint_with_anything_but_plain_values_is_refused_at_write_time(ba
 
 
 def test_model_approx_refuses_a_pickle_finetune_before_any_compute(tiny_llama, tmp_path, marker):
-    from lm_eval_approx.approx_model import ApproxLM
+    from lm_eval_approx.harness.approx_model import ApproxLM
 
     evil = _pickle_model(tiny_llama, tmp_path / "evil-expert", marker)
     corpus = tmp_path / "candidates.jsonl"

@@ -6,15 +6,15 @@ corpus over processes; rank 0 merges the shards.
 
 from __future__ import annotations
 
-from ..features import FeatureConfig
+from lm_eval_approx.features.build import FeatureConfig
 
 
 def run_features(args) -> int:
-    from ..compat import check_model_pair
-    from ..corpus import load_corpus
-    from ..features import build_feature_stores
-    from ..task_specs import CLASSIFICATION, get_task_spec
-    from .train import check_labels
+    from lm_eval_approx.models.pairs import check_model_pair
+    from lm_eval_approx.data.corpus import load_corpus
+    from lm_eval_approx.features.build import build_feature_stores
+    from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+    from lm_eval_approx.training.examples import check_labels
 
     config = FeatureConfig(
         base=args.base, finetuned=args.finetuned, task=args.task, params=args.params, dim=args.dim,

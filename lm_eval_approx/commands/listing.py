@@ -20,7 +20,7 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 
 
 def list_strategies(args) -> int:
-    from ..registry import strategy_registry
+    from lm_eval_approx.strategies.registry import strategy_registry
 
     rows = [
         {
@@ -36,7 +36,7 @@ def list_strategies(args) -> int:
 
 
 def list_tasks(args) -> int:
-    from ..registry import task_registry
+    from lm_eval_approx.plugins.registry import task_registry
 
     rows = [
         {
@@ -52,7 +52,7 @@ def list_tasks(args) -> int:
 
 
 def list_plugins(args) -> int:
-    from ..plugins import list_plugins as loaded
+    from lm_eval_approx.plugins.manager import list_plugins as loaded
 
     rows = [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in loaded()]
     _print_rows(rows, args.json)

@@ -31,7 +31,7 @@ def run_lm_eval(lm_eval_args: list[str]) -> int:
     """Hand the arguments to lm-eval's CLI after preparing it; returns its exit code."""
     from lm_eval.__main__ import cli_evaluate
 
-    from ..harness import prepare_lm_eval, rewrite_argv
+    from lm_eval_approx.harness.lm_eval_cli import prepare_lm_eval, rewrite_argv
 
     prepare_lm_eval()
     saved = sys.argv

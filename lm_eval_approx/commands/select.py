@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import ApproxError, ConfigError, SelectionError
+from lm_eval_approx.errors import ApproxError, ConfigError, SelectionError
 
 CORPUS_META_KEYS = ("corpus", "corpus_spec")
 TASK_META_KEY = "task"
@@ -51,7 +51,7 @@ def parse_options(pairs: list[str]) -> dict:
 
 def check_options(strategy: str, options: dict) -> None:
     """The strategy exists and accepts these options (before any store or corpus is read)."""
-    from ..registry import strategy_registry
+    from lm_eval_approx.strategies.registry import strategy_registry
 
     try:
         strategy_registry().get(strategy).obj(**options)
@@ -71,10 +71,11 @@ def _meta_value(stores, keys):
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from ..selection import build_pool, select, selection_rows
-    from ..selection_file import write_selection
-    from ..store import FeatureStore
-    from ..task_specs import TASK_SPECS, get_task_spec
+    from lm_eval_approx.strategies.pool import build_pool, selection_rows
+    from lm_eval_approx.strategies.registry import select
+    from lm_eval_approx.data.selection_file import write_selection
+    from lm_eval_approx.features.store import FeatureStore
+    from lm_eval_approx.tasks.specs import TASK_SPECS, get_task_spec
 
     if args.k < 0:
         raise ConfigError("--k", args.k, "a non-negative integer")
@@ -86,7 +87,7 @@ def run_select(args: argparse.Namespace) -> int:
     if spec_text is None and getattr(stores[0], "texts", None) is None:
         raise SelectionError("no corpus: pass --corpus with the spec the features were computed on")
     if spec_text is not None:
-        from ..corpus import load_corpus
+        from lm_eval_approx.data.corpus import load_corpus
 
         recorded = args.corpus is None
         limit = _meta_value(stores, ("corpus_limit",)) if recorded else None

@@ -7,7 +7,7 @@ benchmark's expert θf from true training data): one command, one recipe, two da
 
 The output folder is a PEFT adapter that ``lm-eval-approx run --model hf --model_args
 pretrained=BASE,peft=OUT`` evaluates (or a model folder with ``--method full``). Plain ``lm_eval``
-loads it too unless the adapter wraps a head tied to the embeddings (see ``peft_compat``).
+loads it too unless the adapter wraps a head tied to the embeddings (see ``harness/tied_head.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import argparse
 import json
 import sys
 
-from ..errors import ConfigError
-from ..recipe import TrainingRecipe, add_recipe_arguments, recipe_from_args
+from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.training.examples import corpus_examples, selection_examples
+from lm_eval_approx.training.recipe import TrainingRecipe, add_recipe_arguments, recipe_from_args
 
 SELECTION = "selection"
 CORPUS = "corpus"
@@ -47,50 +48,15 @@ def add_parser(subparsers) -> None:
         parser.set_defaults(func=train_command, data_source=source)
 
 
-def check_labels(field: str, labels: list, ids: list[str], spec) -> None:
-    """Every given label of a classification task is a class index 0..C-1 (None: to be pseudo-labelled)."""
-    for label, doc_id in zip(labels, ids):
-        if label is not None and not 0 <= label < spec.num_classes:
-            raise ConfigError(f"{field} label of {doc_id}", label,
-                              f"a class index 0..{spec.num_classes - 1} of task {spec.name}")
-
-
 def load_examples(args: argparse.Namespace, spec, seed: int) -> list:
-    """The training rows: a selection file as it is, or a corpus converted with its true labels."""
-    from ..selection_file import SelectedExample, read_selection
-    from ..task_specs import CLASSIFICATION
-
-    if args.limit is not None and args.limit <= 0:
-        raise ConfigError("limit", args.limit, "a positive integer")
+    """The training rows the command line names: a selection file, or a corpus with true labels."""
     if args.data_source == SELECTION:
-        rows = read_selection(args.data)[: args.limit]
-        if spec.kind == CLASSIFICATION:
-            check_labels("data", [row.label for row in rows], [row.id for row in rows], spec)
-        return rows
-    from ..corpus import load_corpus
-
-    data_seed = seed if args.data_seed is None else args.data_seed
-    corpus = load_corpus(args.data, limit=args.limit, seed=data_seed)
-    classification = spec.kind == CLASSIFICATION
-    if classification and any(label is None for label in corpus.labels):
-        raise ConfigError("data", args.data, f"a corpus with true labels for the classification task {spec.name} "
-                                             f"(e.g. {spec.corpus}:train)")
-    if classification:
-        check_labels("data", corpus.labels, corpus.ids, spec)
-    return [
-        SelectedExample(
-            id=corpus.ids[i], text=corpus.texts[i],
-            label=corpus.labels[i] if classification else None,
-            label_text=spec.label_name(corpus.labels[i]) if classification else None,
-            order=i, source=corpus.sources[i],
-        )
-        for i in range(len(corpus))
-    ]
+        return selection_examples(args.data, spec, args.limit)
+    return corpus_examples(args.data, spec, args.limit, seed if args.data_seed is None else args.data_seed)
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from ..task_specs import get_task_spec
-    from ..training import TRAINING_FILE, train_adapter
+    from lm_eval_approx.training.loop import TRAINING_FILE, train_adapter  # torch: only when training
 
     base_recipe = TrainingRecipe.load(args.recipe) if args.recipe else None
     recipe = recipe_from_args(args, base_recipe)

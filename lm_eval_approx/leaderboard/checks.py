@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..corpus import LOCAL_SUFFIXES, MIRROR_NAMED
-from ..errors import ConfigError, UnknownNameError
-from ..paths import expand_user
+from lm_eval_approx.data.corpus import LOCAL_SUFFIXES, MIRROR_NAMED
+from lm_eval_approx.errors import ConfigError, UnknownNameError
+from lm_eval_approx.cache.safe_paths import expand_user
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
 SEED_NAME = re.compile(r"^seed:[\w.-]+$")
@@ -43,7 +43,7 @@ def check_corpus_spec(key: str, spec: object) -> None:
 
 
 def _lm_eval_task_names() -> frozenset[str]:
-    from .runner import shared_task_manager
+    from lm_eval_approx.leaderboard.runner import shared_task_manager
 
     return frozenset(shared_task_manager().all_tasks)
 
@@ -51,7 +51,7 @@ def _lm_eval_task_names() -> frozenset[str]:
 def check_task(key: str, name: object, approximation: bool) -> None:
     """An approximation task (target) must have a task spec; an extra task must be known to lm-eval
     (its built-ins or our task folders)."""
-    from ..task_specs import TASK_SPECS
+    from lm_eval_approx.tasks.specs import TASK_SPECS
 
     if not isinstance(name, str) or not name:
         raise field_error(key, name, "a task name")
@@ -59,7 +59,7 @@ def check_task(key: str, name: object, approximation: bool) -> None:
         if name not in TASK_SPECS:
             raise field_error(key, name, str(UnknownNameError("approximation task", name, TASK_SPECS)))
         return
-    from ..registry import task_registry
+    from lm_eval_approx.plugins.registry import task_registry
 
     if name in task_registry():
         return

@@ -35,9 +35,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, UnknownNameError
+from lm_eval_approx.errors import ConfigError, UnknownNameError
 # LeaderboardConfigError and field_error are part of this module's interface (tests, sources.py).
-from .checks import LeaderboardConfigError, check_corpus_spec, check_task, field_error
+from lm_eval_approx.leaderboard.checks import (
+    LeaderboardConfigError,
+    check_corpus_spec,
+    check_task,
+    field_error,
+)
 
 TOP_KEYS = ("name", "base", "task", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
             "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size")
@@ -198,7 +203,7 @@ class LeaderboardConfig:
         return [TaskEntry(self.task, self.limit), *self.extra_tasks]
 
     def recipe_for(self, overrides: dict[str, Any] | None = None):
-        from ..recipe import TrainingRecipe
+        from lm_eval_approx.training.recipe import TrainingRecipe
 
         return TrainingRecipe.from_dict({**self.recipe, **(overrides or {})})
 
@@ -207,7 +212,7 @@ class LeaderboardConfig:
 
 
 def _strategy(key: str, raw: object, budgets: list[int], seeds: list[int]) -> StrategyConfig:
-    from ..registry import strategy_registry
+    from lm_eval_approx.strategies.registry import strategy_registry
 
     if isinstance(raw, str):
         raw = {"name": raw}
@@ -243,7 +248,7 @@ def _strategy(key: str, raw: object, budgets: list[int], seeds: list[int]) -> St
 
 
 def _check_approx(key: str, approx: dict) -> None:
-    from ..pipeline import ApproxConfig
+    from lm_eval_approx.pipeline import ApproxConfig
 
     allowed = {f.name for f in dataclasses.fields(ApproxConfig)} - set(CELL_FIELDS)
     for name in approx:
@@ -253,7 +258,7 @@ def _check_approx(key: str, approx: dict) -> None:
 
 def _check_approx_values(config: LeaderboardConfig) -> None:
     """Every strategy's ApproxConfig overrides hold accepted values (models are not looked at)."""
-    from ..pipeline import ApproxConfig
+    from lm_eval_approx.pipeline import ApproxConfig
 
     for i, s in enumerate(config.strategies):
         try:

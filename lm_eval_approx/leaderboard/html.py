@@ -8,8 +8,8 @@ import base64
 import html
 from pathlib import Path
 
-from ..atomic import write_text_atomic
-from .report import Board, columns, row_values
+from lm_eval_approx.cache.atomic import write_text_atomic
+from lm_eval_approx.leaderboard.report import Board, columns, row_values
 
 HTML_FILE = "leaderboard.html"
 

@@ -11,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .config import APPROX, EXPERT, THETA0  # noqa: E402
-from .report import Board  # noqa: E402
+from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0  # noqa: E402
+from lm_eval_approx.leaderboard.report import Board  # noqa: E402
 
 METRIC_PNG, GAP_PNG, SOURCES_PNG = "metric_vs_k.png", "gap_closed.png", "sources.png"
 FIGSIZE = (7.0, 4.2)

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
-from ..errors import ApproxError
-from .config import APPROX, EXPERT, THETA0
-from .runner import CONFIG_SNAPSHOT, RESULTS_DIR, result_files
+from lm_eval_approx.cache.atomic import write_text_atomic
+from lm_eval_approx.errors import ApproxError
+from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0
+from lm_eval_approx.leaderboard.runner import CONFIG_SNAPSHOT, RESULTS_DIR, result_files
 
 MD_FILE, CSV_FILE = "leaderboard.md", "leaderboard.csv"
 RANDOM = "random"

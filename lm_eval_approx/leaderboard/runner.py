@@ -29,9 +29,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_json_atomic, write_text_atomic
-from ..safe_paths import contained, safe_name
-from .config import APPROX, EXPERT, THETA0, Cell, LeaderboardConfig
+from lm_eval_approx.cache.atomic import write_json_atomic, write_text_atomic
+from lm_eval_approx.cache.safe_paths import contained, safe_name
+from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0, Cell, LeaderboardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ FAST_HF = "approx_hf"
 @lru_cache(maxsize=1)
 def shared_task_manager():
     """One lm-eval TaskManager per process: indexing every lm-eval task takes many seconds."""
-    from ..harness import prepare_lm_eval, task_manager
+    from lm_eval_approx.harness.lm_eval_cli import prepare_lm_eval, task_manager
 
     prepare_lm_eval()
     return task_manager()
@@ -131,13 +131,13 @@ def finished_cells(out: str | Path, config: LeaderboardConfig, only: list[str] |
 
 def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
     """θf's folder: the given one, or θ0 trained on the true data (cached by its training key)."""
-    from ..models import resolve_model
+    from lm_eval_approx.models.loading import resolve_model
 
     if config.expert.adapter is not None:
         return resolve_model(config.expert.adapter)
-    from ..paths import cache_path
-    from ..task_specs import get_task_spec
-    from ..training import train_adapter, training_key
+    from lm_eval_approx.cache.paths import cache_path
+    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.training.loop import train_adapter, training_key
 
     spec = get_task_spec(config.task)
     examples = true_examples(config, spec)
@@ -148,19 +148,15 @@ def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
 
 def true_examples(config: LeaderboardConfig, spec) -> list:
     """The expert's training rows: ``expert.size`` documents of ``expert.data`` with true labels."""
-    import argparse
+    from lm_eval_approx.training.examples import corpus_examples
 
-    from ..commands.train import CORPUS, load_examples
-
-    args = argparse.Namespace(data_source=CORPUS, data=config.expert.data, limit=config.expert.size,
-                              data_seed=config.expert.seed)
-    return load_examples(args, spec, config.expert.seed)
+    return corpus_examples(config.expert.data, spec, config.expert.size, config.expert.seed)
 
 
 def approx_model_args(config: LeaderboardConfig, cell: Cell, expert: str) -> dict[str, Any]:
     """``--model approx`` arguments of a cell (see approx_model.py)."""
-    from ..models import resolve_model
-    from ..recipe import TrainingRecipe
+    from lm_eval_approx.models.loading import resolve_model
+    from lm_eval_approx.training.recipe import TrainingRecipe
 
     strategy = config.strategy(cell.label)
     args: dict[str, Any] = {
@@ -180,7 +176,7 @@ def build_lm(config: LeaderboardConfig, cell: Cell, expert: str) -> tuple[Any, s
     """The lm-eval model instance of a cell, its model type and its model args."""
     from lm_eval.api.registry import get_model
 
-    from ..models import is_adapter, resolve_model
+    from lm_eval_approx.models.loading import is_adapter, resolve_model
 
     base = resolve_model(config.base)
     if cell.kind == THETA0:
@@ -222,9 +218,9 @@ def evaluate(config: LeaderboardConfig, lm, manager, on_phase: Callable[[str], N
 def _stage_seconds(names: tuple[str, ...], keys: dict[str, str]) -> float:
     """Seconds the stages called ``names`` took when computed (``features@1/3``-style labels of
     checkpoint stages count as ``features``), whether or not this cell reused them."""
-    from ..paths import cache_path
-    from ..pipeline import STAGE_ALPHA_SEPARATOR
-    from ..stages import DONE_FILE
+    from lm_eval_approx.cache.paths import cache_path
+    from lm_eval_approx.pipeline import STAGE_ALPHA_SEPARATOR
+    from lm_eval_approx.cache.stages import DONE_FILE
 
     total = 0.0
     for label, key in keys.items():
@@ -251,8 +247,8 @@ def text_key(text: str) -> str:
 
 def true_data(config: LeaderboardConfig) -> TrueData:
     """The expert's true training texts, when the config says how the expert was made."""
-    from ..task_specs import get_task_spec
-    from .config import DEFAULT_REFERENCE_SIZE
+    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.leaderboard.config import DEFAULT_REFERENCE_SIZE
 
     if config.expert.data is None:
         return TrueData()
@@ -265,8 +261,8 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expe
     """Our ``config.leaderboard`` record: cell identity, costs, and similarity to the true data
     (including ``true_documents``: how many selected documents the expert was trained on, which is
     non-zero only when the candidate pool holds some of its training data)."""
-    from ..selection_file import read_selection
-    from ..similarity import dataset_similarity, source_fractions
+    from lm_eval_approx.data.selection_file import read_selection
+    from lm_eval_approx.data.similarity import dataset_similarity, source_fractions
 
     extras: dict[str, Any] = {"cell": cell.id, "kind": cell.kind, "label": cell.label or cell.kind,
                               "k": cell.k, "seed": cell.seed, "cell_hash": cell_hash(config, cell),

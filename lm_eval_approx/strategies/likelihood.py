@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import LOSS_BASE, LOSS_FINETUNED, CandidatePool, Selection, Strategy
+from lm_eval_approx.strategies.base import (
+    LOSS_BASE,
+    LOSS_FINETUNED,
+    CandidatePool,
+    Selection,
+    Strategy,
+)
 
 
 def _top(scores: np.ndarray, k: int) -> Selection:

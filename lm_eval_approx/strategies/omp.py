@@ -6,9 +6,9 @@ training can repeat examples by weight (see ``lm_eval_approx.omp`` for the algor
 
 from __future__ import annotations
 
-from .. import omp
-from .base import FEATURES, CandidatePool, Selection, Strategy
-from .options import GradientOptions
+from lm_eval_approx.strategies import pursuit as omp
+from lm_eval_approx.strategies.base import FEATURES, CandidatePool, Selection, Strategy
+from lm_eval_approx.strategies.options import GradientOptions
 
 
 class SelectOmpStrategy(Strategy):

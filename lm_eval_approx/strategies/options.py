@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from lm_eval_approx.errors import ConfigError
 
 COSINE_RANGE = (-1.0, 1.0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CandidatePool, Selection, Strategy
+from lm_eval_approx.strategies.base import CandidatePool, Selection, Strategy
 
 
 class RandomStrategy(Strategy):

@@ -8,9 +8,9 @@ the M feature sets of the pool (synthetic checkpoints θ0 + (j/M)(θf − θ0));
 
 from __future__ import annotations
 
-from .. import greedy
-from .base import FEATURES, CandidatePool, Selection, Strategy
-from .options import BatchedOptions, GradientOptions
+from lm_eval_approx.strategies import greedy
+from lm_eval_approx.strategies.base import FEATURES, CandidatePool, Selection, Strategy
+from lm_eval_approx.strategies.options import BatchedOptions, GradientOptions
 
 
 def _selection(result: greedy.GreedyResult, k: int, min_cosine: float | None, **info) -> Selection:

@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
-from .base import FEATURES, LABELS, CandidatePool, GradientFeatures, Selection, Strategy
-from .options import GradientOptions
+from lm_eval_approx.strategies.base import FEATURES, LABELS, CandidatePool, Selection, Strategy
+from lm_eval_approx.features.gradient_features import GradientFeatures
+from lm_eval_approx.strategies.options import GradientOptions
 
 BLOCK_ROWS = 4096  # rows converted to float64 at a time
 

@@ -1,0 +1,1 @@
+"""The cache: atomic writes, paths kept inside their root, checksummed stage folders."""

@@ -1,0 +1,1 @@
+"""Documents: candidate corpora, the offline data mirror, the selection file, set similarity."""

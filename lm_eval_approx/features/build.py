@@ -1,0 +1,360 @@
+"""Build a feature store: labels, per-example gradient factors, projection, target — resumable, sharded.
+
+For every checkpoint α in ``FeatureConfig.alphas`` (θ_α = θ0 + α(θf − θ0); α = j/M, j = 1..M)
+and every document i, the store row is P ∇_θ L_i(θ_α) over the parameter set, where L_i is the
+task loss of ``labels.py`` with the document's (pseudo-)label; the store's target is
+P(θ0 − θf) over the same parameters, projected by the same seeded projector (see DESIGN.md,
+"The math that makes it fast"). Pseudo-labels always come from θf.
+``params=head_labels`` (classification) stores instead the exact gradient of the loss restricted to
+the C label tokens with respect to their C head rows, and θ0 − θf on those rows (``label_head.py``).
+
+Several processes (``torchrun`` / ``accelerate launch``; gloo on CPU, NCCL on GPUs) each take a
+contiguous slice of the corpus and write their own shard store; rank 0 merges the shards in rank
+order, so the merged store has the corpus order whatever the number of processes.
+
+Memory is bounded by the batch and the store: pending rows are encoded ``STREAM_CHUNK`` documents
+at a time (batched by length within a chunk) and written straight into the memory-mapped store;
+pseudo-labels stream the same way (``labels.pseudo_label``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lm_eval_approx.models.interpolation import interpolated, model_fingerprint
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.validation import help_field
+from lm_eval_approx.models.layers import (
+    changed_modules,
+    head_name,
+    layer_shape,
+    linear_modules,
+    resolve_modules,
+    weight_delta,
+)
+from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
+from lm_eval_approx.features.label_head import (
+    HEAD_LABELS,
+    check_label_task,
+    first_label_encodings,
+    label_head_factors,
+    label_head_projector,
+    label_token_ids,
+)
+from lm_eval_approx.features.encoding import (
+    DEFAULT_MAX_LENGTH,
+    collate,
+    encode_classification,
+    encode_examples,
+)
+from lm_eval_approx.features.losses import STREAM_CHUNK
+from lm_eval_approx.features.pseudo_labels import pseudo_label
+from lm_eval_approx.models.loading import load_model, load_tokenizer
+from lm_eval_approx.features.projection import DEFAULT_DIM, PROJECTORS, make_projector
+from lm_eval_approx.features.store import META_FILE, NO_LABEL, FeatureStore
+from lm_eval_approx.tasks.specs import CLASSIFICATION, TASK_SPECS, get_task_spec
+
+HEAD, CHANGED = "head", "changed"
+LABEL_SOURCES = ("pseudo", "true")
+SQNORM_KINDS = ("auto", "exact", "projected")
+DTYPES = ("float32", "bfloat16", "float16")
+SHARD_DIR = "shards"
+ALPHA_DIR = "alpha-{:.4f}"
+
+
+@dataclass
+class FeatureConfig:
+    """What to extract: models, task, parameter set, projection and batching."""
+
+    base: str = help_field("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
+    finetuned: str = help_field("θf: a full model or a PEFT adapter folder", "")
+    task: str = help_field("approximation task (approx_agnews, approx_msmarco, ...)", "approx_agnews")
+    params: str = help_field("'head', 'changed', 'head_labels' (classification: the exact head gradient of the "
+                        "loss restricted to the C label tokens, d = C·H, projection and dim unused) or a "
+                        "comma-separated list of linear-layer names", HEAD)
+    dim: int = help_field("total projected dimension d, split over the layers", DEFAULT_DIM)
+    projection: str = help_field("kronecker (default), dense (oracle) or identity (no projection)", "kronecker")
+    seed: int = help_field("seed of the projection matrices", 0)
+    checkpoints: int = help_field("M synthetic checkpoints α = j/M, j = 1..M (1: θf only)", 1)
+    checkpoint: int | None = help_field("build only checkpoint j of the M (α = j/M); None: all M", None)
+    labels: str = help_field("'pseudo' (θf's argmax) or 'true' (the corpus labels)", "pseudo")
+    batch_size: int = help_field("examples per forward pass", 16)
+    max_length: int = help_field("tokens per example (contexts are clipped on the left)", DEFAULT_MAX_LENGTH)
+    sqnorm: str = help_field("‖g‖² per example: exact (factored identity, costs ~T(in+out)/(in·out) of a "
+                        "layer's forward), projected (‖Pg‖²), or auto (exact for head, projected otherwise)", "auto")
+    corpus: str = help_field("corpus spec of the candidates, recorded in the store so `select` can reload "
+                        "their texts ('' when the caller keeps the corpus itself)", "")
+    corpus_limit: int | None = help_field("the candidate draw of that corpus (load_corpus limit)", None)
+    corpus_seed: int = help_field("the seed of that draw", 0)
+    dtype: str = help_field("model dtype while extracting", "float32")
+    device: str = help_field("cpu or cuda (each process takes cuda:LOCAL_RANK)", "cpu")
+
+    def __post_init__(self) -> None:
+        for name in ("base", "finetuned"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(name, getattr(self, name), "a model name or path")
+        if self.task not in TASK_SPECS:
+            raise ConfigError("task", self.task, f"one of {', '.join(sorted(TASK_SPECS))}")
+        if not isinstance(self.params, str) or not self.params.strip(" ,"):
+            raise ConfigError("params", self.params, "'head', 'changed' or comma-separated layer names")
+        for name, low in (("dim", 1), ("checkpoints", 1), ("batch_size", 1), ("max_length", 2), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(name, value, f"an integer ≥ {low}")
+        for name, accepted in (("projection", tuple(PROJECTORS)), ("labels", LABEL_SOURCES), ("dtype", DTYPES),
+                               ("sqnorm", SQNORM_KINDS)):
+            if getattr(self, name) not in accepted:
+                raise ConfigError(name, getattr(self, name), f"one of {', '.join(accepted)}")
+        if self.checkpoint is not None and (isinstance(self.checkpoint, bool) or not isinstance(self.checkpoint, int)
+                                            or not 1 <= self.checkpoint <= self.checkpoints):
+            raise ConfigError("checkpoint", self.checkpoint, f"None or an integer in 1..{self.checkpoints} (checkpoints)")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError("device", self.device, "cpu or cuda")
+        if self.params == HEAD_LABELS:
+            check_label_task(TASK_SPECS[self.task])
+
+    @property
+    def alphas(self) -> list[float]:
+        if self.checkpoint is not None:
+            return [self.checkpoint / self.checkpoints]
+        return [j / self.checkpoints for j in range(1, self.checkpoints + 1)]
+
+    @property
+    def param_names(self) -> list[str] | None:
+        """The explicit layer list, or None for 'head' / 'changed' / 'head_labels'."""
+        if self.params in (HEAD, CHANGED, HEAD_LABELS):
+            return None
+        return [name.strip() for name in self.params.split(",") if name.strip()]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"FeatureConfig.{key}", data[key], f"fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureConfig":
+        return cls.from_dict(json.loads(text))
+
+
+@contextlib.contextmanager
+def distributed():
+    """(rank, world size, barrier) of this process; joins the process group torchrun/accelerate set up
+    and destroys it on exit if it created it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield 0, 1, lambda: None
+        return
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size(), dist.barrier
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _device(config: FeatureConfig) -> str:
+    if config.device == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return config.device
+
+
+def _parameter_set(config: FeatureConfig, model0, model_f) -> list[str]:
+    explicit = config.param_names
+    if explicit is not None:
+        resolve_modules(model0, explicit)
+        resolve_modules(model_f, explicit)
+        return explicit
+    if config.params in (HEAD, HEAD_LABELS):
+        return [head_name(model_f)]
+    names = changed_modules(model0, model_f)
+    if not names:
+        raise ConfigError("params", CHANGED, "models that differ in at least one linear layer "
+                          f"({config.base!r} and {config.finetuned!r} are identical there)")
+    return names
+
+
+def _label_rank(tokenizer, spec) -> int:
+    """r: the most label tokens any verbaliser takes after the task template (factors are padded to r)."""
+    return max(len(e.ids) - e.start for e in (encode_classification(tokenizer, spec, "", c, DEFAULT_MAX_LENGTH)
+                                              for c in range(spec.num_classes)))
+
+
+def store_paths(out_dir, alphas: list[float]) -> list[Path]:
+    """Where the store of each α lives: ``out_dir`` itself for one α, else ``out_dir/alpha-X``."""
+    out = Path(out_dir)
+    return [out] if len(alphas) == 1 else [out / ALPHA_DIR.format(a) for a in alphas]
+
+
+def open_feature_stores(out_dir, expect: dict | None = None) -> list[FeatureStore]:
+    """Every store under ``out_dir`` (itself, or its alpha-* folders), ordered by α."""
+    out = Path(out_dir)
+    paths = [out] if (out / META_FILE).is_file() else sorted(p for p in out.glob("alpha-*") if (p / META_FILE).is_file())
+    if not paths:
+        raise ConfigError("features", str(out), "a folder written by `lm-eval-approx features`")
+    return sorted((FeatureStore.open(p, expect) for p in paths), key=lambda s: s.alpha)
+
+
+class _Extractor:
+    """Everything fixed for one run: models, parameter set, projector, target."""
+
+    def __init__(self, config: FeatureConfig):
+        self.config, self.spec = config, get_task_spec(config.task)
+        device = _device(config)
+        self.model0 = load_model(config.base, config.dtype, device)
+        self.model_f = load_model(config.finetuned, config.dtype, device)
+        self.tokenizer = load_tokenizer(config.base)
+        self.names = _parameter_set(config, self.model0, self.model_f)
+        mods0, mods_f = linear_modules(self.model0), linear_modules(self.model_f)
+        self.label_ids = label_token_ids(self.tokenizer, self.spec) if config.params == HEAD_LABELS else None
+        if self.label_ids is not None:
+            head = self.names[0]
+            self.projector, target = label_head_projector(mods0[head], mods_f[head], head, self.label_ids, device,
+                                                          (config.base, config.finetuned))
+        else:
+            shapes = {n: layer_shape(mods_f[n]) for n in self.names}
+            self.projector = make_projector(config.projection, shapes, config.dim, config.seed, device)
+            target = self.projector.project_delta({n: weight_delta(mods0[n], mods_f[n]) for n in self.names})
+        self.target = target.cpu().numpy()
+        self.is_head = config.params == HEAD
+        self.exact_sqnorm = config.sqnorm == "exact" or (
+            config.sqnorm == "auto" and (self.is_head or self.label_ids is not None))
+        low_rank = (self.is_head and self.spec.kind == CLASSIFICATION and config.projection == "kronecker")
+        self.factor_shape = None
+        if low_rank:
+            d1, d2 = self.projector.blocks[self.names[0]]
+            self.factor_shape = (_label_rank(self.tokenizer, self.spec), d1, d2)
+        self.meta = {"base": model_fingerprint(config.base), "finetuned": model_fingerprint(config.finetuned),
+                     "task": config.task, "params": self.names, "params_spec": config.params,
+                     "projection": config.projection, "requested_dim": config.dim, "seed": config.seed,
+                     "labels_source": config.labels, "max_length": config.max_length,
+                     "sqnorm": "exact" if self.exact_sqnorm else "projected",
+                     "corpus": config.corpus, "corpus_limit": config.corpus_limit, "corpus_seed": config.corpus_seed}
+        if self.label_ids is not None:
+            self.meta.update(projection=self.projector.kind, label_token_ids=self.label_ids)
+
+    def labels_for(self, texts, count: int, given) -> np.ndarray:
+        """The label of each of ``count`` texts (any iterable): given, θf's pseudo-label, or NO_LABEL."""
+        if self.spec.kind != CLASSIFICATION:
+            return np.full(count, NO_LABEL, dtype=np.int64)
+        if given is not None:
+            return np.asarray(given, dtype=np.int64)
+        return pseudo_label(self.model_f, self.tokenizer, self.spec, texts, self.config.batch_size,
+                            self.config.max_length).labels
+
+    def fill(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray, progress) -> None:
+        """Compute and write the given rows of ``store`` (texts/labels indexed like the store), encoding
+        ``STREAM_CHUNK`` rows at a time so memory does not grow with the number of rows."""
+        for lo in range(0, len(rows), STREAM_CHUNK):
+            self._fill_chunk(store, texts, labels, rows[lo : lo + STREAM_CHUNK], progress)
+
+    def _fill_chunk(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray,
+                    progress) -> None:
+        """``fill`` for one chunk of rows, in batches sorted by length."""
+        cfg = self.config
+        encoded = encode_examples(self.tokenizer, self.spec, [texts[i] for i in rows],
+                                  None if self.spec.kind != CLASSIFICATION else labels[rows], cfg.max_length)
+        if self.label_ids is not None:
+            encoded = first_label_encodings(encoded)
+        order = np.argsort([len(e.ids) for e in encoded], kind="stable")
+        device = self.projector.device
+        for lo in range(0, len(order), cfg.batch_size):
+            part = order[lo : lo + cfg.batch_size]
+            batch = collate([encoded[j] for j in part], self.tokenizer.pad_token_id, device)
+            if self.label_ids is not None:
+                loss, factors = label_head_factors(self.model_f, batch, self.names[0], self.label_ids,
+                                                   labels[rows[part]])
+            elif self.is_head:
+                loss, factors = head_factors(self.model_f, batch, self.names[0])
+            else:
+                loss, factors = layer_factors(self.model_f, batch, self.names)
+            projected = self.projector.project(factors)
+            sqnorm = (total_sqnorm(factors) if self.exact_sqnorm else projected.pow(2).sum(dim=1)).cpu().numpy()
+            feats = projected.cpu().numpy()
+            low = None
+            if store.factors is not None:
+                a, b = self.projector.low_rank(factors)
+                r = store.factors[0].shape[1]
+                if a.shape[1] > r:
+                    raise ConfigError("task", cfg.task, f"verbalisers of at most {r} tokens (found {a.shape[1]})")
+                low = tuple(np.pad(t.cpu().numpy(), ((0, 0), (0, r - t.shape[1]), (0, 0))) for t in (a, b))
+            store.write_rows(rows[part], feats, loss.cpu().numpy(), labels[rows[part]], sqnorm, low)
+            progress.update(len(part))
+
+
+def build_feature_stores(config: FeatureConfig, corpus, labels, out_dir) -> list[FeatureStore]:
+    """Build (or resume) one store per checkpoint α under ``out_dir``; returns them ordered by α.
+
+    ``corpus`` has ``ids`` and ``texts`` (a ``corpus.Corpus``); ``labels`` are per-document labels
+    to use as they are, or None to take them from ``config.labels`` (pseudo: θf's argmax; true: the
+    corpus's own labels).
+    """
+    from tqdm.auto import tqdm
+
+    ids, texts = list(corpus.ids), list(corpus.texts)
+    if labels is None and config.labels == "true" and get_task_spec(config.task).kind == CLASSIFICATION:
+        labels = getattr(corpus, "labels", None)
+        if labels is None or any(x is None for x in labels):
+            raise ConfigError("labels", "true", "a corpus with a label for every document (or labels=pseudo)")
+    if labels is not None and len(labels) != len(ids):
+        raise ConfigError("labels", f"{len(labels)} labels", f"{len(ids)} (one per document)")
+    finals = store_paths(out_dir, config.alphas)
+    with distributed() as (rank, world, barrier):
+        extractor = _Extractor(config)
+        lo, hi = rank * len(ids) // world, (rank + 1) * len(ids) // world
+        mine = slice(lo, hi)
+        stores = []
+        for alpha, final in zip(config.alphas, finals):
+            path = final if world == 1 else final / SHARD_DIR / f"rank{rank}-of-{world}"
+            store = FeatureStore.open_or_create(path, dict(extractor.meta, alpha=alpha), ids[mine],
+                                                extractor.projector.dim, extractor.factor_shape)
+            if store.target is None:
+                store.set_target(extractor.target)
+            stores.append(store)
+        pending = np.unique(np.concatenate([s.pending() for s in stores]))
+        my_labels = np.full(hi - lo, NO_LABEL, dtype=np.int64)
+        done_rows = np.flatnonzero(stores[-1].done)
+        my_labels[done_rows] = stores[-1].labels[done_rows]
+        if len(pending):
+            given = None if labels is None else np.asarray(labels, dtype=np.int64)[lo + pending]
+            my_labels[pending] = extractor.labels_for((texts[lo + r] for r in pending), len(pending), given)
+        total = sum(len(s.pending()) for s in stores)
+        with tqdm(total=total, unit="ex", disable=rank != 0 or not total, desc="features") as progress:
+            for alpha, store in zip(config.alphas, stores):
+                with interpolated(extractor.model0, extractor.model_f, alpha):
+                    extractor.fill(store, texts[mine], my_labels, store.pending(), progress)
+        if world > 1:
+            barrier()
+            if rank == 0:
+                for alpha, final in zip(config.alphas, finals):
+                    shards = [FeatureStore.open(final / SHARD_DIR / f"rank{r}-of-{world}") for r in range(world)]
+                    FeatureStore.merge(shards, final, dict(extractor.meta, alpha=alpha))
+            barrier()
+    return [FeatureStore.open(path) for path in finals]
+
+
+def build_feature_store(config: FeatureConfig, corpus, labels, out_dir) -> FeatureStore:
+    """Build (or resume) the stores of ``config`` and return the one at θf (the largest α)."""
+    return build_feature_stores(config, corpus, labels, out_dir)[-1]

@@ -1,0 +1,130 @@
+"""Per-example gradient factors of the task loss, for the output head or any set of linear layers.
+
+A linear layer y_t = W x_t (W: out×in) has per-example gradient ∇W = Σ_t δ_t x_tᵀ with
+δ_t = ∂L/∂y_t. This module returns the factors (Δ, X) — never ∇W itself — for each example:
+
+- ``head``: one forward pass, no backward. With logits z_t = W h_t and the loss of
+  ``labels.batch_losses`` (weight w_t per loss token y_{t+1}, predicted by position t),
+  δ_t = w_t (softmax(z_t) − onehot(y_{t+1})) and x_t = h_t, the input of the head at the *same*
+  position t (the released code of the paper pairs t with t+1: an off-by-one avoided here).
+  The head gradient is the one of the head's use only, also when the head is tied to the input
+  embedding (SmolLM2, GPT-2).
+- ``changed`` / explicit names: one forward and one backward with every weight frozen; forward
+  hooks keep each layer's input x_t and the backward returns δ_t = ∂(Σ_i L_i)/∂y_t, which is
+  example i's own δ because examples do not interact. Padded positions (right padding, causal
+  attention) reach no loss, so their δ is exactly 0 and they add nothing to G = Σ_t δ_t x_tᵀ
+  nor to the exact ‖G‖²; the head path zeroes its unused slots explicitly.
+
+Layers are those of ``models/layers.py`` (factors always in the out×in orientation); a PEFT LoRA
+layer's gradient is taken with respect to the effective weight W + s·B A (the parameter whose
+change θf − θ0 = s·B A is the LoRA update).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.features.encoding import Batch, gather_positions
+from lm_eval_approx.features.losses import batch_losses
+from lm_eval_approx.models.layers import resolve_modules
+
+
+
+@dataclass
+class LayerFactors:
+    """Per-example factors of one layer: G_b = Σ_r delta[b, r] x[b, r]ᵀ (out×in), zero rows unused."""
+
+    delta: torch.Tensor
+    x: torch.Tensor
+
+    def gradient(self) -> torch.Tensor:
+        """The materialised per-example gradients (B, out, in) — for oracles and small layers only."""
+        return torch.einsum("bro,bri->boi", self.delta, self.x)
+
+    def sqnorm(self) -> torch.Tensor:
+        """‖G_b‖² = Σ_{r,r'} (x_r·x_r')(δ_r·δ_r'), exact, without forming G_b."""
+        return ((self.x @ self.x.transpose(1, 2)) * (self.delta @ self.delta.transpose(1, 2))).sum(dim=(1, 2))
+
+
+def total_sqnorm(factors: dict[str, LayerFactors]) -> torch.Tensor:
+    """Σ over layers of the exact ‖G_b‖²; layers fed the same input (q/k/v, gate/up) share X Xᵀ."""
+    grams: dict[int, torch.Tensor] = {}
+    total = None
+    for f in factors.values():
+        key = (f.x.data_ptr(), tuple(f.x.shape), f.x.stride())
+        if key not in grams:
+            grams[key] = f.x @ f.x.transpose(1, 2)
+        term = (grams[key] * (f.delta @ f.delta.transpose(1, 2))).sum(dim=(1, 2))
+        total = term if total is None else total + term
+    return total
+
+
+@torch.no_grad()
+def head_factors(model: nn.Module, batch: Batch, head: str) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+    """Per-example loss and head factors from one forward pass (see the module docstring)."""
+    module = resolve_modules(model, [head])[head]
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    try:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    finally:
+        handle.remove()
+    z = gather_positions(logits, batch.positions).float()
+    loss = batch_losses(z, batch)
+    delta = torch.softmax(z, dim=-1)
+    delta.scatter_add_(-1, batch.targets.unsqueeze(-1), -torch.ones_like(batch.weights).unsqueeze(-1))
+    delta.mul_(batch.weights.unsqueeze(-1))
+    used = (batch.weights > 0).unsqueeze(-1).float()
+    x = gather_positions(captured[0], batch.positions).float() * used
+    return loss, {head: LayerFactors(delta, x)}
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """Every parameter frozen (no weight gradients are ever computed), restored afterwards."""
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, saved):
+            p.requires_grad_(flag)
+
+
+def layer_factors(model: nn.Module, batch: Batch, names: list[str]) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+    """Per-example loss and factors of the named layers: forward + one backward, weights frozen."""
+    modules = resolve_modules(model, names)
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(_module, args, out):
+            if name in outputs:
+                raise ConfigError("params", name, "layers that run once per forward pass")
+            inputs[name], outputs[name] = args[0].detach(), out
+        return hook
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in modules.items()]
+    embed = model.get_input_embeddings()
+    handles.append(embed.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True)))
+    try:
+        with frozen(model), torch.enable_grad():
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            loss = batch_losses(gather_positions(logits, batch.positions), batch)
+            grads = torch.autograd.grad(loss.sum(), [outputs[n] for n in names], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    factors = {}
+    for name, grad in zip(names, grads):
+        x = inputs[name].float()
+        delta = torch.zeros(*x.shape[:2], outputs[name].shape[-1], device=x.device) if grad is None else grad.float()
+        factors[name] = LayerFactors(delta, x)
+    return loss.detach(), factors

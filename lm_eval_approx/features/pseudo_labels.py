@@ -1,0 +1,123 @@
+"""Pseudo-labels: θf's choice among the task's verbalisers for each candidate text.
+
+ŷ_i = argmax_c −L_i(c) under θf, ties to the lowest label, where L_i(c) is the classification loss
+of ``losses.py`` (summed NLL of the continuation delimiter + choice c).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.features.encoding import DEFAULT_MAX_LENGTH, Encoded, encode_classification
+from lm_eval_approx.features.losses import DEFAULT_BATCH_SIZE, _chunk_size, _losses_of, model_device, text_chunks
+from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+
+
+@dataclass
+class LabelResult:
+    """Pseudo-labels, their loss (summed label NLL) and the log-prob of every choice."""
+
+    labels: np.ndarray
+    loss: np.ndarray
+    logprobs: np.ndarray
+
+
+def _carrier_rows(encodings: list[Encoded]) -> tuple[list[list[int]], list[list[tuple[int, int, int]]]]:
+    """Rows that score every choice of one document, and per row the (position, target, choice)
+    triples to read. A choice of one token needs no row of its own: the logit predicting it sits at
+    the last context position of any row that starts with the same context, since attention is
+    causal. Multi-token choices keep their own row (context + continuation)."""
+    rows: list[list[int]] = []
+    reads: list[list[tuple[int, int, int]]] = []
+    shared: dict[tuple[int, ...], int] = {}
+    single = []
+    for choice, enc in enumerate(encodings):
+        if len(enc.ids) - enc.start == 1:
+            single.append(choice)
+            continue
+        shared.setdefault(tuple(enc.ids[: enc.start]), len(rows))
+        rows.append(enc.ids)
+        reads.append([(p - 1, enc.ids[p], choice) for p in range(enc.start, len(enc.ids))])
+    for choice in single:
+        enc = encodings[choice]
+        row = shared.get(tuple(enc.ids[: enc.start]))
+        if row is None:
+            row = shared[tuple(enc.ids[: enc.start])] = len(rows)
+            rows.append(enc.ids[: enc.start])
+            reads.append([])
+        reads[row].append((enc.start - 1, enc.ids[enc.start], choice))
+    return rows, reads
+
+
+@torch.no_grad()
+def _choice_logprobs(model, tokenizer, per_text: list[list[Encoded]], batch_size: int) -> np.ndarray:
+    """log p(choice | context) for every text and choice, from as few forward rows as possible."""
+    if batch_size < 1:
+        raise ConfigError("batch_size", batch_size, "an integer ≥ 1")
+    rows, reads = [], []
+    for text_index, encodings in enumerate(per_text):
+        text_rows, text_reads = _carrier_rows(encodings)
+        rows += text_rows
+        reads += [[(pos, target, text_index, choice) for pos, target, choice in r] for r in text_reads]
+    out = np.zeros((len(per_text), len(per_text[0]) if per_text else 0), dtype=np.float64)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    device = model_device(model)
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo : lo + batch_size]
+        length = max(len(rows[i]) for i in chunk)
+        ids = torch.full((len(chunk), length), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), length), dtype=torch.long)
+        for b, i in enumerate(chunk):
+            ids[b, : len(rows[i])] = torch.tensor(rows[i])
+            mask[b, : len(rows[i])] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        picks = [(b, pos, target, t, c) for b, i in enumerate(chunk) for pos, target, t, c in reads[i]]
+        if not picks:
+            continue
+        b_idx, pos, target, text_idx, choice = (torch.tensor(col) for col in zip(*picks))
+        at = logits[b_idx.to(device), pos.to(device)].float()
+        logp = at.gather(-1, target.to(device).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(at, dim=-1)
+        np.add.at(out, (text_idx.numpy(), choice.numpy()), logp.cpu().double().numpy())
+    return out
+
+
+def _chunk_labels(model, tokenizer, spec: TaskSpec, texts: list[str], batch_size: int, max_length: int,
+                  shared_context: bool) -> LabelResult:
+    """``pseudo_label`` of one chunk of texts (log-probs summed in float64, stored as float32)."""
+    per_text = [[encode_classification(tokenizer, spec, text, label, max_length) for label in range(spec.num_classes)]
+                for text in texts]
+    if shared_context:
+        logprobs = _choice_logprobs(model, tokenizer, per_text, batch_size)
+    else:
+        flat = [enc for encodings in per_text for enc in encodings]
+        logprobs = -_losses_of(model, tokenizer, flat, batch_size).reshape(len(texts), spec.num_classes)
+        logprobs = logprobs.astype(np.float64)
+    labels = np.argmax(logprobs, axis=1).astype(np.int64)
+    loss = (-logprobs[np.arange(len(texts)), labels]).astype(np.float32)
+    return LabelResult(labels=labels, loss=loss, logprobs=logprobs.astype(np.float32))
+
+
+def pseudo_label(model, tokenizer, spec: TaskSpec, texts: Iterable[str], batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_length: int = DEFAULT_MAX_LENGTH, shared_context: bool = True,
+                 chunk_size: int | None = None) -> LabelResult:
+    """θf's choice for each text: argmax over labels of the summed log-prob of the verbaliser.
+
+    ``shared_context`` (default) scores all one-token choices of a document from one forward row
+    (AG News: one row per document instead of four); False runs one row per (document, choice),
+    the slow twin the tests compare against. ``texts`` may be any iterable; it is encoded
+    ``chunk_size`` documents at a time (default ``STREAM_CHUNK``), so memory stays bounded.
+    """
+    if spec.kind != CLASSIFICATION:
+        raise ConfigError("task", spec.name, "a classification task (language-modelling tasks need no labels)")
+    size = _chunk_size(chunk_size)
+    parts = [_chunk_labels(model, tokenizer, spec, chunk, batch_size, max_length, shared_context)
+             for chunk in text_chunks(texts, size)]
+    if not parts:
+        return LabelResult(labels=np.zeros(0, dtype=np.int64), loss=np.zeros(0, dtype=np.float32),
+                           logprobs=np.zeros((0, spec.num_classes), dtype=np.float32))
+    return LabelResult(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("labels", "loss", "logprobs")))

@@ -1,0 +1,103 @@
+"""Glue to lm-eval's own CLI: our task folders on every TaskManager, model aliases resolved,
+our model types registered; everything else is lm-eval unchanged."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from lm_eval_approx.models.loading import ALIASES, resolve_model
+from lm_eval_approx.plugins.registry import task_folders
+
+logger = logging.getLogger(__name__)
+
+# model_args keys whose values name a model or adapter and so may be an alias or a .gguf file.
+MODEL_ARG_KEYS = ("pretrained", "peft", "tokenizer", "base", "finetuned", "expert")
+
+_installed = False
+
+
+def _as_list(include_path) -> list:
+    if include_path is None:
+        return []
+    return list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+
+
+def task_manager(include_path=None, **kwargs):
+    """A TaskManager that sees our task folders plus any ``include_path`` of the user's."""
+    from lm_eval.tasks import TaskManager
+
+    paths = [*map(str, task_folders()), *_as_list(include_path)]
+    return TaskManager(include_path=paths, **kwargs)
+
+
+def install_task_paths() -> None:
+    """Make every TaskManager lm-eval builds from now on include our task folders."""
+    global _installed
+    if _installed:
+        return
+    import lm_eval.tasks
+
+    base = lm_eval.tasks.TaskManager
+    ours = [str(p) for p in task_folders()]
+
+    class ApproxTaskManager(base):
+        """lm-eval's TaskManager with lm-eval-approx's task folders always included."""
+
+        def __init__(self, *args, include_path=None, **kwargs):
+            extra = [p for p in ours if p not in map(str, _as_list(include_path))]
+            super().__init__(*args, include_path=[*extra, *_as_list(include_path)], **kwargs)
+
+    lm_eval.tasks.TaskManager = ApproxTaskManager
+    _installed = True
+
+
+def _resolve_value(value: str) -> str:
+    if value in ALIASES or str(value).endswith(".gguf"):
+        return resolve_model(value)
+    return value
+
+
+def resolve_model_args(model_args: str) -> str:
+    """Rewrite model aliases and .gguf files in a ``--model_args`` string to local folders."""
+    text = model_args.strip()
+    if text.startswith("{"):
+        data = json.loads(text)
+        for key in MODEL_ARG_KEYS:
+            if isinstance(data.get(key), str):
+                data[key] = _resolve_value(data[key])
+        return json.dumps(data)
+    parts = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() in MODEL_ARG_KEYS:
+            value = _resolve_value(value.strip())
+        parts.append(f"{key}{sep}{value}")
+    return ",".join(parts)
+
+
+def rewrite_argv(argv: list[str]) -> list[str]:
+    """Resolve aliases inside ``--model_args`` wherever it appears in an lm-eval argument list."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--model_args", "-a") and i + 1 < len(argv):
+            out += [arg, resolve_model_args(argv[i + 1])]
+            i += 2
+            continue
+        if arg.startswith("--model_args="):
+            arg = "--model_args=" + resolve_model_args(arg.split("=", 1)[1])
+        out.append(arg)
+        i += 1
+    return out
+
+
+def prepare_lm_eval() -> None:
+    """Everything lm-eval needs to see our plugins: task folders and model types."""
+    install_task_paths()
+    from lm_eval_approx.harness.registration import register_models
+    from lm_eval_approx.harness.tied_head import install as install_peft_compat
+
+    install_peft_compat()
+    register_models()
+

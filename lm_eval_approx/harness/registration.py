@@ -1,0 +1,68 @@
+"""This package's lm-eval model types, registered into lm-eval's model registry.
+
+``approx_hf`` is ``scoring.FastHFLM`` (HFLM with one forward per distinct context); ``approx`` is
+``approx_model.ApproxLM`` (selection and retraining on construction), registered only once that
+module exists. Both are lazy ``"module:Class"`` targets, imported when lm-eval first asks for them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from lm_eval_approx.errors import ApproxError
+
+FAST_HF_MODEL = "approx_hf"
+FAST_HF_TARGET = "lm_eval_approx.harness.fast_hflm:FastHFLM"
+
+APPROX_MODEL = "approx"
+APPROX_MODULE = "lm_eval_approx.harness.approx_model"
+APPROX_TARGET = f"{APPROX_MODULE}:ApproxLM"
+
+
+class ModelRegistrationError(ApproxError, ValueError):
+    """An lm-eval model type of ours is already registered to something else."""
+
+
+def _target_name(target: object) -> str:
+    """``"module:Class"`` of a registry entry, whether still a lazy string or already imported."""
+    if isinstance(target, str):
+        return target.replace(" ", "")
+    return f"{getattr(target, '__module__', '')}:{getattr(target, '__qualname__', target)}"
+
+
+def _register(alias: str, target: str) -> None:
+    """Register ``alias`` as the lazy ``target``; a no-op when it already points there."""
+    from lm_eval.api.registry import model_registry
+
+    current = dict(model_registry.items()).get(alias)
+    if current is None:
+        model_registry.register(alias, target=target)
+        return
+    if _target_name(current) != target:
+        raise ModelRegistrationError(
+            f"lm-eval model type {alias!r} is already registered to {_target_name(current)!r}; "
+            f"lm-eval-approx needs it for {target!r}. Uninstall or rename the other plugin."
+        )
+
+
+def register_approx_model() -> bool:
+    """Register ``approx`` when ``lm_eval_approx.approx_model`` exists; True if it does."""
+    if importlib.util.find_spec(APPROX_MODULE) is None:
+        return False
+    _register(APPROX_MODEL, APPROX_TARGET)
+    return True
+
+
+def register_models() -> list[str]:
+    """Register our model types with lm-eval (idempotent); return the names now registered.
+
+    lm-eval fills its registry with its built-ins only while the registry is empty, so
+    ``lm_eval.models`` is imported first; otherwise registering ours would hide every built-in.
+    """
+    import lm_eval.models  # noqa: F401  (registers lm-eval's built-in model types)
+
+    _register(FAST_HF_MODEL, FAST_HF_TARGET)
+    names = [FAST_HF_MODEL]
+    if register_approx_model():
+        names.append(APPROX_MODEL)
+    return names

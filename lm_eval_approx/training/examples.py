@@ -1,0 +1,55 @@
+"""Training examples from a selection file or from a labelled corpus (how an expert θf is made).
+
+A selection file is used as it is (its rows carry pseudo-labels); a corpus is drawn and converted
+with its *true* labels, which a classification task requires.
+"""
+
+from __future__ import annotations
+
+from lm_eval_approx.data.corpus import load_corpus
+from lm_eval_approx.data.selection_file import SelectedExample, read_selection
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+
+
+def check_labels(field: str, labels: list, ids: list[str], spec: TaskSpec) -> None:
+    """Every given label of a classification task is a class index 0..C-1 (None: to be pseudo-labelled)."""
+    for label, doc_id in zip(labels, ids):
+        if label is not None and not 0 <= label < spec.num_classes:
+            raise ConfigError(f"{field} label of {doc_id}", label,
+                              f"a class index 0..{spec.num_classes - 1} of task {spec.name}")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit <= 0:
+        raise ConfigError("limit", limit, "a positive integer")
+
+
+def selection_examples(path: str, spec: TaskSpec, limit: int | None = None) -> list[SelectedExample]:
+    """The first ``limit`` rows of a selection file, in pick order, labels checked against the task."""
+    _check_limit(limit)
+    rows = read_selection(path)[:limit]
+    if spec.kind == CLASSIFICATION:
+        check_labels("data", [row.label for row in rows], [row.id for row in rows], spec)
+    return rows
+
+
+def corpus_examples(data: str, spec: TaskSpec, limit: int | None, seed: int) -> list[SelectedExample]:
+    """``limit`` documents of corpus ``data`` drawn with ``seed``, with their true labels."""
+    _check_limit(limit)
+    corpus = load_corpus(data, limit=limit, seed=seed)
+    classification = spec.kind == CLASSIFICATION
+    if classification and any(label is None for label in corpus.labels):
+        raise ConfigError("data", data, f"a corpus with true labels for the classification task {spec.name} "
+                                        f"(e.g. {spec.corpus}:train)")
+    if classification:
+        check_labels("data", corpus.labels, corpus.ids, spec)
+    return [
+        SelectedExample(
+            id=corpus.ids[i], text=corpus.texts[i],
+            label=corpus.labels[i] if classification else None,
+            label_text=spec.label_name(corpus.labels[i]) if classification else None,
+            order=i, source=corpus.sources[i],
+        )
+        for i in range(len(corpus))
+    ]

@@ -1,0 +1,357 @@
+"""Train θ0 on a list of examples with one recipe: the expert θf and every approximation alike.
+
+Loss. Example i has loss L_i (summed label-token NLL for classification, mean token NLL for
+language modelling, see ``train_data``) and weight w_i (1 unless the strategy weights examples,
+e.g. select_omp). With w̃_i = w_i / mean(w) over the training part, a batch B minimises
+(1/|B|) Σ_{i∈B} w̃_i L_i, so the expected gradient is that of Σ_i w_i L_i / Σ_i w_i, the loss of
+the weighted data set; with equal weights it is the ordinary mean loss. Validation loss is
+Σ w_i L_i / Σ w_i over the held-out part, computed without dropout. Classification runs the output
+head only at the positions that predict label tokens (``train_loss``; same losses and gradients).
+
+Loop. Accelerate runs AdamW with a warm-up schedule, gradient accumulation and clipping (CPU here;
+several processes or mixed precision where present). After each epoch the trainable weights,
+optimizer, scheduler, RNG state and curves are checkpointed atomically (train_checkpoint.py: plain
+tensors and values, read back with ``weights_only=True``) in a work folder next to
+the output, keyed by a hash of base, task, selection and recipe: an interrupted run resumes from
+its last finished epoch and ends with the same weights as an uninterrupted one; a work folder of
+other inputs is discarded. The weights of the epoch with the lowest validation loss are kept, and
+training stops after ``patience`` epochs without improvement.
+
+Output. The folder is assembled in a temporary sibling and renamed into place, so it exists only
+when complete: a PEFT adapter (``lm_eval --model hf --model_args pretrained=BASE,peft=DIR``) or,
+for full finetuning, a model folder with its tokenizer; plus recipe.json, training.json (hashes,
+best epoch, speed) and curves.json. LoRA on a head tied to the input embeddings (SmolLM2,
+GPT-2) adds A, B only to the output projection; the shared base matrix stays frozen and is not
+saved in the adapter, so the input embeddings are untouched. (lm-eval's HFLM then needs
+``peft_compat.install()``, which ``lm-eval-approx run`` applies, to load such an adapter.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lm_eval_approx.cache.atomic import replace_dir, write_json_atomic
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.models.loading import is_adapter, load_model, load_tokenizer, resolve_model
+from lm_eval_approx.training.recipe import ALL_LINEAR, FULL, HEAD, TrainingRecipe
+from lm_eval_approx.data.selection_file import SelectedExample, selection_hash
+from lm_eval_approx.tasks.specs import TaskSpec
+from lm_eval_approx.training.resume import (
+    CHECKPOINT_FILE,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
+from lm_eval_approx.training.data import (
+    EpochShuffle,
+    collate,
+    normalise_weights,
+    render_examples,
+    split_validation,
+)
+from lm_eval_approx.training.loss import batch_example_losses, supports_head_positions
+
+logger = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.json"
+TRAINING_FILE = "training.json"
+CURVES_FILE = "curves.json"
+WORK_SUFFIX = ".partial"
+SHUFFLE_STRIDE = 1_000_003
+KEY_CHARS = 16
+MIN_SECONDS = 1e-9  # guards the examples/s division for an empty run
+# PEFT warns whenever a layer tied to the embeddings is targeted; for LoRA on the head that is the
+# intended, safe case (see the module docstring), so this one warning is silenced.
+TIED_WARNING = "Model has `tie_word_embeddings=True`"
+
+
+@dataclass
+class TrainResult:
+    """The trained model in memory (PEFT-wrapped for LoRA) and what happened while training."""
+
+    model: Any
+    tokenizer: Any
+    history: dict[str, Any] = field(default_factory=dict)
+
+
+def training_key(base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe) -> str:
+    """Hash of everything the trained weights depend on."""
+    parts = [resolve_model(base), spec.name, selection_hash(examples), recipe.recipe_hash()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:KEY_CHARS]
+
+
+def resolve_target_modules(model, targets: tuple[str, ...]) -> list[str]:
+    """PEFT target names for the recipe's ``target_modules`` on this model (see recipe.py)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    modules = dict(model.named_modules())
+    head_name = next((n for n, m in modules.items() if m is head), None)
+    linear = {n for n, m in modules.items() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head}
+    full_names: set[str] = set()
+    for target in targets:
+        if target == ALL_LINEAR:
+            full_names |= linear
+        elif target == HEAD:
+            if head_name is None:
+                raise ConfigError("target_modules", target, "module names of a model with an output head")
+            full_names.add(head_name)
+        else:
+            matched = {n for n in modules if n == target or n.endswith("." + target)}
+            if not matched:
+                known = sorted({n.rsplit(".", 1)[-1] for n in linear | {head_name or ""}} - {""})
+                raise ConfigError("target_modules", target, f"{ALL_LINEAR}, {HEAD}, or one of {', '.join(known)}")
+            full_names |= matched
+    leaves = {n.rsplit(".", 1)[-1] for n in full_names}
+    same = {n for n in modules if n.rsplit(".", 1)[-1] in leaves} == full_names
+    return sorted(leaves if same else full_names)
+
+
+def prepare_model(base: str, recipe: TrainingRecipe):
+    """θ0 ready to train: LoRA-wrapped (only A, B trainable) or, for full finetuning, all weights."""
+    from accelerate.utils import set_seed
+
+    if is_adapter(resolve_model(base)):
+        raise ConfigError("base", base, "a full model (folder, hub id, .gguf or alias), not a PEFT adapter")
+    set_seed(recipe.seed)
+    model = load_model(base)
+    tokenizer = load_tokenizer(base)
+    if recipe.method == FULL:
+        return model.train(), tokenizer
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+        target_modules=resolve_target_modules(model, recipe.target_modules), task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=f".*{TIED_WARNING}.*")
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        model = get_peft_model(model, config)
+    return model.train(), tokenizer
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def _validation_loss(accelerator, model, loader, kind: str, head_positions: bool) -> float | None:
+    """Σ w_i L_i / Σ w_i over the validation loader, in eval mode (no dropout)."""
+    if loader is None:
+        return None
+    model.eval()
+    total, weight = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        for batch in loader:
+            losses = batch_example_losses(model, batch, kind, head_positions)
+            losses, w = accelerator.gather_for_metrics((losses, batch["weight"]))
+            total += (losses.double() * w.double()).sum().cpu()
+            weight += w.double().sum().cpu()
+    model.train()
+    return float(total / weight)
+
+
+def _loader(rows, batch_size: int, pad_id: int, sampler=None):
+    return torch.utils.data.DataLoader(
+        rows, batch_size=batch_size, sampler=sampler, collate_fn=lambda b: collate(b, pad_id)
+    )
+
+
+def train_model(
+    base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, work_dir: str | Path,
+    *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, full_logits: bool = False,
+) -> TrainResult:
+    """Train θ0 (``base``) on ``examples``; checkpoints go to ``work_dir`` (resumed when they match).
+
+    ``on_epoch_end(epoch, history)`` is called after each epoch's checkpoint is written.
+    Classification losses come from the output head at the label-predicting positions only
+    (``train_loss``); ``full_logits=True`` computes full-vocabulary logits everywhere instead
+    (the slower reference path, same losses).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    if not examples:
+        raise ConfigError("examples", examples, "at least one training example")
+    work_dir, key = Path(work_dir), training_key(base, spec, examples, recipe)
+    model, tokenizer = prepare_model(base, recipe)
+    head_positions = not full_logits and supports_head_positions(model)
+    train_rows, val_rows = split_validation(examples, recipe.validation_fraction, recipe.seed)
+    train_data = normalise_weights(render_examples(tokenizer, spec, train_rows, recipe.max_length))
+    val_data = render_examples(tokenizer, spec, val_rows, recipe.max_length)
+    sampler = EpochShuffle(len(train_data), recipe.seed, SHUFFLE_STRIDE)
+    train_loader = _loader(train_data, recipe.batch_size, tokenizer.pad_token_id, sampler)
+    val_loader = _loader(val_data, recipe.batch_size, tokenizer.pad_token_id) if val_data else None
+
+    accelerator = Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation,
+                              mixed_precision=recipe.mixed_precision)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    steps_per_epoch = -(-len(train_loader) // recipe.gradient_accumulation)
+    total_steps = steps_per_epoch * recipe.epochs
+    scheduler = get_scheduler(recipe.scheduler, optimizer, num_warmup_steps=int(recipe.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+
+    history: dict[str, Any] = {
+        "key": key, "n_train": len(train_data), "n_validation": len(val_data), "epochs_run": 0,
+        "train_loss": [], "validation_loss": [], "steps": [], "best_epoch": None, "best_validation_loss": None,
+        "stopped_early": False, "resumed_from_epoch": None, "train_seconds": 0.0, "examples_seen": 0,
+    }
+    checkpoint = work_dir / CHECKPOINT_FILE
+    history, best_state = _resume(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, history)
+    if not history["validation_loss"]:
+        history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
+
+    start = history["epochs_run"]
+    bar = tqdm(total=len(train_loader) * recipe.epochs, initial=len(train_loader) * start,
+               disable=not (progress and accelerator.is_main_process), desc=f"train {spec.name}", unit="batch")
+    for epoch in range(start, recipe.epochs):
+        if history["stopped_early"]:
+            break
+        train_loader.set_epoch(epoch)
+        epoch_loss, epoch_batches, began = 0.0, 0, time.perf_counter()
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = (batch_example_losses(model, batch, spec.kind, head_positions) * batch["weight"]).mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and recipe.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            epoch_loss, epoch_batches = epoch_loss + loss.item(), epoch_batches + 1
+            history["examples_seen"] += len(batch["weight"]) * accelerator.num_processes
+            history["steps"].append({"epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+            speed = history["examples_seen"] / (history["train_seconds"] + time.perf_counter() - began)
+            bar.set_postfix({"loss": f"{epoch_loss / epoch_batches:.4f}", "ex/s": f"{speed:.1f}"})
+            bar.update(1)
+        history["train_seconds"] += time.perf_counter() - began
+        history["train_loss"].append(epoch_loss / epoch_batches)
+        history["epochs_run"] = epoch + 1
+        val_loss = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
+        if val_loss is not None:
+            history["validation_loss"].append(val_loss)
+            if history["best_validation_loss"] is None or val_loss < history["best_validation_loss"]:
+                history["best_epoch"], history["best_validation_loss"] = epoch + 1, val_loss
+                best_state = _trainable_state(accelerator.unwrap_model(model))
+            elif recipe.patience and epoch + 1 - history["best_epoch"] >= recipe.patience:
+                history["stopped_early"] = True
+        if accelerator.is_main_process:
+            write_checkpoint(checkpoint, _trainable_state(accelerator.unwrap_model(model)), optimizer, scheduler,
+                             history, best_state)
+        accelerator.wait_for_everyone()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, history)
+    bar.close()
+
+    history["examples_per_second"] = history["examples_seen"] / max(history["train_seconds"], MIN_SECONDS)
+    model = accelerator.unwrap_model(model)
+    if best_state is not None:
+        _load_trainable(model, best_state)
+    else:
+        history["best_epoch"] = history["epochs_run"]
+    accelerator.free_memory()
+    return TrainResult(model=model.eval(), tokenizer=tokenizer, history=history)
+
+
+def _resume(checkpoint: Path, model, optimizer, scheduler, fresh: dict) -> tuple[dict, dict | None]:
+    """Restore weights, optimizer, scheduler and RNG from a checkpoint of the same inputs (same
+    ``key``); returns (history, best_state), or (``fresh``, None) when there is nothing to resume."""
+    saved = read_checkpoint(checkpoint)
+    if saved is None:
+        return fresh, None
+    if saved["history"]["key"] != fresh["key"]:
+        logger.info("discarding a checkpoint of other inputs in %s", checkpoint.parent)
+        return fresh, None
+    _load_trainable(model, saved["trainable"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    restore_rng(saved)
+    history = saved["history"]
+    history["resumed_from_epoch"] = history["epochs_run"]
+    logger.info("resuming training from epoch %d (%s)", history["epochs_run"], checkpoint)
+    return history, saved["best_state"]
+
+
+def work_dir_for(out_dir: str | Path) -> Path:
+    """The checkpoint folder of a training whose result goes to ``out_dir``."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}{WORK_SUFFIX}"
+
+
+def is_complete(out_dir: str | Path, key: str | None = None) -> bool:
+    """True when ``out_dir`` holds a finished training (of inputs hashing to ``key``, if given)."""
+    record = Path(out_dir) / TRAINING_FILE
+    if not record.is_file():
+        return False
+    return key is None or json.loads(record.read_text(encoding="utf-8")).get("key") == key
+
+
+def train_adapter(
+    base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, out_dir: str | Path,
+    *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> Path:
+    """Train and save to ``out_dir`` (see the module docstring); a finished folder of the same
+    inputs is returned as it is."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    if is_complete(out_dir, training_key(base, spec, examples, recipe)):
+        logger.info("%s already holds this training; reusing it", out_dir)
+        return out_dir
+    work_dir = work_dir_for(out_dir)
+    result = train_model(base, spec, examples, recipe, work_dir, progress=progress, on_epoch_end=on_epoch_end)
+    save_training(result, base, spec, examples, recipe, out_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return out_dir
+
+
+def save_training(result: TrainResult, base: str, spec: TaskSpec, examples: list[SelectedExample],
+                  recipe: TrainingRecipe, out_dir: str | Path) -> Path:
+    """Write the trained model and its records to a temporary sibling of ``out_dir``, then rename it
+    into place: ``out_dir`` is either absent, the previous complete folder, or the new one."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
+    history = result.history
+    try:
+        if recipe.method == FULL:
+            result.model.save_pretrained(staging, safe_serialization=True)
+            result.tokenizer.save_pretrained(staging)
+        else:
+            result.model.save_pretrained(staging, save_embedding_layers=False)
+        recipe.save(staging / RECIPE_FILE)
+        write_json_atomic(staging / CURVES_FILE, {
+            "train_loss": history["train_loss"], "validation_loss": history["validation_loss"],
+            "initial_validation_loss": history.get("initial_validation_loss"), "steps": history["steps"],
+        })
+        write_json_atomic(staging / TRAINING_FILE, {
+            "base": base, "task": spec.name, "selection_hash": selection_hash(examples),
+            "recipe_hash": recipe.recipe_hash(), "method": recipe.method,
+            **{k: v for k, v in history.items() if k != "steps"},
+        })
+        return replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
