@@ -22,10 +22,13 @@ $(STAMP): pyproject.toml plugins/lm-eval-approx-stratified/pyproject.toml
 
 venv: $(STAMP)
 
+# The import contracts (pyproject.toml, [tool.importlinter]) run before the suite.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/python -m pytest tests -q
 
 test-fast: $(STAMP)
+	$(BIN)/lint-imports
 	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/python -m pytest tests -q -m "not slow"
 
 demo: $(STAMP)

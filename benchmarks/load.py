@@ -104,7 +104,8 @@ def child(args) -> None:
 
     torch.set_num_threads(1)
     from lm_eval_approx.data.corpus import load_corpus
-    from lm_eval_approx.features.build import FeatureConfig, build_feature_store
+    from lm_eval_approx.features.config import FeatureConfig
+    from lm_eval_approx.features.build import build_feature_store
     from lm_eval_approx.features.pseudo_labels import pseudo_label
     from lm_eval_approx.models.loading import load_model, load_tokenizer
     from lm_eval_approx.tasks.specs import AGNEWS

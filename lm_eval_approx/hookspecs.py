@@ -1,4 +1,4 @@
-"""The hooks a plugin can implement. Built-ins use the same hooks (see default_plugins.py)."""
+"""The hooks a plugin can implement. Built-ins use the same hooks (see ``default_plugins.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The whole approximation, one stage after another, each cached (see stages.py):
+"""The whole approximation, one stage after another, each cached (see ``cache/stages.py``):
 
 corpus → pseudo-labels (θf) → [θ0 losses] → [gradient features] → selection → retraining of θ0.
 
@@ -17,23 +17,32 @@ from typing import Any
 
 import numpy as np
 
-from lm_eval_approx.data.corpus import load_corpus
-from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.validation import help_field
-from lm_eval_approx.training.recipe import TrainingRecipe
-from lm_eval_approx.data.selection_file import read_selection, selection_hash, write_selection
 from lm_eval_approx.cache.stages import StageRecord, run_stage
+from lm_eval_approx.data.corpus import load_corpus
+from lm_eval_approx.data.selection_file import read_selection, selection_hash, write_selection
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.features.config import DEFAULT_DIM, PROJECTIONS, FeatureConfig
+from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
+from lm_eval_approx.models.pairs import check_model_pair
+from lm_eval_approx.models.parameter_sets import HEAD, PARAMS_ACCEPTED, check_params
 from lm_eval_approx.strategies.base import FEATURES, LABELS, LOSS_BASE, LOSS_FINETUNED
+from lm_eval_approx.strategies.pool import build_pool, selection_rows
+from lm_eval_approx.strategies.registry import select, strategy_registry
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.validation import MIN_MAX_LENGTH, check_choice, check_int, check_text, help_field
 
 logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.npy"
 LOSS_FILE = "loss.npy"
 SELECTION_FILE = "selection.jsonl"
+LABEL_STAGE = "labels"
+BASE_LOSS_STAGE = "base_loss"
+FEATURE_STAGE = "features"
+SELECTION_STAGE = "selection"
+TRAINING_STAGE = "training"
 FEATURE_DIR = "features"
-PARAM_SETS = ("head", "head_labels", "changed")
-PROJECTIONS = ("kronecker", "dense", "identity")
 
 
 @dataclass
@@ -50,9 +59,9 @@ class ApproxConfig:
     strategy_options: dict[str, Any] = help_field("options of the strategy (e.g. batch_size for select_batched)", None)
     k: int = help_field("number of documents to select", 100)
     seed: int = help_field("seed of the strategy (and of nothing upstream)", 0)
-    params: str = help_field("gradient parameter set: head, head_labels, changed, or comma-separated layer names", "head")
-    dim: int = help_field("projected feature dimension", 4096)
-    projection: str = help_field("kronecker, dense or identity", "kronecker")
+    params: str = help_field(f"gradient parameter set: {PARAMS_ACCEPTED}", HEAD)
+    dim: int = help_field("projected feature dimension", DEFAULT_DIM)
+    projection: str = help_field(f"{', '.join(PROJECTIONS)}", PROJECTIONS[0])
     projection_seed: int = help_field("seed of the projection matrices", 0)
     checkpoints: int = help_field("synthetic checkpoints M for gradient features (1: θf only)", 1)
     extract_batch_size: int = help_field("batch size of pseudo-labelling and feature extraction", 16)
@@ -62,30 +71,20 @@ class ApproxConfig:
         if self.strategy_options is None:
             self.strategy_options = {}
         for name in ("base", "finetuned", "corpus", "strategy", "task"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
-                raise ConfigError(name, getattr(self, name), "a non-empty string")
+            check_text(name, getattr(self, name))
         get_task_spec(self.task)
-        for name, low in (("k", 0), ("dim", 1), ("checkpoints", 1), ("extract_batch_size", 1), ("extract_max_length", 8)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(name, value, f"an integer ≥ {low}")
-        if self.corpus_size is not None and (
-                isinstance(self.corpus_size, bool) or not isinstance(self.corpus_size, int) or self.corpus_size < 1):
-            raise ConfigError("corpus_size", self.corpus_size, "a positive integer or None")
+        for name, low in (("k", 0), ("dim", 1), ("checkpoints", 1), ("extract_batch_size", 1),
+                          ("extract_max_length", MIN_MAX_LENGTH)):
+            check_int(name, getattr(self, name), minimum=low)
+        check_int("corpus_size", self.corpus_size, minimum=1, optional=True)
         if self.corpus_size is not None and self.k > self.corpus_size:
             raise ConfigError("k", self.k, f"at most corpus_size={self.corpus_size} documents")
         for name in ("corpus_seed", "seed", "projection_seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(name, value, "an integer ≥ 0")
-        if not isinstance(self.params, str) or not self.params.strip(" ,"):
-            raise ConfigError("params", self.params, f"{' or '.join(PARAM_SETS)} or comma-separated layer names")
-        if self.projection not in PROJECTIONS:
-            raise ConfigError("projection", self.projection, f"one of {', '.join(PROJECTIONS)}")
+            check_int(name, getattr(self, name), minimum=0)
+        check_params(self.params)
+        check_choice("projection", self.projection, PROJECTIONS)
         if not isinstance(self.strategy_options, dict) or not all(isinstance(o, str) for o in self.strategy_options):
             raise ConfigError("strategy_options", self.strategy_options, "a mapping of option names to values")
-        from lm_eval_approx.strategies.registry import strategy_registry
-
         strategy_registry().get(self.strategy)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,27 +105,31 @@ class ApproxResult:
         return [s.name if "alpha" not in s.info else f"{s.name}{STAGE_ALPHA_SEPARATOR}{s.info['alpha']}"
                 for s in self.stages]
 
+    def stage(self, name: str) -> StageRecord:
+        """The record of the stage called ``name`` (the last one, for a repeated name)."""
+        found = [s for s in self.stages if s.name == name]
+        if not found:
+            raise KeyError(f"no stage {name!r} in this run (stages: {', '.join(self.labels())})")
+        return found[-1]
+
     def info(self) -> dict[str, Any]:
         labels = self.labels()
         return {
             "stage_keys": {label: s.key for label, s in zip(labels, self.stages)},
             "stage_seconds": {label: round(s.seconds, 3) for label, s in zip(labels, self.stages)},
             "stage_cached": {label: s.cached for label, s in zip(labels, self.stages)},
-            "selected": self.stages[-2].info.get("selected"),
+            "selected": self.stage(SELECTION_STAGE).info.get("selected"),
         }
 
 
 def _models_key(config: ApproxConfig) -> dict[str, str]:
-    from lm_eval_approx.models.interpolation import model_fingerprint
-
     return {"base": model_fingerprint(config.base), "finetuned": model_fingerprint(config.finetuned)}
 
 
 def _label_stage(config, spec, corpus, models) -> StageRecord:
     """θf's pseudo-labels and losses (classification), or θf's LM losses (language modelling)."""
-    from lm_eval_approx.features.losses import example_losses
+    from lm_eval_approx.features.losses import example_losses  # torch: only when computing
     from lm_eval_approx.features.pseudo_labels import pseudo_label
-    from lm_eval_approx.models.loading import load_model, load_tokenizer
 
     def compute(folder: Path) -> dict:
         model, tokenizer = load_model(config.finetuned), load_tokenizer(config.base)
@@ -143,12 +146,11 @@ def _label_stage(config, spec, corpus, models) -> StageRecord:
 
     inputs = {"finetuned": models["finetuned"], "task": spec.name, "corpus": corpus.fingerprint(),
               "max_length": config.extract_max_length}
-    return run_stage("labels", inputs, compute)
+    return run_stage(LABEL_STAGE, inputs, compute)
 
 
 def _base_loss_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
     from lm_eval_approx.features.losses import example_losses
-    from lm_eval_approx.models.loading import load_model, load_tokenizer
 
     def compute(folder: Path) -> dict:
         labels = np.load(labels_stage.path / LABELS_FILE)
@@ -159,7 +161,7 @@ def _base_loss_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
         return {}
 
     inputs = {"base": models["base"], "labels": labels_stage.key, "max_length": config.extract_max_length}
-    return run_stage("base_loss", inputs, compute)
+    return run_stage(BASE_LOSS_STAGE, inputs, compute)
 
 
 STAGE_ALPHA_SEPARATOR = "@"
@@ -174,7 +176,7 @@ def _feature_stages(config, spec, corpus, models, labels_stage) -> list[StageRec
 
 
 def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) -> StageRecord:
-    from lm_eval_approx.features.build import FeatureConfig, build_feature_stores
+    from lm_eval_approx.features.build import build_feature_stores
 
     checkpoint = None if alpha.denominator == 1 else alpha.numerator
     feature_config = FeatureConfig(
@@ -195,19 +197,15 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
               "checkpoints": alpha.denominator, "max_length": config.extract_max_length}
     if checkpoint is not None:  # θf's own store keeps the key it had before stages were per α
         inputs["checkpoint"] = checkpoint
-    return run_stage("features", inputs, compute)
+    return run_stage(FEATURE_STAGE, inputs, compute)
 
 
 def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str | Path | None = None) -> ApproxResult:
     """Run (or reuse) every stage; ``out_dir`` gets a copy of the selection file when given.
 
-    θ0 and θf are checked as a pair first (compat.py), so a pair that cannot be approximated fails
+    θ0 and θf are checked as a pair first (``models/pairs.py``), so a pair that cannot be approximated fails
     in seconds, before any labelling, extraction or training."""
-    from lm_eval_approx.models.pairs import check_model_pair
     from lm_eval_approx.features.build import open_feature_stores
-    from lm_eval_approx.strategies.registry import strategy_registry
-    from lm_eval_approx.strategies.pool import build_pool, selection_rows
-    from lm_eval_approx.strategies.registry import select
     from lm_eval_approx.training.loop import train_adapter
 
     spec = get_task_spec(config.task)
@@ -243,7 +241,7 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
 
     selection_inputs = {"upstream": upstream, "strategy": config.strategy, "options": config.strategy_options,
                         "k": config.k, "seed": config.seed, "labels_needed": LABELS in needs}
-    stages.append(run_stage("selection", selection_inputs, compute_selection))
+    stages.append(run_stage(SELECTION_STAGE, selection_inputs, compute_selection))
     selection_path = stages[-1].path / SELECTION_FILE
     rows = read_selection(selection_path)
     if not rows:
@@ -255,7 +253,7 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
 
     training_inputs = {"base": models["base"], "task": spec.name, "selection": selection_hash(rows),
                        "recipe": recipe.recipe_hash()}
-    stages.append(run_stage("training", training_inputs, compute_training))
+    stages.append(run_stage(TRAINING_STAGE, training_inputs, compute_training))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,1 @@
-"""lm-eval task folders of lm-eval-approx (installed as lm_eval_approx.tasks)."""
+"""The lm-eval task configs of lm-eval-approx (installed as ``lm_eval_approx.tasks.configs``)."""

@@ -172,11 +172,8 @@ def test_checkpoint_features_are_one_stage_per_alpha_shared_across_m(tiny_llama,
     import numpy as np
 
     from lm_eval_approx.data.corpus import load_corpus
-    from lm_eval_approx.features.build import (
-        FeatureConfig,
-        build_feature_stores,
-        open_feature_stores,
-    )
+    from lm_eval_approx.features.config import FeatureConfig
+    from lm_eval_approx.features.build import build_feature_stores, open_feature_stores
     from lm_eval_approx.pipeline import FEATURE_DIR, LABELS_FILE
 
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))

@@ -17,8 +17,8 @@ from test_gradients import _oracle
 
 from lm_eval_approx.data.corpus import Corpus
 from lm_eval_approx.errors import ConfigError, StoreMismatchError
+from lm_eval_approx.features.config import FeatureConfig
 from lm_eval_approx.features.build import (
-    FeatureConfig,
     build_feature_store,
     build_feature_stores,
     open_feature_stores,

@@ -55,6 +55,25 @@ def test_batched_resets_running_sum():
     assert result.indices.tolist() == direct_select(g, t, 30, batch_size=7)
 
 
+@pytest.mark.parametrize("view", ["_DenseView", "_FactoredView"])
+def test_batched_computes_no_gram_column_it_discards(monkeypatch, view):
+    """A Gram column costs one pass over the features: none for the last pick of a batch (s resets)."""
+    rng = np.random.default_rng(4)
+    n, r, d1, d2 = 400, 2, 4, 4
+    a, b = rng.standard_normal((n, r, d1)), rng.standard_normal((n, r, d2))
+    g = np.einsum("nri,nrj->nij", a, b).reshape(n, d1 * d2).astype(np.float16)
+    t = rng.standard_normal(d1 * d2).astype(np.float32)
+    feats = GradientFeatures(g, t, factors=(a.astype(np.float32), b.astype(np.float32)))
+    calls = []
+    cls = getattr(greedy, view)
+    original = cls.gram_column
+    monkeypatch.setattr(cls, "gram_column", lambda self, j: calls.append(j) or original(self, j))
+    result = greedy.greedy_select(feats, 10, batch_size=4, use_factors=view == "_FactoredView")
+    assert result.indices.tolist() == direct_select(g, t, 10, batch_size=4)
+    # picks 1..10 in batches of 4: columns for picks 1-3, 5-7 and 9; none for 4, 8 (batch ends) or 10 (last)
+    assert calls == [int(result.indices[i]) for i in (0, 1, 2, 4, 5, 6, 8)]
+
+
 def test_checkpoints_average_and_single_checkpoint_is_select():
     rng = np.random.default_rng(6)
     views = [(rng.standard_normal((300, 20)).astype(np.float16), rng.standard_normal(20)) for _ in range(3)]

@@ -229,13 +229,13 @@ def no_heavy_compute(monkeypatch):
     """The CLI tests check validation only: the long stages are replaced by recorders."""
     from lm_eval_approx.features import build as features
     from lm_eval_approx.training import loop as training
-    from lm_eval_approx.leaderboard import runner
+    from lm_eval_approx.commands import leaderboard as leaderboard_command
 
     calls = []
     monkeypatch.setattr(features, "build_feature_stores", lambda *a, **k: calls.append("features") or [])
     monkeypatch.setattr(training, "train_adapter", lambda *a, **k: calls.append("train") or (_ for _ in ()).throw(
         ConfigError("stub", "train_adapter", "reached")))
-    monkeypatch.setattr(runner, "run_leaderboard", lambda *a, **k: calls.append("leaderboard"))
+    monkeypatch.setattr(leaderboard_command, "run_leaderboard", lambda *a, **k: calls.append("leaderboard"))
     return calls
 
 

@@ -16,10 +16,8 @@ from lm_eval_approx.cache.integrity import (
     FULL,
     SIZE,
     VERIFY_ENV,
-    CorruptCacheError,
     find_damage,
     folder_checksums,
-    verify_folder,
     verify_level,
 )
 from lm_eval_approx.cache.stages import DONE_FILE, run_stage
@@ -131,8 +129,6 @@ def test_find_damage_agrees_with_rehashing_the_whole_folder(tmp_path):
     now = folder_checksums(tmp_path)
     changed = {n for n in record if now[n] != record[n]}
     assert {p.split(":")[0] for p in find_damage(tmp_path, record, FULL)} == changed
-    with pytest.raises(CorruptCacheError, match="feature cache"):
-        verify_folder(tmp_path, record, "feature cache", FULL)
 
 
 def _store(path):

@@ -13,8 +13,9 @@ from torch import nn
 
 from lm_eval_approx.data.corpus import Corpus
 from lm_eval_approx.errors import ConfigError, ModelPairError
-from lm_eval_approx.features.build import FeatureConfig, build_feature_store, build_feature_stores
-from lm_eval_approx.models.layers import head_name, linear_modules, oriented_weight
+from lm_eval_approx.features.config import FeatureConfig
+from lm_eval_approx.features.build import build_feature_store, build_feature_stores
+from lm_eval_approx.models.layers import head_name, oriented_weight
 from lm_eval_approx.features.label_head import (
     HEAD_LABELS,
     first_label_encodings,

@@ -166,7 +166,7 @@ def test_bad_config_fails_before_compute_naming_the_key(changes, key, tmp_path, 
 
 
 def test_a_strategy_recipe_changes_only_its_own_rows_retraining(monkeypatch):
-    monkeypatch.setattr("lm_eval_approx.models.loading.resolve_model", lambda name: name)
+    monkeypatch.setattr(runner, "resolve_model", lambda name: name)
     data = _tiny_dict(strategies=["select", {"name": "select", "label": "select_2ep", "recipe": {"epochs": 2}}])
     config = config_from_dict(data)
     plain, longer = (next(c for c in config.cells() if c.label == label) for label in ("select", "select_2ep"))

@@ -19,7 +19,8 @@ from lm_eval_approx.features import build as features_module
 from lm_eval_approx.features import losses as labels_module
 from lm_eval_approx.data.corpus import Corpus
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.features.build import FeatureConfig, build_feature_store
+from lm_eval_approx.features.config import FeatureConfig
+from lm_eval_approx.features.build import build_feature_store
 from lm_eval_approx.features.losses import example_losses
 from lm_eval_approx.features.pseudo_labels import pseudo_label
 from lm_eval_approx.features.store import FeatureStore

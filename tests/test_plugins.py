@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,5 +207,5 @@ def test_hookspec_docstrings_say_when_and_what():
 def test_task_folder_is_package_data():
     from lm_eval_approx import tasks
 
-    folder = Path(tasks.__file__).parent
+    folder = tasks.configs_folder()
     assert (folder / "approx_agnews.yaml").is_file()

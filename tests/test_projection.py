@@ -129,3 +129,11 @@ def test_layers_sharing_an_input_project_like_separate_layers():
     proj = KroneckerProjector(shapes, dim=30, seed=1)
     separate = torch.cat([proj.project_layer(n, factors[n]) for n in shapes], dim=1)
     torch.testing.assert_close(proj.project(factors), separate, atol=1e-5, rtol=1e-5)
+
+
+def test_config_names_every_projector_kind():
+    """FeatureConfig names the projection kinds without importing torch; the names must match."""
+    from lm_eval_approx.features.config import PROJECTIONS
+    from lm_eval_approx.features.projection import PROJECTORS
+
+    assert tuple(PROJECTORS) == PROJECTIONS

@@ -45,18 +45,20 @@ def _inputs(n=30, d=8, seed=0):
     labels = rng.integers(0, 4, n)
     store = FakeStore(ids, rng.standard_normal((n, d)).astype(np.float16), rng.standard_normal(d),
                       labels=labels, loss=rng.random(n).astype(np.float32))
-    base = FakeStore(ids, rng.standard_normal((n, d)).astype(np.float16), rng.standard_normal(d), alpha=0.0,
+    half = FakeStore(ids, rng.standard_normal((n, d)).astype(np.float16), rng.standard_normal(d), alpha=0.5,
                      labels=labels, loss=rng.random(n).astype(np.float32) + 1)
-    return corpus, store, base
+    return corpus, store, half
 
 
 def test_build_pool_aligns_corpus_to_store_order_and_takes_losses():
-    corpus, store, base = _inputs()
-    pool = build_pool(corpus, stores=[store, base])
+    corpus, store, half = _inputs()
+    loss_base = np.arange(len(store.ids), dtype=np.float32)
+    pool = build_pool(corpus, stores=[half, store], loss_base=loss_base)
     assert pool.ids == store.ids and pool.texts[3] == "text 3" and pool.sources[3] == "a"
     assert pool.num_classes == int(store.labels.max()) + 1
-    np.testing.assert_allclose(pool.loss_base, base.loss)
-    assert [f.alpha for f in pool.features] == [1.0]
+    np.testing.assert_allclose(pool.loss_finetuned, store.loss.astype(np.float64))
+    np.testing.assert_allclose(pool.loss_base, loss_base)
+    assert [f.alpha for f in pool.features] == [0.5, 1.0] and pool.final_features.alpha == 1.0
 
 
 def test_build_pool_rejects_unknown_ids_and_mismatched_stores():

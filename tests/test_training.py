@@ -19,13 +19,13 @@ from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
 from lm_eval_approx.training.data import (
     IGNORE_INDEX,
     TrainingDataError,
-    collate,
-    example_losses,
     normalise_weights,
     render_example,
     render_examples,
     split_validation,
+    training_batch,
 )
+from lm_eval_approx.training.loss import example_losses_from_logits
 from lm_eval_approx.training.loop import (
     CHECKPOINT_FILE,
     TRAINING_FILE,
@@ -227,10 +227,10 @@ def test_batched_weighted_loss_agrees_with_a_per_example_loop(tiny_gpt2):
         if spec is MSMARCO:
             examples = [SelectedExample(id=e.id, text=e.text + " extra" * int(e.id), weight=e.weight) for e in examples]
         rows = normalise_weights(render_examples(tokenizer, spec, examples, max_length=64))
-        batch = collate(rows, tokenizer.pad_token_id)
+        batch = training_batch(rows, tokenizer.pad_token_id)
         with torch.no_grad():
-            losses = example_losses(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                    batch["labels"], spec.kind)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            losses = example_losses_from_logits(logits, batch["labels"], spec.kind)
         fast = float((losses * batch["weight"]).mean())
         singles = []
         for ex in examples:

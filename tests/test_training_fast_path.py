@@ -1,6 +1,6 @@
 """The head-at-label-positions loss (train_loss) against its slow twin, full-vocabulary logits at
-every position: same per-example losses, same gradients, same trained adapter; collate pads to the
-batch's longest row."""
+every position: same per-example losses, same gradients, same trained adapter; training_batch pads
+to the batch's longest row."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from lm_eval_approx.models.loading import load_model, load_tokenizer
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample
 from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
-from lm_eval_approx.training.data import IGNORE_INDEX, collate, normalise_weights, render_examples
+from lm_eval_approx.training.data import IGNORE_INDEX, normalise_weights, render_examples, training_batch
 from lm_eval_approx.training.loss import (
     HeadPositionsError,
     batch_example_losses,
@@ -37,7 +37,8 @@ def varied_examples(n: int = 6) -> list[SelectedExample]:
 
 
 def _batch(tokenizer, spec, examples, max_length: int = 64):
-    return collate(normalise_weights(render_examples(tokenizer, spec, examples, max_length)), tokenizer.pad_token_id)
+    return training_batch(normalise_weights(render_examples(tokenizer, spec, examples, max_length)),
+                          tokenizer.pad_token_id)
 
 
 def _loss_and_grads(model, batch, kind, head_positions: bool, seed: int = 0):
@@ -98,7 +99,7 @@ def test_language_modelling_keeps_the_full_path(tiny_gpt2):
     assert torch.equal(fast, slow)
 
 
-def test_collate_pads_to_the_longest_row_of_the_batch(tiny_tokenizer):
+def test_training_batch_pads_to_the_longest_row(tiny_tokenizer):
     batch = _batch(tiny_tokenizer, AGNEWS, varied_examples(3), max_length=512)
     lengths = batch["attention_mask"].sum(dim=1)
     assert batch["input_ids"].shape[1] == int(lengths.max()) < 512 and lengths.min() < lengths.max()

@@ -89,13 +89,6 @@ def find_damage(folder: Path, files: dict[str, dict], level: str | None = None) 
     return problems
 
 
-def verify_folder(folder: Path, files: dict[str, dict], what: str, level: str | None = None) -> None:
-    """Raise ``CorruptCacheError`` naming ``what`` and each damaged file when ``folder`` fails."""
-    problems = find_damage(folder, files, level)
-    if problems:
-        raise CorruptCacheError(f"{what} at {str(folder)!r} is damaged: {'; '.join(problems)}")
-
-
 def quarantine(folder: Path) -> Path:
     """Move a damaged folder aside (``<parent>/.corrupt/<name>-<ns>``) and return where it went;
     the evidence is kept for inspection and the folder's place is free for a rebuild."""

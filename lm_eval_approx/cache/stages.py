@@ -4,7 +4,7 @@ where ``key`` hashes exactly the inputs that stage depends on (and the keys of t
 A stage folder counts as finished only when its ``stage.json`` exists, which is written last and
 atomically; a per-key file lock keeps two runs sharing one cache from computing it twice (the
 second waits on the lock, then reuses). ``stage.json`` records the size and sha256 of every file
-of the folder (``"files"``); a reused folder is verified against it (integrity.py) and, when
+of the folder (``"files"``); a reused folder is verified against it (``cache/integrity.py``) and, when
 damaged, moved aside with a warning and recomputed. A ``stage.json`` written before checksums
 existed (no ``"files"``) is trusted as it is.
 """

@@ -18,6 +18,12 @@ import argparse
 import sys
 
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.leaderboard.estimate import describe
+from lm_eval_approx.leaderboard.html import write_html
+from lm_eval_approx.leaderboard.plots import write_plots
+from lm_eval_approx.leaderboard.report import build_board, to_markdown, write_tables
+from lm_eval_approx.leaderboard.runner import finished_cells, run_leaderboard
+from lm_eval_approx.leaderboard.sources import load_config
 
 
 def add_parser(subparsers) -> None:
@@ -43,35 +49,22 @@ def add_parser(subparsers) -> None:
 
 def write_outputs(out) -> str:
     """Tables, plots and the HTML page from the results in ``out``; returns the Markdown table."""
-    from lm_eval_approx.leaderboard.html import write_html
-    from lm_eval_approx.leaderboard.plots import write_plots
-    from lm_eval_approx.leaderboard.report import to_markdown, write_tables
-
     board = write_tables(out)
     write_html(board, write_plots(board, out), out)
     return to_markdown(board)
 
 
 def leaderboard_command(args: argparse.Namespace) -> int:
-    from lm_eval_approx.leaderboard.sources import load_config
-
     if args.show:
-        from lm_eval_approx.leaderboard.report import build_board, to_markdown
-
         print(to_markdown(build_board(args.show)), end="", file=sys.stdout)
         return 0
     config = load_config(args.config, args.preset, args.overrides)
     if args.dry_run:
-        from lm_eval_approx.leaderboard.estimate import describe
-        from lm_eval_approx.leaderboard.runner import finished_cells
-
         done = finished_cells(args.out, config, args.only) if args.resume and args.out else frozenset()
         print(describe(config, done, args.only), file=sys.stdout)
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")
-    from lm_eval_approx.leaderboard.runner import run_leaderboard
-
     run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress, only=args.only)
     print(write_outputs(args.out), end="", file=sys.stdout)
     return 0

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+from lm_eval_approx.plugins.manager import list_plugins as loaded_plugins
+from lm_eval_approx.plugins.registry import task_registry
+from lm_eval_approx.strategies.registry import strategy_registry
+
 
 def _print_rows(rows: list[dict], as_json: bool) -> None:
     if as_json:
@@ -20,8 +24,6 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 
 
 def list_strategies(args) -> int:
-    from lm_eval_approx.strategies.registry import strategy_registry
-
     rows = [
         {
             "name": e.name,
@@ -36,8 +38,6 @@ def list_strategies(args) -> int:
 
 
 def list_tasks(args) -> int:
-    from lm_eval_approx.plugins.registry import task_registry
-
     rows = [
         {
             "name": e.name,
@@ -52,9 +52,7 @@ def list_tasks(args) -> int:
 
 
 def list_plugins(args) -> int:
-    from lm_eval_approx.plugins.manager import list_plugins as loaded
-
-    rows = [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in loaded()]
+    rows = [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in loaded_plugins()]
     _print_rows(rows, args.json)
     return 0
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lm_eval_approx.harness.lm_eval_cli import prepare_lm_eval, rewrite_argv
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -29,9 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_lm_eval(lm_eval_args: list[str]) -> int:
     """Hand the arguments to lm-eval's CLI after preparing it; returns its exit code."""
-    from lm_eval.__main__ import cli_evaluate
-
-    from lm_eval_approx.harness.lm_eval_cli import prepare_lm_eval, rewrite_argv
+    from lm_eval.__main__ import cli_evaluate  # lm-eval loads every model type: only when running it
 
     prepare_lm_eval()
     saved = sys.argv

@@ -13,7 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from lm_eval_approx.data.corpus import load_corpus
+from lm_eval_approx.data.selection_file import write_selection
 from lm_eval_approx.errors import ApproxError, ConfigError, SelectionError
+from lm_eval_approx.features.store import FeatureStore
+from lm_eval_approx.strategies.pool import build_pool, selection_rows
+from lm_eval_approx.strategies.registry import select, strategy_registry
+from lm_eval_approx.tasks.specs import TASK_SPECS, get_task_spec
 
 CORPUS_META_KEYS = ("corpus", "corpus_spec")
 TASK_META_KEY = "task"
@@ -51,8 +57,6 @@ def parse_options(pairs: list[str]) -> dict:
 
 def check_options(strategy: str, options: dict) -> None:
     """The strategy exists and accepts these options (before any store or corpus is read)."""
-    from lm_eval_approx.strategies.registry import strategy_registry
-
     try:
         strategy_registry().get(strategy).obj(**options)
     except (TypeError, ValueError) as exc:
@@ -71,12 +75,6 @@ def _meta_value(stores, keys):
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from lm_eval_approx.strategies.pool import build_pool, selection_rows
-    from lm_eval_approx.strategies.registry import select
-    from lm_eval_approx.data.selection_file import write_selection
-    from lm_eval_approx.features.store import FeatureStore
-    from lm_eval_approx.tasks.specs import TASK_SPECS, get_task_spec
-
     if args.k < 0:
         raise ConfigError("--k", args.k, "a non-negative integer")
     options = parse_options(args.option)
@@ -87,8 +85,6 @@ def run_select(args: argparse.Namespace) -> int:
     if spec_text is None and getattr(stores[0], "texts", None) is None:
         raise SelectionError("no corpus: pass --corpus with the spec the features were computed on")
     if spec_text is not None:
-        from lm_eval_approx.data.corpus import load_corpus
-
         recorded = args.corpus is None
         limit = _meta_value(stores, ("corpus_limit",)) if recorded else None
         seed = _meta_value(stores, ("corpus_seed",)) if recorded else None

@@ -2,8 +2,9 @@
 
 A spec is one source or several joined by ``+``: ``ag_news:train``, ``msmarco:test``,
 ``seed:wikitext2``, ``seed:wikitext2+seed:dbpedia``, a local ``.jsonl``/``.json``/``.csv``/
-``.parquet``/``.txt`` path, or a hub data set ``owner/name[:split]``. Named corpora read the
-mirror folder of ``LM_EVAL_APPROX_DATA`` first and the hub second. Exact repeats (after whitespace
+``.parquet``/``.txt`` path, or a hub data set ``owner/name[:split]``. ``parse_corpus_spec`` is
+the one reader of that grammar (syntax only; the leaderboard checks configs with it), and
+``load_corpus`` loads what it returns. Named corpora read the mirror folder of ``LM_EVAL_APPROX_DATA`` first and the hub second. Exact repeats (after whitespace
 normalisation) and empty documents are dropped; every document keeps a stable id
 ``<source>:<row>`` (its row in the source), so a selection can always be traced back.
 """
@@ -16,15 +17,17 @@ import hashlib
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
 from lm_eval_approx.errors import ConfigError, DataNotFoundError
 from lm_eval_approx.data.mirror import data_dir, hub_offline, mirror_file, mirror_missing
 from lm_eval_approx.cache.safe_paths import expand_user
+from lm_eval_approx.validation import check_int, is_int
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,15 @@ TEXT_FIELDS = ("text", "content", "passage", "sentence", "document")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # csv's default field limit (131,072 characters) would refuse a 1 MB document; this one admits it.
 CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
-MIRROR_NAMED = {"ag_news": ("train", "test"), "msmarco": ("train", "test")}
+MIRROR_NAMED = {"ag_news": ("train", "test"), "msmarco": ("train", "test")}  # first split: the default
+MIRROR, SEED, LOCAL, HUB = "mirror", "seed", "local", "hub"
+SEED_NAME = re.compile(r"[\w.-]+")
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(?::[\w.-]+)?")
+HUB_DEFAULT_SPLIT = "train"
+# A part starting like this names a file (it needs a LOCAL_SUFFIXES suffix), never a hub id.
+PATH_STARTS = ("/", "~", ".", "\\")
+SPEC_ACCEPTED = ("ag_news:train|test, msmarco:train|test, seed:<name>, a local "
+                 f"{'/'.join(LOCAL_SUFFIXES)} file, or a hub id owner/name[:split]")
 # Hub equivalents of the mirror, for machines that reach the hub: (dataset id, config, text field).
 HUB_EQUIVALENTS = {
     "ag_news": ("fancyzhx/ag_news", None, "text"),
@@ -40,6 +51,18 @@ HUB_EQUIVALENTS = {
     "seed:nq": ("jxm/nq_corpus_dpr", None, "text"),
     "seed:dbpedia": ("fancyzhx/dbpedia_14", None, "content"),
 }
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One source of a corpus spec: its ``kind`` (mirror, seed, local or hub), the part as written
+    (``text``, also the source name in document ids), the corpus/seed name, file path or hub id
+    (``name``) and the split (mirror and hub; '' otherwise)."""
+
+    kind: str
+    text: str
+    name: str
+    split: str = ""
 
 
 @dataclass
@@ -162,7 +185,7 @@ def _label_of(row: dict, where: str) -> int | None:
         return int(label)
     if isinstance(label, str) and label.strip().lstrip("+-").isdigit() and label.strip().isascii():
         return int(label.strip())
-    if isinstance(label, bool) or not isinstance(label, int):
+    if not is_int(label):
         raise ConfigError(f"{where}.label", label, "an integer class index, or empty/null for no label")
     return label
 
@@ -194,62 +217,84 @@ def load_hub(dataset_id: str, split: str, text_field: str | None, source: str):
     return _rows_to_docs(list(data), source, text_field)
 
 
-def _local_path(spec: str) -> Path | None:
-    """The local file a spec names, or None when it names none (bad characters, too long a name)."""
+def parse_source(part: str) -> SourceSpec:
+    """One ``+``-separated part of a corpus spec, by syntax alone (see ``parse_corpus_spec``)."""
+    part = part.strip()
+    if not part:
+        raise ConfigError("corpus", part, "a non-empty source between '+' signs")
+    name, _, split = part.partition(":")
+    if name in MIRROR_NAMED:
+        split = split or MIRROR_NAMED[name][0]
+        if split not in MIRROR_NAMED[name]:
+            raise ConfigError("corpus", part, f"{name}:" + f" or {name}:".join(MIRROR_NAMED[name]))
+        return SourceSpec(MIRROR, part, name, split)
+    if name == SEED:
+        if not SEED_NAME.fullmatch(split):
+            raise ConfigError("corpus", part, "seed:<name> (letters, digits, _ . -), e.g. seed:wikitext2")
+        return SourceSpec(SEED, part, split)
+    suffix = PurePath(part).suffix.lower()
+    if suffix in LOCAL_SUFFIXES:
+        return SourceSpec(LOCAL, part, part)
+    if part.startswith(PATH_STARTS):
+        raise ConfigError("corpus", part, f"a local file ending in one of {', '.join(LOCAL_SUFFIXES)}")
+    if HUB_ID.fullmatch(part):
+        return SourceSpec(HUB, part, name, split or HUB_DEFAULT_SPLIT)
+    raise ConfigError("corpus", part, SPEC_ACCEPTED)
+
+
+def parse_corpus_spec(spec: object) -> list[SourceSpec]:
+    """The sources of a corpus spec, checked for syntax only (no file or hub is reached, so the
+    leaderboard checks a config with it in a second): each ``+``-joined part is a named mirror
+    corpus (``ag_news[:train|test]``, ``msmarco[:train|test]``), ``seed:<name>``, a local file
+    (by its suffix; a part starting like a path must have one) or a hub id ``owner/name[:split]``.
+    Any other part is a ConfigError naming the part and the grammar."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError("corpus", spec, "a non-empty corpus spec such as seed:wikitext2+seed:dbpedia")
     if "\0" in spec:
         raise ConfigError("corpus", spec, "a spec without NUL characters")
-    path = expand_user(spec)
+    return [parse_source(part) for part in spec.split("+")]
+
+
+def _is_file(path: Path) -> bool:
     try:
-        exists = path.exists()
+        return path.is_file()
     except OSError:
-        exists = False
-    return path if path.suffix.lower() in LOCAL_SUFFIXES or exists else None
+        return False
 
 
-def _load_source(spec: str, taken: set[str] = frozenset()):
-    spec = spec.strip()
-    if not spec:
-        raise ConfigError("corpus", spec, "a non-empty source between '+' signs")
-    name, _, split = spec.partition(":")
-    if name in MIRROR_NAMED:
-        split = split or "train"
-        if split not in MIRROR_NAMED[name]:
-            raise ConfigError("corpus", spec, f"{name}:" + f" or {name}:".join(MIRROR_NAMED[name]))
-        path = mirror_file(f"{name}/{split}.jsonl")
-        if path is not None:
-            return _rows_to_docs(read_records(path), spec)
-        hub_id, _, field_name = HUB_EQUIVALENTS[name]
-        return load_hub(hub_id, split, field_name, spec)
-    if name == "seed":
-        if not split:
-            raise ConfigError("corpus", spec, "seed:<name>, e.g. seed:wikitext2")
-        path = mirror_file(f"seed/{split}.jsonl")
-        if path is not None:
-            return _rows_to_docs(read_records(path), spec)
-        if spec in HUB_EQUIVALENTS:
-            hub_id, _, field_name = HUB_EQUIVALENTS[spec]
-            return load_hub(hub_id, "train", field_name, spec)
-        root = data_dir()
-        known = sorted(p.stem for p in (root / "seed").glob("*.jsonl")) if root and (root / "seed").is_dir() else []
-        if known:
-            raise ConfigError("corpus", spec, "one of " + ", ".join(f"seed:{k}" for k in known))
-        raise mirror_missing(f"corpus {spec!r}")
-    path = _local_path(spec)
+def _load_seed(source: SourceSpec):
+    path = mirror_file(f"seed/{source.name}.jsonl")
     if path is not None:
-        try:
-            is_file = path.is_file()
-        except OSError:
-            is_file = False
-        if not is_file:
-            raise ConfigError("corpus", spec, "an existing local file (.jsonl, .json, .csv, .parquet, .txt)")
+        return _rows_to_docs(read_records(path), source.text)
+    if source.text in HUB_EQUIVALENTS:
+        hub_id, _, field_name = HUB_EQUIVALENTS[source.text]
+        return load_hub(hub_id, HUB_DEFAULT_SPLIT, field_name, source.text)
+    root = data_dir()
+    known = sorted(p.stem for p in (root / "seed").glob("*.jsonl")) if root and (root / "seed").is_dir() else []
+    if known:
+        raise ConfigError("corpus", source.text, "one of " + ", ".join(f"seed:{k}" for k in known))
+    raise mirror_missing(f"corpus {source.text!r}")
+
+
+def _load_source(source: SourceSpec, taken: set[str] = frozenset()):
+    """The documents of one parsed source; ``taken`` holds the source names used so far."""
+    if source.kind == MIRROR:
+        path = mirror_file(f"{source.name}/{source.split}.jsonl")
+        if path is not None:
+            return _rows_to_docs(read_records(path), source.text)
+        hub_id, _, field_name = HUB_EQUIVALENTS[source.name]
+        return load_hub(hub_id, source.split, field_name, source.text)
+    if source.kind == SEED:
+        return _load_seed(source)
+    path = expand_user(source.text)
+    if source.kind == LOCAL:
+        if not _is_file(path):
+            raise ConfigError("corpus", source.text, f"an existing local file ({', '.join(LOCAL_SUFFIXES)})")
         # Ids are <file name>:<row>; a second file of the same name keeps the path as typed, so ids stay unique.
-        return _rows_to_docs(read_records(path), path.name if path.name not in taken else spec)
-    if "/" in name:
-        return load_hub(name, split or "train", None, spec)
-    raise ConfigError(
-        "corpus", spec,
-        "ag_news:train|test, msmarco:train|test, seed:<name>, a local file path, or a hub id owner/name[:split]",
-    )
+        return _rows_to_docs(read_records(path), path.name if path.name not in taken else source.text)
+    if _is_file(path):  # a local file that reads like a hub id: say why it is not read
+        raise ConfigError("corpus", source.text, f"a local file ending in one of {', '.join(LOCAL_SUFFIXES)}")
+    return load_hub(source.name, source.split, None, source.text)
 
 
 DEDUP_DIGEST_BYTES = 16
@@ -257,14 +302,11 @@ DEDUP_DIGEST_BYTES = 16
 
 def load_corpus(spec: str, limit: int | None = None, seed: int = 0) -> Corpus:
     """Load, deduplicate and optionally subsample (``limit`` documents drawn with ``seed``)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError("corpus", spec, "a non-empty corpus spec such as seed:wikitext2")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise ConfigError("limit", limit, "a positive integer or None")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError("seed", seed, "an integer ≥ 0 (the seed of the limit draw)")
+    parts = parse_corpus_spec(spec)
+    check_int("limit", limit, minimum=1, optional=True)
+    check_int("seed", seed, minimum=0, accepted="an integer ≥ 0 (the seed of the limit draw)")
     corpus, seen, sources = Corpus(), set(), set()
-    for part in spec.split("+"):
+    for part in parts:
         docs = _load_source(part, sources)
         sources.update(source for _, _, _, source in docs[:1])
         for doc_id, text, label, source in docs:

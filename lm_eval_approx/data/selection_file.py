@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lm_eval_approx.errors import ApproxError
+from lm_eval_approx.validation import check_int, check_number
 
 
 class SelectionFileError(ApproxError, ValueError):
@@ -60,19 +61,22 @@ def _optional(record: dict, key: str, kinds: tuple, where: str, accepted: str):
     return value
 
 
+def _row_error(where: str):
+    """The error factory of the ``validation`` checks for the row at ``where``."""
+    return lambda key, value, accepted: SelectionFileError(f"{where}: {key!r} must be {accepted}, got {value!r}")
+
+
 def _row(record: object, where: str, position: int) -> SelectedExample:
     """One validated row; ``position`` is its place among the rows read so far (the default order)."""
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise SelectionFileError(f"{where}: each row needs a string field 'text'")
     if not record["text"].strip():
         raise SelectionFileError(f"{where}: 'text' is empty; a selected document needs text to train on")
-    label = _optional(record, "label", (int,), where, "an integer")
-    weight = record.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or not math.isfinite(weight):
-        raise SelectionFileError(f"{where}: 'weight' must be a positive number, got {weight!r}")
-    order = record.get("order", position)
-    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-        raise SelectionFileError(f"{where}: 'order' must be an integer ≥ 0, got {order!r}")
+    error = _row_error(where)
+    label = check_int("label", record.get("label"), optional=True, accepted="an integer or null", error=error)
+    weight = check_number("weight", record.get("weight", 1.0), low=0.0, low_open=True, accepted="a positive number",
+                          error=error)
+    order = check_int("order", record.get("order", position), minimum=0, error=error)
     score = _optional(record, "score", (int, float), where, "a number")
     doc_id = record.get("id", position)
     if isinstance(doc_id, (dict, list)):

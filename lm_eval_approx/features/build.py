@@ -2,9 +2,9 @@
 
 For every checkpoint α in ``FeatureConfig.alphas`` (θ_α = θ0 + α(θf − θ0); α = j/M, j = 1..M)
 and every document i, the store row is P ∇_θ L_i(θ_α) over the parameter set, where L_i is the
-task loss of ``labels.py`` with the document's (pseudo-)label; the store's target is
-P(θ0 − θf) over the same parameters, projected by the same seeded projector (see DESIGN.md,
-"The math that makes it fast"). Pseudo-labels always come from θf.
+task loss of ``features/losses.py`` with the document's (pseudo-)label; the store's target is
+P(θ0 − θf) over the same parameters, projected by the same seeded projector (see
+docs/ARCHITECTURE.md, "The maths of the fast paths"). Pseudo-labels always come from θf.
 ``params=head_labels`` (classification) stores instead the exact gradient of the loss restricted to
 the C label tokens with respect to their C head rows, and θ0 − θf on those rows (``label_head.py``).
 
@@ -14,24 +14,21 @@ order, so the merged store has the corpus order whatever the number of processes
 
 Memory is bounded by the batch and the store: pending rows are encoded ``STREAM_CHUNK`` documents
 at a time (batched by length within a chunk) and written straight into the memory-mapped store;
-pseudo-labels stream the same way (``labels.pseudo_label``).
+pseudo-labels stream the same way (``features/pseudo_labels.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lm_eval_approx.models.interpolation import interpolated, model_fingerprint
+from lm_eval_approx.models.interpolation import interpolated
+from lm_eval_approx.models.loading import model_fingerprint
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.validation import help_field
 from lm_eval_approx.models.layers import (
     changed_modules,
     head_name,
@@ -41,116 +38,30 @@ from lm_eval_approx.models.layers import (
     weight_delta,
 )
 from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
-from lm_eval_approx.features.label_head import (
+from lm_eval_approx.models.parameter_sets import (
+    CHANGED,
+    HEAD,
     HEAD_LABELS,
-    check_label_task,
+    HEAD_SETS,
+)
+from lm_eval_approx.features.label_head import (
     first_label_encodings,
     label_head_factors,
     label_head_projector,
     label_token_ids,
 )
-from lm_eval_approx.features.encoding import (
-    DEFAULT_MAX_LENGTH,
-    collate,
-    encode_classification,
-    encode_examples,
-)
+from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH
+from lm_eval_approx.features.encoding import collate, encode_classification, encode_examples
 from lm_eval_approx.features.losses import STREAM_CHUNK
 from lm_eval_approx.features.pseudo_labels import pseudo_label
 from lm_eval_approx.models.loading import load_model, load_tokenizer
-from lm_eval_approx.features.projection import DEFAULT_DIM, PROJECTORS, make_projector
+from lm_eval_approx.features.projection import make_projector
 from lm_eval_approx.features.store import META_FILE, NO_LABEL, FeatureStore
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TASK_SPECS, get_task_spec
+from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+from lm_eval_approx.features.config import FeatureConfig
 
-HEAD, CHANGED = "head", "changed"
-LABEL_SOURCES = ("pseudo", "true")
-SQNORM_KINDS = ("auto", "exact", "projected")
-DTYPES = ("float32", "bfloat16", "float16")
 SHARD_DIR = "shards"
 ALPHA_DIR = "alpha-{:.4f}"
-
-
-@dataclass
-class FeatureConfig:
-    """What to extract: models, task, parameter set, projection and batching."""
-
-    base: str = help_field("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
-    finetuned: str = help_field("θf: a full model or a PEFT adapter folder", "")
-    task: str = help_field("approximation task (approx_agnews, approx_msmarco, ...)", "approx_agnews")
-    params: str = help_field("'head', 'changed', 'head_labels' (classification: the exact head gradient of the "
-                        "loss restricted to the C label tokens, d = C·H, projection and dim unused) or a "
-                        "comma-separated list of linear-layer names", HEAD)
-    dim: int = help_field("total projected dimension d, split over the layers", DEFAULT_DIM)
-    projection: str = help_field("kronecker (default), dense (oracle) or identity (no projection)", "kronecker")
-    seed: int = help_field("seed of the projection matrices", 0)
-    checkpoints: int = help_field("M synthetic checkpoints α = j/M, j = 1..M (1: θf only)", 1)
-    checkpoint: int | None = help_field("build only checkpoint j of the M (α = j/M); None: all M", None)
-    labels: str = help_field("'pseudo' (θf's argmax) or 'true' (the corpus labels)", "pseudo")
-    batch_size: int = help_field("examples per forward pass", 16)
-    max_length: int = help_field("tokens per example (contexts are clipped on the left)", DEFAULT_MAX_LENGTH)
-    sqnorm: str = help_field("‖g‖² per example: exact (factored identity, costs ~T(in+out)/(in·out) of a "
-                        "layer's forward), projected (‖Pg‖²), or auto (exact for head, projected otherwise)", "auto")
-    corpus: str = help_field("corpus spec of the candidates, recorded in the store so `select` can reload "
-                        "their texts ('' when the caller keeps the corpus itself)", "")
-    corpus_limit: int | None = help_field("the candidate draw of that corpus (load_corpus limit)", None)
-    corpus_seed: int = help_field("the seed of that draw", 0)
-    dtype: str = help_field("model dtype while extracting", "float32")
-    device: str = help_field("cpu or cuda (each process takes cuda:LOCAL_RANK)", "cpu")
-
-    def __post_init__(self) -> None:
-        for name in ("base", "finetuned"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigError(name, getattr(self, name), "a model name or path")
-        if self.task not in TASK_SPECS:
-            raise ConfigError("task", self.task, f"one of {', '.join(sorted(TASK_SPECS))}")
-        if not isinstance(self.params, str) or not self.params.strip(" ,"):
-            raise ConfigError("params", self.params, "'head', 'changed' or comma-separated layer names")
-        for name, low in (("dim", 1), ("checkpoints", 1), ("batch_size", 1), ("max_length", 2), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(name, value, f"an integer ≥ {low}")
-        for name, accepted in (("projection", tuple(PROJECTORS)), ("labels", LABEL_SOURCES), ("dtype", DTYPES),
-                               ("sqnorm", SQNORM_KINDS)):
-            if getattr(self, name) not in accepted:
-                raise ConfigError(name, getattr(self, name), f"one of {', '.join(accepted)}")
-        if self.checkpoint is not None and (isinstance(self.checkpoint, bool) or not isinstance(self.checkpoint, int)
-                                            or not 1 <= self.checkpoint <= self.checkpoints):
-            raise ConfigError("checkpoint", self.checkpoint, f"None or an integer in 1..{self.checkpoints} (checkpoints)")
-        if self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ConfigError("device", self.device, "cpu or cuda")
-        if self.params == HEAD_LABELS:
-            check_label_task(TASK_SPECS[self.task])
-
-    @property
-    def alphas(self) -> list[float]:
-        if self.checkpoint is not None:
-            return [self.checkpoint / self.checkpoints]
-        return [j / self.checkpoints for j in range(1, self.checkpoints + 1)]
-
-    @property
-    def param_names(self) -> list[str] | None:
-        """The explicit layer list, or None for 'head' / 'changed' / 'head_labels'."""
-        if self.params in (HEAD, CHANGED, HEAD_LABELS):
-            return None
-        return [name.strip() for name in self.params.split(",") if name.strip()]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FeatureConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"FeatureConfig.{key}", data[key], f"fields: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "FeatureConfig":
-        return cls.from_dict(json.loads(text))
 
 
 @contextlib.contextmanager
@@ -187,7 +98,7 @@ def _parameter_set(config: FeatureConfig, model0, model_f) -> list[str]:
         resolve_modules(model0, explicit)
         resolve_modules(model_f, explicit)
         return explicit
-    if config.params in (HEAD, HEAD_LABELS):
+    if config.params in HEAD_SETS:
         return [head_name(model_f)]
     names = changed_modules(model0, model_f)
     if not names:

@@ -1,9 +1,28 @@
 """The one encoding rule: how a task example becomes model input ids and the tokens its loss reads.
 
-Context and continuation are tokenised as lm-eval does (trailing spaces move to the continuation;
-the continuation is the tail of the joint encoding), and a context too long for ``max_length`` is
-clipped on the left. A language-modelling text gets the tokenizer's BOS (or EOS) as a prefix so
-that every text token is predicted, as lm-eval's rolling log-likelihood does.
+Pseudo-labels, task losses, gradient features and training all encode through this module, and it
+reproduces lm-eval's ``HFLM`` (lm_eval 0.4.13, causal backend) token for token, so every stage
+reads the tokens that lm-eval scores. ``add_bos_token`` is HFLM's model argument of the same name,
+with its default None; pass the value HFLM gets.
+
+- ``tok_encode(s)`` (``HFLM.tok_encode``): None keeps the tokenizer's own special tokens (a
+  Llama-family tokenizer prepends BOS, GPT-2 and SmolLM2 add nothing); True gives BOS + the tokens
+  of s (HFLM reloads its tokenizer with ``add_bos_token=True``, which rewrites the post-processor
+  to prepend BOS, whatever the tokenizer did before); False gives the tokens of s alone. A string
+  that already starts with the text of the prefix token gets no special tokens in every case.
+- The prefix token (``HFLM.prefix_token_id``) is BOS, else EOS.
+- A (context, continuation) pair (``LM._encode_pair`` and ``LM.loglikelihood``): trailing
+  whitespace of the context moves to the continuation; the context ids are tok_encode(context),
+  the continuation ids the tail of tok_encode(context + continuation) after as many tokens. An
+  empty context becomes [prefix] before the continuation's tokens (no special tokens), unless
+  those start with the prefix token, which then serves as the context.
+- A language-modelling text (``HFLM.loglikelihood_rolling``): every token of tok_encode(text) is
+  predicted, the first one from the prefix token. With a BOS-adding tokenizer and
+  ``add_bos_token`` unset that input starts BOS BOS and BOS itself is a scored token; so it is here.
+
+Clipping is ours (HFLM keeps up to its own, larger, max_length and rolls windows over long texts):
+a pair whose ids exceed ``max_length`` loses the beginning of its context, a text keeps its first
+``max_length − 1`` tokens after the prefix. Inputs within ``max_length`` are HFLM's exactly.
 
 The logit at position t predicts token t+1: a loss token at position p is scored by the logits of
 position p − 1. Sequences are right-padded with an attention mask; each row records the positions
@@ -18,8 +37,10 @@ import torch
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.validation import MIN_MAX_LENGTH, check_int
 
-DEFAULT_MAX_LENGTH = 256
+# HFLM's default for its ``add_bos_token`` model argument: the tokenizer's own special tokens.
+HFLM_ADD_BOS_TOKEN = None
 
 
 @dataclass
@@ -43,44 +64,77 @@ class Batch:
     weights: torch.Tensor
 
 
-def _tokens(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def encode_classification(tokenizer, spec: TaskSpec, text: str, label: int, max_length: int) -> Encoded:
-    """Context + continuation of ``label`` for one document, context clipped on the left."""
-    context, continuation = spec.context(text), spec.continuations()[label]
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = _tokens(tokenizer, context + continuation)
-    ctx_len = len(_tokens(tokenizer, context))
-    cont = whole[ctx_len:]
-    if not cont or len(cont) >= max_length:
-        raise ConfigError("max_length", max_length, f"more than the {len(cont)} tokens of label {label}")
-    ctx = whole[:ctx_len][-(max_length - len(cont)):] or [_prefix_token(tokenizer)]
-    return Encoded(ctx + cont, len(ctx), 1.0)
-
-
-def encode_lm(tokenizer, spec: TaskSpec, text: str, max_length: int) -> Encoded:
-    """Prefix token + the clipped text, cut to ``max_length``; loss weight 1/n (mean NLL)."""
-    tokens = _tokens(tokenizer, spec.context(text))[: max_length - 1]
-    return Encoded([_prefix_token(tokenizer)] + tokens, 1, 1.0 / max(len(tokens), 1))
-
-
-def _prefix_token(tokenizer) -> int:
+def prefix_token_id(tokenizer) -> int:
+    """The token HFLM conditions on when there is no context: BOS, else EOS."""
     token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if token is None:
         raise ConfigError("tokenizer", type(tokenizer).__name__, "a tokenizer with a BOS or EOS token")
     return int(token)
 
 
-def encode_examples(tokenizer, spec: TaskSpec, texts: list[str], labels, max_length: int) -> list[Encoded]:
+def _check_add_bos_token(add_bos_token) -> None:
+    if add_bos_token is not None and not isinstance(add_bos_token, bool):
+        raise ConfigError("add_bos_token", add_bos_token, "None (the tokenizer's own special tokens, HFLM's "
+                          "default), True or False, as given to HFLM")
+
+
+def tok_encode(tokenizer, text: str, add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> list[int]:
+    """The ids HFLM's ``tok_encode(text)`` returns under the same ``add_bos_token`` (module docstring)."""
+    _check_add_bos_token(add_bos_token)
+    if add_bos_token is not False and text.startswith(tokenizer.decode(prefix_token_id(tokenizer))):
+        add_bos_token = False
+    if add_bos_token is None:
+        return list(tokenizer(text)["input_ids"])
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not add_bos_token:
+        return plain
+    if tokenizer.bos_token_id is None:
+        raise ConfigError("add_bos_token", True, f"a tokenizer with a BOS token ({type(tokenizer).__name__} has "
+                          "none), or add_bos_token unset")
+    return [int(tokenizer.bos_token_id)] + plain
+
+
+def encode_pair(tokenizer, context: str, continuation: str,
+                add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> tuple[list[int], list[int]]:
+    """Context and continuation ids of one lm-eval ``loglikelihood`` request, as HFLM passes them
+    to ``_loglikelihood_tokens`` (empty context included)."""
+    if not context:
+        cont = tok_encode(tokenizer, continuation, add_bos_token=False)
+        prefix = prefix_token_id(tokenizer)
+        return ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tok_encode(tokenizer, context + continuation, add_bos_token)
+    ctx = tok_encode(tokenizer, context, add_bos_token)
+    return ctx, whole[len(ctx):]
+
+
+def encode_classification(tokenizer, spec: TaskSpec, text: str, label: int, max_length: int,
+                          add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> Encoded:
+    """Context + continuation of ``label`` for one document, context clipped on the left."""
+    ctx, cont = encode_pair(tokenizer, spec.context(text), spec.continuations()[label], add_bos_token)
+    if not cont:
+        raise ConfigError("task", spec.name, f"continuations of at least one token (label {label} has none)")
+    if len(cont) >= max_length:
+        raise ConfigError("max_length", max_length, f"more than the {len(cont)} tokens of label {label}")
+    ctx = ctx[-(max_length - len(cont)):] or [prefix_token_id(tokenizer)]
+    return Encoded(ctx + cont, len(ctx), 1.0)
+
+
+def encode_lm(tokenizer, spec: TaskSpec, text: str, max_length: int,
+              add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> Encoded:
+    """Prefix token + the text's first ``max_length − 1`` tokens; loss weight 1/n (mean NLL)."""
+    tokens = tok_encode(tokenizer, spec.context(text), add_bos_token)[: max_length - 1]
+    return Encoded([prefix_token_id(tokenizer)] + tokens, 1, 1.0 / max(len(tokens), 1))
+
+
+def encode_examples(tokenizer, spec: TaskSpec, texts: list[str], labels, max_length: int,
+                    add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> list[Encoded]:
     """The model input of each example under the task loss (labels required for classification)."""
-    if max_length < 2:
-        raise ConfigError("max_length", max_length, "an integer ≥ 2")
+    check_int("max_length", max_length, minimum=MIN_MAX_LENGTH)
     if spec.kind != CLASSIFICATION:
-        return [encode_lm(tokenizer, spec, text, max_length) for text in texts]
+        return [encode_lm(tokenizer, spec, text, max_length, add_bos_token) for text in texts]
     if labels is None:
         raise ConfigError("labels", None, f"one label per text for classification task {spec.name!r}")
     labels = [int(x) for x in labels]
@@ -89,7 +143,7 @@ def encode_examples(tokenizer, spec: TaskSpec, texts: list[str], labels, max_len
     bad = [x for x in labels if not 0 <= x < spec.num_classes]
     if bad:
         raise ConfigError("labels", bad[0], f"0 ≤ label < {spec.num_classes} for task {spec.name!r}")
-    return [encode_classification(tokenizer, spec, t, y, max_length) for t, y in zip(texts, labels)]
+    return [encode_classification(tokenizer, spec, t, y, max_length, add_bos_token) for t, y in zip(texts, labels)]
 
 
 def collate(encoded: list[Encoded], pad_id: int, device="cpu") -> Batch:

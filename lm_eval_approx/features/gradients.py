@@ -4,7 +4,7 @@ A linear layer y_t = W x_t (W: out×in) has per-example gradient ∇W = Σ_t δ_
 δ_t = ∂L/∂y_t. This module returns the factors (Δ, X) — never ∇W itself — for each example:
 
 - ``head``: one forward pass, no backward. With logits z_t = W h_t and the loss of
-  ``labels.batch_losses`` (weight w_t per loss token y_{t+1}, predicted by position t),
+  ``losses.batch_losses`` (weight w_t per loss token y_{t+1}, predicted by position t),
   δ_t = w_t (softmax(z_t) − onehot(y_{t+1})) and x_t = h_t, the input of the head at the *same*
   position t (the released code of the paper pairs t with t+1: an off-by-one avoided here).
   The head gradient is the one of the head's use only, also when the head is tied to the input
@@ -32,7 +32,6 @@ from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.features.encoding import Batch, gather_positions
 from lm_eval_approx.features.losses import batch_losses
 from lm_eval_approx.models.layers import resolve_modules
-
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 The released code of the paper (jxmorris12/reverse-training) scores a classification example with
 a softmax over the C label tokens only. With v_1..v_C the first token of each verbaliser (the
-continuation " World", " Sports", ... of ``labels.encode_classification``), h_i the head's input at
-the position that predicts the first label token (the same position and token the pseudo-label of
-``labels.pseudo_label`` scores first), W_V the C head rows of those tokens (effective weight, a
+continuation " World", " Sports", ... of ``encoding.encode_classification``), h_i the head's input
+at the position that predicts the first label token (the same position and token the pseudo-label
+of ``pseudo_labels.pseudo_label`` scores first), W_V the C head rows of those tokens (effective weight, a
 LoRA update included) and y_i the document's label:
 
     L_i = −log softmax(W_V h_i)[y_i],      ∇_{W_V} L_i = (p_i − e_{y_i}) h_iᵀ  (C×H, rank one),
@@ -26,26 +26,16 @@ from torch import nn
 
 from lm_eval_approx.errors import ConfigError, ModelPairError
 from lm_eval_approx.features.gradients import LayerFactors
+from lm_eval_approx.models.parameter_sets import HEAD_LABELS
 from lm_eval_approx.models.layers import WeightDelta, layer_shape, resolve_modules, weight_delta
-from lm_eval_approx.features.encoding import (
-    DEFAULT_MAX_LENGTH,
-    Batch,
-    Encoded,
-    encode_classification,
-)
+from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH
+from lm_eval_approx.features.encoding import Batch, Encoded, encode_classification
 from lm_eval_approx.features.projection import IdentityProjector
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.tasks.specs import TaskSpec
+from lm_eval_approx.features.config import check_label_task
 
-HEAD_LABELS = "head_labels"
 KEEP_ARGUMENT = "logits_to_keep"
 FIRST_LABEL = 0
-
-
-def check_label_task(spec: TaskSpec) -> None:
-    """Raise ConfigError unless ``spec`` is a classification task (the only kind with label tokens)."""
-    if spec.kind != CLASSIFICATION:
-        raise ConfigError("params", HEAD_LABELS, f"a classification task (task {spec.name!r} is language "
-                          "modelling, it has no label tokens: use params=head or changed)")
 
 
 def label_token_ids(tokenizer, spec: TaskSpec) -> list[int]:

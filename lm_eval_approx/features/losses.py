@@ -3,7 +3,11 @@
 - classification: L_i(c) = −Σ_j log p(v_{c,j} | context_i, v_{c,<j}), the *summed* NLL of all
   tokens of the label continuation v_c = delimiter + choice (" Sci/Tech" may be several tokens);
 - language modelling: L_i = −(1/n) Σ_{j=1..n} log p(w_j | prefix, w_{<j}), the mean token NLL of
-  the clipped text (the tokens are those of ``encoding.py``).
+  the clipped text, BOS included where lm-eval scores it.
+
+The tokens are those of ``features/encoding.py``, lm-eval HFLM's rule, and these are the losses
+training minimises (``training/loss.py`` on ``training/data.py`` rows): weight 1 on each label
+token, 1/n on each of the n passage tokens.
 
 Texts stream through in chunks of ``STREAM_CHUNK`` documents (any iterable works): only one chunk's
 token lists live at a time, so memory is bounded by the chunk plus the per-document outputs
@@ -19,8 +23,9 @@ import numpy as np
 import torch
 
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH
 from lm_eval_approx.features.encoding import (
-    DEFAULT_MAX_LENGTH,
+    HFLM_ADD_BOS_TOKEN,
     Batch,
     Encoded,
     collate,
@@ -28,6 +33,7 @@ from lm_eval_approx.features.encoding import (
     gather_positions,
 )
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.validation import check_int
 
 DEFAULT_BATCH_SIZE = 16
 STREAM_CHUNK = 4096
@@ -64,9 +70,7 @@ def _losses_of(model, tokenizer, encoded: list[Encoded], batch_size: int) -> np.
 def _chunk_size(chunk_size: int | None) -> int:
     """``chunk_size``, or the module's ``STREAM_CHUNK`` (read at call time) when None."""
     size = STREAM_CHUNK if chunk_size is None else chunk_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError("chunk_size", size, "an integer ≥ 1 (documents encoded at a time)")
-    return size
+    return check_int("chunk_size", size, minimum=1, accepted="an integer ≥ 1 (documents encoded at a time)")
 
 
 def text_chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -97,16 +101,17 @@ def _labelled_chunks(texts: Iterable[str], labels, size: int) -> Iterator[tuple[
 
 def example_losses(model, tokenizer, spec: TaskSpec, texts: Iterable[str], labels=None,
                    batch_size: int = DEFAULT_BATCH_SIZE, max_length: int = DEFAULT_MAX_LENGTH,
-                   chunk_size: int | None = None) -> np.ndarray:
+                   chunk_size: int | None = None, add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> np.ndarray:
     """The task loss of each text (with its label for classification), float32[N].
 
     ``texts`` (and ``labels``) may be any iterables; they are encoded ``chunk_size`` documents at a
     time (default ``STREAM_CHUNK``), so memory does not grow with N beyond the output.
+    ``add_bos_token`` is the value lm-eval's HFLM gets (``encoding.py``).
     """
     size = _chunk_size(chunk_size)
     paired = _labelled_chunks(texts, labels if spec.kind == CLASSIFICATION else None, size)
-    parts = [_losses_of(model, tokenizer, encode_examples(tokenizer, spec, chunk, given, max_length), batch_size)
-             for chunk, given in paired]
+    encoded = (encode_examples(tokenizer, spec, chunk, given, max_length, add_bos_token) for chunk, given in paired)
+    parts = [_losses_of(model, tokenizer, chunk, batch_size) for chunk in encoded]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 

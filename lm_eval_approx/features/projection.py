@@ -28,8 +28,9 @@ import torch
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.features.gradients import LayerFactors
 from lm_eval_approx.models.layers import WeightDelta
+from lm_eval_approx.validation import check_int
+from lm_eval_approx.features.config import DEFAULT_DIM
 
-DEFAULT_DIM = 4096
 DENSE_MAX_ELEMENTS = 1 << 28
 IDENTITY_MAX_DIM = 1 << 24
 SEED_HEX_DIGITS = 15
@@ -68,10 +69,8 @@ class Projector(ABC):
     def __init__(self, shapes: dict[str, tuple[int, int]], dim: int, seed: int = 0, device="cpu"):
         if not shapes:
             raise ConfigError("params", "(empty)", "at least one layer to project")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ConfigError("dim", dim, "a positive integer")
+        check_int("dim", dim, minimum=1)
         self.shapes, self.seed, self.device = dict(shapes), int(seed), device
-        self.requested_dim = dim
 
     @property
     @abstractmethod

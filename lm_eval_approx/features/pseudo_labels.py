@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.features.encoding import DEFAULT_MAX_LENGTH, Encoded, encode_classification
+from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH
+from lm_eval_approx.features.encoding import HFLM_ADD_BOS_TOKEN, Encoded, encode_classification
 from lm_eval_approx.features.losses import DEFAULT_BATCH_SIZE, _chunk_size, _losses_of, model_device, text_chunks
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
 
@@ -87,10 +88,10 @@ def _choice_logprobs(model, tokenizer, per_text: list[list[Encoded]], batch_size
 
 
 def _chunk_labels(model, tokenizer, spec: TaskSpec, texts: list[str], batch_size: int, max_length: int,
-                  shared_context: bool) -> LabelResult:
+                  shared_context: bool, add_bos_token: bool | None) -> LabelResult:
     """``pseudo_label`` of one chunk of texts (log-probs summed in float64, stored as float32)."""
-    per_text = [[encode_classification(tokenizer, spec, text, label, max_length) for label in range(spec.num_classes)]
-                for text in texts]
+    per_text = [[encode_classification(tokenizer, spec, text, label, max_length, add_bos_token)
+                 for label in range(spec.num_classes)] for text in texts]
     if shared_context:
         logprobs = _choice_logprobs(model, tokenizer, per_text, batch_size)
     else:
@@ -104,18 +105,19 @@ def _chunk_labels(model, tokenizer, spec: TaskSpec, texts: list[str], batch_size
 
 def pseudo_label(model, tokenizer, spec: TaskSpec, texts: Iterable[str], batch_size: int = DEFAULT_BATCH_SIZE,
                  max_length: int = DEFAULT_MAX_LENGTH, shared_context: bool = True,
-                 chunk_size: int | None = None) -> LabelResult:
+                 chunk_size: int | None = None, add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> LabelResult:
     """θf's choice for each text: argmax over labels of the summed log-prob of the verbaliser.
 
     ``shared_context`` (default) scores all one-token choices of a document from one forward row
     (AG News: one row per document instead of four); False runs one row per (document, choice),
     the slow twin the tests compare against. ``texts`` may be any iterable; it is encoded
     ``chunk_size`` documents at a time (default ``STREAM_CHUNK``), so memory stays bounded.
+    ``add_bos_token`` is the value lm-eval's HFLM gets (``encoding.py``).
     """
     if spec.kind != CLASSIFICATION:
         raise ConfigError("task", spec.name, "a classification task (language-modelling tasks need no labels)")
     size = _chunk_size(chunk_size)
-    parts = [_chunk_labels(model, tokenizer, spec, chunk, batch_size, max_length, shared_context)
+    parts = [_chunk_labels(model, tokenizer, spec, chunk, batch_size, max_length, shared_context, add_bos_token)
              for chunk in text_chunks(texts, size)]
     if not parts:
         return LabelResult(labels=np.zeros(0, dtype=np.int64), loss=np.zeros(0, dtype=np.float32),

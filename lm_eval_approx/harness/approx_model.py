@@ -25,7 +25,7 @@ from typing import Any
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import resolve_model
-from lm_eval_approx.harness.tied_head import install as install_peft_compat
+from lm_eval_approx.harness.tied_head import install as install_tied_head_fix
 from lm_eval_approx.pipeline import ApproxConfig, ApproxResult, run_approximation
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.models.safe_weights import (
@@ -82,7 +82,7 @@ class ApproxLM(FastHFLM):
         with pickle_allowed(allow_pickle):
             self.approx_result: ApproxResult = run_approximation(config, recipe)
             self.approx_seconds = time.perf_counter() - start
-            install_peft_compat()
+            install_tied_head_fix()
             super().__init__(**hf_model_args({"pretrained": resolve_model(config.base),
                                               "peft": str(self.approx_result.adapter), **hf_args}))
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import lru_cache
 
+from lm_eval_approx.harness.registration import register_models
+from lm_eval_approx.harness.tied_head import install as install_tied_head_fix
 from lm_eval_approx.models.loading import ALIASES, resolve_model
 from lm_eval_approx.plugins.registry import task_folders
 
@@ -29,6 +32,14 @@ def task_manager(include_path=None, **kwargs):
 
     paths = [*map(str, task_folders()), *_as_list(include_path)]
     return TaskManager(include_path=paths, **kwargs)
+
+
+@lru_cache(maxsize=1)
+def shared_task_manager():
+    """One lm-eval TaskManager per process, with our model types registered: indexing every lm-eval
+    task takes many seconds."""
+    prepare_lm_eval()
+    return task_manager()
 
 
 def install_task_paths() -> None:
@@ -95,9 +106,6 @@ def rewrite_argv(argv: list[str]) -> list[str]:
 def prepare_lm_eval() -> None:
     """Everything lm-eval needs to see our plugins: task folders and model types."""
     install_task_paths()
-    from lm_eval_approx.harness.registration import register_models
-    from lm_eval_approx.harness.tied_head import install as install_peft_compat
-
-    install_peft_compat()
+    install_tied_head_fix()
     register_models()
 

@@ -1,13 +1,11 @@
 """This package's lm-eval model types, registered into lm-eval's model registry.
 
-``approx_hf`` is ``scoring.FastHFLM`` (HFLM with one forward per distinct context); ``approx`` is
-``approx_model.ApproxLM`` (selection and retraining on construction), registered only once that
-module exists. Both are lazy ``"module:Class"`` targets, imported when lm-eval first asks for them.
+``approx_hf`` is ``harness/fast_hflm.py:FastHFLM`` (HFLM with one forward per distinct context);
+``approx`` is ``harness/approx_model.py:ApproxLM`` (selection and retraining on construction). Both
+are lazy ``"module:Class"`` targets, imported when lm-eval first asks for them.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 from lm_eval_approx.errors import ApproxError
 
@@ -45,14 +43,6 @@ def _register(alias: str, target: str) -> None:
         )
 
 
-def register_approx_model() -> bool:
-    """Register ``approx`` when ``lm_eval_approx.approx_model`` exists; True if it does."""
-    if importlib.util.find_spec(APPROX_MODULE) is None:
-        return False
-    _register(APPROX_MODEL, APPROX_TARGET)
-    return True
-
-
 def register_models() -> list[str]:
     """Register our model types with lm-eval (idempotent); return the names now registered.
 
@@ -62,7 +52,5 @@ def register_models() -> list[str]:
     import lm_eval.models  # noqa: F401  (registers lm-eval's built-in model types)
 
     _register(FAST_HF_MODEL, FAST_HF_TARGET)
-    names = [FAST_HF_MODEL]
-    if register_approx_model():
-        names.append(APPROX_MODEL)
-    return names
+    _register(APPROX_MODEL, APPROX_TARGET)
+    return [FAST_HF_MODEL, APPROX_MODEL]

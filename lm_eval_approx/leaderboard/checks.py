@@ -3,15 +3,8 @@ the corpora corpus.py knows) and task names (against our task specs and lm-eval'
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-from lm_eval_approx.data.corpus import LOCAL_SUFFIXES, MIRROR_NAMED
+from lm_eval_approx.data.corpus import parse_corpus_spec
 from lm_eval_approx.errors import ConfigError, UnknownNameError
-from lm_eval_approx.cache.safe_paths import expand_user
-
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
-SEED_NAME = re.compile(r"^seed:[\w.-]+$")
 
 
 class LeaderboardConfigError(ConfigError):
@@ -23,27 +16,16 @@ def field_error(key: str, value: object, accepted: str) -> LeaderboardConfigErro
 
 
 def check_corpus_spec(key: str, spec: object) -> None:
-    """Syntax of a corpus spec (see corpus.py): each ``+`` part a named mirror corpus, a local file
-    or a hub id; files and the hub are reached only when the corpus is loaded."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise field_error(key, spec, "a corpus spec such as seed:wikitext2+seed:dbpedia")
-    for part in (p.strip() for p in spec.split("+")):
-        name, _, split = part.partition(":")
-        if name in MIRROR_NAMED:
-            if split and split not in MIRROR_NAMED[name]:
-                raise field_error(key, part, f"{name}:" + f" or {name}:".join(MIRROR_NAMED[name]))
-        elif name == "seed":
-            if not SEED_NAME.match(part):
-                raise field_error(key, part, "seed:<name>, e.g. seed:wikitext2")
-        elif Path(part).suffix.lower() in LOCAL_SUFFIXES or expand_user(part).exists():
-            continue
-        elif not HUB_ID.match(part):
-            raise field_error(key, part, "ag_news:train|test, msmarco:train|test, seed:<name>, a local "
-                                   f"{'/'.join(LOCAL_SUFFIXES)} file, or a hub id owner/name[:split]")
+    """Syntax of a corpus spec, by the parser ``load_corpus`` uses (``corpus.parse_corpus_spec``);
+    files and the hub are reached only when the corpus is loaded."""
+    try:
+        parse_corpus_spec(spec)
+    except ConfigError as exc:
+        raise field_error(key, exc.value, exc.accepted) from None
 
 
 def _lm_eval_task_names() -> frozenset[str]:
-    from lm_eval_approx.leaderboard.runner import shared_task_manager
+    from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
 
     return frozenset(shared_task_manager().all_tasks)
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lm_eval_approx.errors import ConfigError, UnknownNameError
+from lm_eval_approx.validation import check_int
 # LeaderboardConfigError and field_error are part of this module's interface (tests, sources.py).
 from lm_eval_approx.leaderboard.checks import (
     LeaderboardConfigError,
@@ -53,18 +54,15 @@ DEFAULT_REFERENCE_SIZE = 500
 
 
 def _positive_int(key: str, value: object, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise field_error(key, value, "a positive integer" + (" or null" if allow_none else ""))
+    check_int(key, value, minimum=1, optional=allow_none,
+              accepted="a positive integer" + (" or null" if allow_none else ""), error=field_error)
 
 
 def _int_list(key: str, value: object, minimum: int) -> list[int]:
     if not isinstance(value, list) or not value:
         raise field_error(key, value, "a non-empty list of integers")
     for i, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
-            raise field_error(f"{key}[{i}]", item, f"an integer ≥ {minimum}")
+        check_int(f"{key}[{i}]", item, minimum=minimum, error=field_error)
     if len(set(value)) != len(value):
         raise field_error(key, value, "distinct integers")
     return list(value)
@@ -100,8 +98,7 @@ class ExpertConfig:
         if self.data is not None:
             check_corpus_spec(f"{key}.data", self.data)
             _positive_int(f"{key}.size", self.size, allow_none=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise field_error(f"{key}.seed", self.seed, "an integer ≥ 0")
+        check_int(f"{key}.seed", self.seed, minimum=0, error=field_error)
 
 
 @dataclass
@@ -211,7 +208,7 @@ class LeaderboardConfig:
         return dataclasses.asdict(self)
 
 
-def _strategy(key: str, raw: object, budgets: list[int], seeds: list[int]) -> StrategyConfig:
+def _strategy(key: str, raw: object) -> StrategyConfig:
     from lm_eval_approx.strategies.registry import strategy_registry
 
     if isinstance(raw, str):
@@ -307,8 +304,7 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
         raise field_error(f"corpus.{bad}", corpus_raw[bad], "spec, size, seed")
     check_corpus_spec("corpus.spec", corpus.spec)
     _positive_int("corpus.size", corpus.size, allow_none=True)
-    if isinstance(corpus.seed, bool) or not isinstance(corpus.seed, int) or corpus.seed < 0:
-        raise field_error("corpus.seed", corpus.seed, "an integer ≥ 0")
+    check_int("corpus.seed", corpus.seed, minimum=0, error=field_error)
     _mapping("expert.recipe", expert.recipe)
     for key in ("name", "device"):
         if key in data and (not isinstance(data[key], str) or not data[key].strip()):
@@ -320,7 +316,7 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
     raw_strategies = data.get("strategies")
     if not isinstance(raw_strategies, list) or not raw_strategies:
         raise field_error("strategies", raw_strategies, "a non-empty list of registered strategy names")
-    strategies = [_strategy(f"strategies[{i}]", s, budgets, seeds) for i, s in enumerate(raw_strategies)]
+    strategies = [_strategy(f"strategies[{i}]", s) for i, s in enumerate(raw_strategies)]
     labels = [s.label for s in strategies]
     if len(set(labels)) != len(labels):
         raise field_error("strategies", labels, "distinct labels (set label: for a second entry of one strategy)")

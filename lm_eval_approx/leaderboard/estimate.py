@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from lm_eval_approx.leaderboard.config import APPROX, LeaderboardConfig
+from lm_eval_approx.strategies.base import FEATURES, LOSS_BASE
+from lm_eval_approx.strategies.registry import strategy_registry
+from lm_eval_approx.tasks.specs import CLASSIFICATION, TASK_SPECS
 
 CPU_RATES = {"train": 2.0, "label_text": 6.0, "loss": 8.0, "features_head": 5.3, "features_changed": 2.6,
              "score_choice": 3.0, "score_text": 1.0}
@@ -53,8 +56,6 @@ def _rates(device: str) -> dict[str, float]:
 
 def _is_choice_task(name: str) -> bool:
     """An approximation task scored by choices (the other tasks are costed as text perplexity)."""
-    from lm_eval_approx.tasks.specs import CLASSIFICATION, TASK_SPECS
-
     spec = TASK_SPECS.get(name)
     return spec is not None and spec.kind == CLASSIFICATION
 
@@ -68,9 +69,6 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
              only: list[str] | None = None) -> Estimate:
     """Seconds for expert training, labels/features, and retraining and scoring of every cell
     chosen by ``only`` (all without it) and not in ``done`` (cell ids)."""
-    from lm_eval_approx.strategies.registry import strategy_registry
-    from lm_eval_approx.strategies.base import FEATURES, LOSS_BASE
-
     rates = _rates(config.device)
     unknown: list[str] = []
     seconds = {"expert": 0.0, "labels+features": 0.0, "retraining": 0.0, "scoring": 0.0}

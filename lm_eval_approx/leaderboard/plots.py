@@ -1,18 +1,16 @@
-"""Leaderboard plots (matplotlib, Agg backend, PNG): the target metric against k per strategy with
-seed error bars (θ0 and the expert as horizontal lines), the gap closed per strategy, and the source
-composition of each selection when the candidate corpus mixes several sources."""
+"""Leaderboard plots (matplotlib figures rendered by Agg to PNG): the target metric against k per
+strategy with seed error bars (θ0 and the expert as horizontal lines), the gap closed per strategy,
+and the source composition of each selection when the candidate corpus mixes several sources.
+
+Figures are ``matplotlib.figure.Figure`` objects, not pyplot's global state, and matplotlib is
+imported only when a plot is drawn: the command line loads this module at start."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0  # noqa: E402
-from lm_eval_approx.leaderboard.report import Board  # noqa: E402
+from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0
+from lm_eval_approx.leaderboard.report import Board
 
 METRIC_PNG, GAP_PNG, SOURCES_PNG = "metric_vs_k.png", "gap_closed.png", "sources.png"
 FIGSIZE = (7.0, 4.2)
@@ -26,7 +24,7 @@ def _approx_labels(board: Board) -> list[str]:
 
 
 def metric_vs_k(board: Board, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    fig, ax = _figure()
     for label in _approx_labels(board):
         rows = sorted((r for r in board.rows if r.label == label and r.kind == APPROX), key=lambda r: r.k)
         ax.errorbar([r.k for r in rows], [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows],
@@ -50,7 +48,7 @@ def metric_vs_k(board: Board, path: Path) -> Path:
 def gap_closed(board: Board, path: Path) -> Path:
     labels = _approx_labels(board)
     budgets = sorted({r.k for r in board.rows if r.kind == APPROX})
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    fig, ax = _figure()
     width = BAR_WIDTH / max(len(budgets), 1)
     for j, k in enumerate(budgets):
         values = [next((r.gap_theta0 for r in board.rows if r.label == lab and r.k == k), None) for lab in labels]
@@ -71,7 +69,7 @@ def sources(board: Board, path: Path) -> Path | None:
     names = sorted({n for r in rows for n in r.sources})
     if len(names) < 2:
         return None
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    fig, ax = _figure()
     bottom = [0.0] * len(rows)
     for name in names:
         shares = [100 * r.sources.get(name, 0.0) for r in rows]
@@ -84,13 +82,20 @@ def sources(board: Board, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _figure():
+    """A new figure and its one axes, rendered by Agg when saved."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE)
+    return fig, fig.add_subplot()
+
+
 def _save(fig, path: Path) -> Path:
     """Save to a temporary name and rename, so a PNG on disk is always complete."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
     fig.savefig(tmp, dpi=DPI)
-    plt.close(fig)
     tmp.replace(path)
     return path
 

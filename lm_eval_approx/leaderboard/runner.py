@@ -25,32 +25,47 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from lm_eval_approx.cache.atomic import write_json_atomic, write_text_atomic
+from lm_eval_approx.cache.paths import cache_path
 from lm_eval_approx.cache.safe_paths import contained, safe_name
-from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0, Cell, LeaderboardConfig
+from lm_eval_approx.cache.stages import DONE_FILE
+from lm_eval_approx.data.selection_file import read_selection
+from lm_eval_approx.data.similarity import dataset_similarity, source_fractions
+from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
+from lm_eval_approx.leaderboard.config import (
+    APPROX,
+    DEFAULT_REFERENCE_SIZE,
+    EXPERT,
+    THETA0,
+    Cell,
+    LeaderboardConfig,
+)
+from lm_eval_approx.models.loading import is_adapter, resolve_model
+from lm_eval_approx.pipeline import (
+    BASE_LOSS_STAGE,
+    FEATURE_STAGE,
+    LABEL_STAGE,
+    SELECTION_STAGE,
+    STAGE_ALPHA_SEPARATOR,
+    TRAINING_STAGE,
+)
+from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.training.examples import corpus_examples
+from lm_eval_approx.training.recipe import TrainingRecipe
 
 logger = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
 CONFIG_SNAPSHOT = "leaderboard.json"
 EXPERT_DIR = "leaderboard-experts"
-SELECTION_STAGES = ("labels", "base_loss", "features", "selection")
-TRAINING_STAGE = "training"
+SELECTION_STAGES = (LABEL_STAGE, BASE_LOSS_STAGE, FEATURE_STAGE, SELECTION_STAGE)
 HASH_CHARS = 16
 FAST_HF = "approx_hf"
-
-
-@lru_cache(maxsize=1)
-def shared_task_manager():
-    """One lm-eval TaskManager per process: indexing every lm-eval task takes many seconds."""
-    from lm_eval_approx.harness.lm_eval_cli import prepare_lm_eval, task_manager
-
-    prepare_lm_eval()
-    return task_manager()
 
 
 def results_dir(out: str | Path) -> Path:
@@ -131,13 +146,10 @@ def finished_cells(out: str | Path, config: LeaderboardConfig, only: list[str] |
 
 def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
     """θf's folder: the given one, or θ0 trained on the true data (cached by its training key)."""
-    from lm_eval_approx.models.loading import resolve_model
 
     if config.expert.adapter is not None:
         return resolve_model(config.expert.adapter)
-    from lm_eval_approx.cache.paths import cache_path
-    from lm_eval_approx.tasks.specs import get_task_spec
-    from lm_eval_approx.training.loop import train_adapter, training_key
+    from lm_eval_approx.training.loop import train_adapter, training_key  # torch: only to train
 
     spec = get_task_spec(config.task)
     examples = true_examples(config, spec)
@@ -148,15 +160,12 @@ def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
 
 def true_examples(config: LeaderboardConfig, spec) -> list:
     """The expert's training rows: ``expert.size`` documents of ``expert.data`` with true labels."""
-    from lm_eval_approx.training.examples import corpus_examples
 
     return corpus_examples(config.expert.data, spec, config.expert.size, config.expert.seed)
 
 
 def approx_model_args(config: LeaderboardConfig, cell: Cell, expert: str) -> dict[str, Any]:
     """``--model approx`` arguments of a cell (see approx_model.py)."""
-    from lm_eval_approx.models.loading import resolve_model
-    from lm_eval_approx.training.recipe import TrainingRecipe
 
     strategy = config.strategy(cell.label)
     args: dict[str, Any] = {
@@ -174,9 +183,8 @@ def approx_model_args(config: LeaderboardConfig, cell: Cell, expert: str) -> dic
 
 def build_lm(config: LeaderboardConfig, cell: Cell, expert: str) -> tuple[Any, str, dict[str, Any]]:
     """The lm-eval model instance of a cell, its model type and its model args."""
-    from lm_eval.api.registry import get_model
+    from lm_eval.api.registry import get_model  # lm-eval: only to score
 
-    from lm_eval_approx.models.loading import is_adapter, resolve_model
 
     base = resolve_model(config.base)
     if cell.kind == THETA0:
@@ -202,7 +210,7 @@ def merge_results(parts: list[dict]) -> dict:
 
 def evaluate(config: LeaderboardConfig, lm, manager, on_phase: Callable[[str], None]) -> dict:
     """Score ``lm`` on the target and extra tasks (one lm-eval call per distinct --limit)."""
-    import lm_eval
+    import lm_eval  # only to score
 
     groups: dict[int | None, list[str]] = {}
     for task in config.tasks():
@@ -218,9 +226,6 @@ def evaluate(config: LeaderboardConfig, lm, manager, on_phase: Callable[[str], N
 def _stage_seconds(names: tuple[str, ...], keys: dict[str, str]) -> float:
     """Seconds the stages called ``names`` took when computed (``features@1/3``-style labels of
     checkpoint stages count as ``features``), whether or not this cell reused them."""
-    from lm_eval_approx.cache.paths import cache_path
-    from lm_eval_approx.pipeline import STAGE_ALPHA_SEPARATOR
-    from lm_eval_approx.cache.stages import DONE_FILE
 
     total = 0.0
     for label, key in keys.items():
@@ -247,8 +252,6 @@ def text_key(text: str) -> str:
 
 def true_data(config: LeaderboardConfig) -> TrueData:
     """The expert's true training texts, when the config says how the expert was made."""
-    from lm_eval_approx.tasks.specs import get_task_spec
-    from lm_eval_approx.leaderboard.config import DEFAULT_REFERENCE_SIZE
 
     if config.expert.data is None:
         return TrueData()
@@ -261,8 +264,6 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expe
     """Our ``config.leaderboard`` record: cell identity, costs, and similarity to the true data
     (including ``true_documents``: how many selected documents the expert was trained on, which is
     non-zero only when the candidate pool holds some of its training data)."""
-    from lm_eval_approx.data.selection_file import read_selection
-    from lm_eval_approx.data.similarity import dataset_similarity, source_fractions
 
     extras: dict[str, Any] = {"cell": cell.id, "kind": cell.kind, "label": cell.label or cell.kind,
                               "k": cell.k, "seed": cell.seed, "cell_hash": cell_hash(config, cell),
@@ -294,7 +295,7 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expe
 def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, manager,
              truth: TrueData, on_phase: Callable[[str], None]) -> Path:
     """Build, score and record one cell; its results JSON is written last, atomically."""
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable  # lm-eval: only to score
 
     started = time.perf_counter()
     on_phase("select+train" if cell.kind == APPROX else "load")
@@ -317,8 +318,6 @@ def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = F
     """Run every unfinished cell (all cells without ``resume``) that ``only`` chooses (every cell
     without it; see ``LeaderboardConfig.chosen_cells``), in that order, and return their results
     paths. Cells left out keep whatever results they have."""
-    from tqdm.auto import tqdm
-
     out = Path(out)
     for cell in config.cells():
         results_path(out, cell)  # every cell's file name is checked before anything is computed

@@ -8,31 +8,13 @@ in place on the θf model and undone on exit, so no third copy of the weights is
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.layers import lora_layer_type, canonical_name
-from lm_eval_approx.models.loading import resolve_model
 
-FINGERPRINT_FILES = ("*.safetensors", "*.bin", "config.json", "adapter_config.json")
-FINGERPRINT_HEX_DIGITS = 16
-
-
-def model_fingerprint(name: str) -> str:
-    """A short hash of a resolved model: its path and the size and mtime of its weight files."""
-    resolved = resolve_model(name)
-    digest = hashlib.sha256(resolved.encode())
-    path = Path(resolved)
-    if path.is_dir():
-        for pattern in FINGERPRINT_FILES:
-            for file in sorted(path.glob(pattern)):
-                stat = file.stat()
-                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:FINGERPRINT_HEX_DIGITS]
 
 
 def _parameters(model: nn.Module) -> dict[str, nn.Parameter]:

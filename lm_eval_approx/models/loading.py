@@ -193,3 +193,20 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", allow_pic
         kind = check_weights(resolved, allow_pickle)
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype, **pretrained_kwargs(kind, allow_pickle))
     return model.to(device).eval()
+
+FINGERPRINT_FILES = ("*.safetensors", "*.bin", "config.json", "adapter_config.json")
+
+FINGERPRINT_HEX_DIGITS = 16
+
+
+def model_fingerprint(name: str) -> str:
+    """A short hash of a resolved model: its path and the size and mtime of its weight files."""
+    resolved = resolve_model(name)
+    digest = hashlib.sha256(resolved.encode())
+    path = Path(resolved)
+    if path.is_dir():
+        for pattern in FINGERPRINT_FILES:
+            for file in sorted(path.glob(pattern)):
+                stat = file.stat()
+                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:FINGERPRINT_HEX_DIGITS]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lm_eval_approx.errors import ConfigError, ModelPairError, ModelResolutionError
 from lm_eval_approx.models.loading import ADAPTER_CONFIG, is_adapter, resolve_model
+from lm_eval_approx.models.parameter_sets import CHANGED, HEAD_SETS, explicit_layers
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,6 @@ LORA_MARK = ".lora_"
 BASE_LAYER_MARK = ".base_layer"
 # LoRA factor pairs as PEFT names them in a saved adapter: the update of a layer is B @ A.
 LORA_PAIRS = (("B", "A"), ("embedding_B", "embedding_A"))
-HEAD, CHANGED = "head", "changed"
-HEAD_LABELS = "head_labels"  # label_head.HEAD_LABELS (not imported: label_head pulls in torch)
-WEIGHT_SUFFIX = ".weight"
 
 
 @dataclass(frozen=True)
@@ -182,11 +180,11 @@ def _meta_model(config):
 def _chosen_modules(model, params: str) -> list[str]:
     from lm_eval_approx.models.layers import head_name, linear_modules, resolve_modules
 
-    if params in (HEAD, HEAD_LABELS):
+    if params in HEAD_SETS:
         return [head_name(model)]
     if params == CHANGED:
         return sorted(linear_modules(model))
-    names = [n.strip() for n in params.split(",") if n.strip()]
+    names = explicit_layers(params)
     resolve_modules(model, names)
     return names
 

@@ -19,7 +19,7 @@ import pluggy
 from lm_eval_approx import __version__, hookspecs
 
 PLUGINS_ENV = "LM_EVAL_APPROX_LOAD_PLUGINS"
-BUILTIN_NAME = "lm_eval_approx.plugins.builtin"
+BUILTIN_NAME = "lm_eval_approx.default_plugins"
 DISTRIBUTION = "lm-eval-approx"
 
 _manager: pluggy.PluginManager | None = None

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lm_eval_approx.errors import ConfigError, SelectionError
+from lm_eval_approx.validation import is_int
 from lm_eval_approx.features.gradient_features import GradientFeatures
 
 FEATURES = "features"
@@ -99,7 +100,7 @@ class Strategy(ABC):
         """Pick k positions of ``pool`` (inputs already validated)."""
 
     def _check_inputs(self, pool: CandidatePool, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        if not is_int(k, (int, np.integer)):
             raise SelectionError(f"k must be an integer, got {k!r}")
         if k < 0 or k > len(pool):
             raise SelectionError(

@@ -6,7 +6,7 @@ a_i = ⟨g_i, t⟩ and n_i = ‖g_i‖² (float64, once) and c_i = ⟨g_i, s⟩ 
     cos(s + g_i, t) = (a_i + ⟨s, t⟩) / (‖t‖ · sqrt(n_i + 2 c_i + ‖s‖²)),
 
 and after picking j only c changes: c ← c + G g_j, one Gram column (Morris et al. 2025, §3;
-DESIGN.md "incremental greedy"). Views of the features:
+docs/ARCHITECTURE.md, "Incremental greedy"). Views of the features:
 
 - dense: the N×d matrix stays in its own dtype (float16 from the store, memory-mapped); each
   Gram column streams it in blocks of rows converted to float32 (one pass, O(N·d), no N×N);
@@ -267,7 +267,7 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
     result = GreedyResult(np.zeros(0, dtype=np.int64), np.zeros(0))
     result.setup_seconds = time.perf_counter() - start
     for step in range(k):
-        if batch_size is not None and step and step % batch_size == 0:
+        if step and _batch_ends(step, batch_size):
             for st in states:
                 st.reset()
         cand = _window(states, taken)
@@ -286,13 +286,20 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
         picks.append(j)
         scores.append(float(exact[best]))
         taken[j] = True
-        if step + 1 < k:
+        # The last pick of a batch is not added: s restarts from 0 at the next step, so its Gram
+        # column (one pass over the features) would be discarded.
+        if step + 1 < k and not _batch_ends(step + 1, batch_size):
             for st in states:
                 st.add(j)
     result.indices = np.asarray(picks, dtype=np.int64)
     result.scores = np.asarray(scores)
     result.pick_seconds = time.perf_counter() - start - result.setup_seconds
     return result
+
+
+def _batch_ends(picked: int, batch_size: int | None) -> bool:
+    """True when ``picked`` picks close a batch of select_batched (s is reset before the next)."""
+    return batch_size is not None and picked % batch_size == 0
 
 
 def _window(states: list[_ViewState], taken: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """``select_omp`` (beyond the paper): non-negative orthogonal matching pursuit toward t.
 
 Returns ids with weights: the NNLS coefficients of t ≈ Σ w_j g_j, rescaled to mean 1 so that
-training can repeat examples by weight (see ``lm_eval_approx.omp`` for the algorithm).
+training can repeat examples by weight (see ``strategies/pursuit.py`` for the algorithm).
 """
 
 from __future__ import annotations

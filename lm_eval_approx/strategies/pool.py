@@ -46,7 +46,7 @@ def build_pool(corpus=None, stores: Sequence[Any] = (), labels=None, loss_finetu
                loss_base=None, num_classes: int | None = None) -> CandidatePool:
     """A ``CandidatePool`` from a corpus and feature stores (objects with ``ids`` and
     ``gradient_features()``; one per synthetic checkpoint). Labels and the finetuned loss default
-    to the store at the largest alpha; ``loss_base`` comes from a store at alpha 0 when present."""
+    to the store at the largest alpha (θf); θ0's losses are given, never read from a store."""
     stores = list(stores)
     if not stores and corpus is None:
         raise SelectionError("build_pool needs a corpus, feature stores, or both")
@@ -65,9 +65,6 @@ def build_pool(corpus=None, stores: Sequence[Any] = (), labels=None, loss_finetu
             labels = _labels_of(getattr(stores[final], "labels", None))
         if loss_finetuned is None and getattr(stores[final], "loss", None) is not None:
             loss_finetuned = np.asarray(stores[final].loss, dtype=np.float64)
-        base = [s for s, f in zip(stores, features) if f.alpha == 0.0 and getattr(s, "loss", None) is not None]
-        if loss_base is None and base:
-            loss_base = np.asarray(base[0].loss, dtype=np.float64)
     labels = None if labels is None else np.asarray(labels, dtype=np.int64)
     if labels is not None and num_classes is None:
         num_classes = int(labels.max()) + 1 if len(labels) else None
@@ -79,7 +76,7 @@ def build_pool(corpus=None, stores: Sequence[Any] = (), labels=None, loss_finetu
         num_classes=num_classes,
         loss_finetuned=None if loss_finetuned is None else np.asarray(loss_finetuned, dtype=np.float64),
         loss_base=None if loss_base is None else np.asarray(loss_base, dtype=np.float64),
-        features=[f for f in features if f.alpha > 0.0] or features,
+        features=features,
         sources=list(corpus.sources) if corpus is not None else None,
     )
 

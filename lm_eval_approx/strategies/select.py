@@ -1,6 +1,6 @@
 """``select``, ``select_batched``, ``select_checkpoints``: greedy SELECT (Morris et al. 2025).
 
-All three run the exact incremental engine of ``lm_eval_approx.greedy``:
+All three run the exact incremental engine of ``strategies/greedy.py``:
 select maximises cos(s + g_i, t) at θf; select_batched resets s every b picks (b = the training
 batch size, so each batch approximates t on its own); select_checkpoints averages the cosine over
 the M feature sets of the pool (synthetic checkpoints θ0 + (j/M)(θf − θ0)); with M = 1 it is select.
@@ -13,7 +13,7 @@ from lm_eval_approx.strategies.base import FEATURES, CandidatePool, Selection, S
 from lm_eval_approx.strategies.options import BatchedOptions, GradientOptions
 
 
-def _selection(result: greedy.GreedyResult, k: int, min_cosine: float | None, **info) -> Selection:
+def _selection(result: greedy.GreedyResult, min_cosine: float | None, **info) -> Selection:
     info.update({"picked": len(result.indices), "stopped_early": result.stopped_early,
                  "rechecked": result.rechecked, "exact_refreshes": result.refreshes})
     if min_cosine is not None:
@@ -30,7 +30,7 @@ class SelectStrategy(Strategy):
 
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
         result = greedy.greedy_select(pool.final_features, k, min_cosine=self.options.min_cosine)
-        return _selection(result, k, self.options.min_cosine)
+        return _selection(result, self.options.min_cosine)
 
 
 class SelectBatchedStrategy(Strategy):
@@ -43,7 +43,7 @@ class SelectBatchedStrategy(Strategy):
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
         result = greedy.greedy_select(pool.final_features, k, batch_size=self.options.batch_size,
                                       min_cosine=self.options.min_cosine)
-        return _selection(result, k, self.options.min_cosine, batch_size=self.options.batch_size)
+        return _selection(result, self.options.min_cosine, batch_size=self.options.batch_size)
 
 
 class SelectCheckpointsStrategy(Strategy):
@@ -56,4 +56,4 @@ class SelectCheckpointsStrategy(Strategy):
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
         feats = sorted(pool.features, key=lambda f: f.alpha)
         result = greedy.greedy_select(feats, k, min_cosine=self.options.min_cosine)
-        return _selection(result, k, self.options.min_cosine, checkpoints=[f.alpha for f in feats])
+        return _selection(result, self.options.min_cosine, checkpoints=[f.alpha for f in feats])

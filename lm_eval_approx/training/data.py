@@ -1,17 +1,16 @@
-"""Training examples as token ids and loss masks, rendered exactly as lm-eval scores them.
+"""Training examples as token ids and loss masks, encoded by the one rule of ``features/encoding.py``.
 
-Classification: the context is ``spec.context(text)`` and the target is the label's continuation
-``spec.continuations()[label]``, tokenised the way lm-eval's ``_encode_pair`` does (trailing
-context whitespace moved into the continuation, ``encode(context + continuation)`` split after
-``len(encode(context))`` tokens); only the continuation tokens are supervised, every context
-token gets the ignore label -100. Contexts too long for ``max_length`` lose their beginning, as
-in lm-eval. Language modelling: the clipped passage is the target, predicted from the prefix
-token (BOS, else EOS) as in lm-eval's ``loglikelihood_rolling``; passages longer than
-``max_length`` lose their end.
+That rule is lm-eval HFLM's (see its module docstring), so training supervises exactly the tokens
+lm-eval scores and the gradient features differentiate. Classification: input = context ids +
+continuation ids of the label, only the continuation is supervised, every context token gets the
+ignore label -100, a context too long for ``max_length`` loses its beginning. Language modelling:
+the passage's first ``max_length − 1`` tokens are the targets, predicted from the prefix token.
+Losses of these rows live in ``training/loss.py``.
 """
 
 from __future__ import annotations
 
+import numbers
 import random
 from dataclasses import dataclass
 
@@ -19,7 +18,9 @@ import torch
 
 from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.data.selection_file import SelectedExample
+from lm_eval_approx.features.encoding import HFLM_ADD_BOS_TOKEN, encode_classification, encode_lm
 from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING, TaskSpec
+from lm_eval_approx.validation import is_int
 
 IGNORE_INDEX = -100
 
@@ -39,50 +40,33 @@ class RenderedExample:
     weight: float
 
 
-def prefix_token_id(tokenizer) -> int:
-    """The token lm-eval conditions on when there is no context: BOS, else EOS."""
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Context and continuation token ids, split exactly as lm-eval's HFLM splits them."""
-    if not context:
-        return [prefix_token_id(tokenizer)], tokenizer.encode(continuation, add_special_tokens=False)
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    whole = tokenizer.encode(context + continuation)
-    context_ids = tokenizer.encode(context)
-    return context_ids, whole[len(context_ids):]
-
-
-def render_example(tokenizer, spec: TaskSpec, example: SelectedExample, max_length: int) -> RenderedExample:
-    """Token ids and supervised labels of one example (see the module docstring)."""
+def render_example(tokenizer, spec: TaskSpec, example: SelectedExample, max_length: int,
+                   add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> RenderedExample:
+    """Token ids and supervised labels of one example (see the module docstring); ``add_bos_token``
+    as given to lm-eval's HFLM."""
     if spec.kind == CLASSIFICATION:
         label = example.label
-        if label is None or isinstance(label, bool) or not 0 <= label < spec.num_classes:
+        if not is_int(label, numbers.Integral) or not 0 <= label < spec.num_classes:
             raise TrainingDataError(
                 f"example {example.id!r}: label={label!r} is not accepted for task {spec.name!r}: "
                 f"an integer in [0, {spec.num_classes - 1}] ({', '.join(spec.choices)})"
             )
-        context_ids, target_ids = encode_pair(tokenizer, spec.context(example.text), spec.continuations()[label])
-        ids = (context_ids + target_ids)[-max_length:]
-        labels = ([IGNORE_INDEX] * len(context_ids) + target_ids)[-max_length:]
+        encoded = encode_classification(tokenizer, spec, example.text, label, max_length, add_bos_token)
     elif spec.kind == LANGUAGE_MODELLING:
-        tokens = tokenizer.encode(spec.context(example.text))[: max_length - 1]
-        ids = [prefix_token_id(tokenizer)] + tokens
-        labels = [IGNORE_INDEX] + tokens
+        encoded = encode_lm(tokenizer, spec, example.text, max_length, add_bos_token)
     else:
         raise TrainingDataError(
             f"task {spec.name!r}: kind={spec.kind!r} is not accepted: {CLASSIFICATION} or {LANGUAGE_MODELLING}"
         )
-    if all(token == IGNORE_INDEX for token in labels[1:]):
+    if encoded.start >= len(encoded.ids):
         raise TrainingDataError(f"example {example.id!r} has no target tokens within max_length={max_length}")
-    return RenderedExample(example.id, ids, labels, float(example.weight))
+    labels = [IGNORE_INDEX] * encoded.start + encoded.ids[encoded.start:]
+    return RenderedExample(example.id, encoded.ids, labels, float(example.weight))
 
 
-def render_examples(tokenizer, spec: TaskSpec, examples: list[SelectedExample], max_length: int) -> list[RenderedExample]:
-    return [render_example(tokenizer, spec, example, max_length) for example in examples]
+def render_examples(tokenizer, spec: TaskSpec, examples: list[SelectedExample], max_length: int,
+                    add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> list[RenderedExample]:
+    return [render_example(tokenizer, spec, example, max_length, add_bos_token) for example in examples]
 
 
 def split_validation(examples: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -121,8 +105,10 @@ class EpochShuffle(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
-def collate(rows: list[RenderedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors (lm-eval pads right too, so positions match its scoring)."""
+def training_batch(rows: list[RenderedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """The training batch of ``rows``: right-padded ``input_ids``, ``attention_mask`` and ``labels``
+    (IGNORE_INDEX on padding) plus the per-example ``weight`` (lm-eval pads right too, so positions
+    match its scoring)."""
     width = max(len(r.input_ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -133,16 +119,3 @@ def collate(rows: list[RenderedExample], pad_id: int) -> dict[str, torch.Tensor]
         attention_mask[i, : len(r.input_ids)] = 1
     weight = torch.tensor([r.weight for r in rows], dtype=torch.float32)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weight": weight}
-
-
-def example_losses(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-example loss: summed token NLL of the label (classification), mean token NLL of the
-    passage (language modelling). logits (B, T, V) at positions t predict labels at t + 1."""
-    targets = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    total = nll.sum(dim=1)
-    if kind == LANGUAGE_MODELLING:
-        return total / (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
-    return total

@@ -1,16 +1,16 @@
 """Train θ0 on a list of examples with one recipe: the expert θf and every approximation alike.
 
 Loss. Example i has loss L_i (summed label-token NLL for classification, mean token NLL for
-language modelling, see ``train_data``) and weight w_i (1 unless the strategy weights examples,
+language modelling, see ``training/data.py``) and weight w_i (1 unless the strategy weights examples,
 e.g. select_omp). With w̃_i = w_i / mean(w) over the training part, a batch B minimises
 (1/|B|) Σ_{i∈B} w̃_i L_i, so the expected gradient is that of Σ_i w_i L_i / Σ_i w_i, the loss of
 the weighted data set; with equal weights it is the ordinary mean loss. Validation loss is
 Σ w_i L_i / Σ w_i over the held-out part, computed without dropout. Classification runs the output
-head only at the positions that predict label tokens (``train_loss``; same losses and gradients).
+head only at the positions that predict label tokens (``training/loss.py``; same losses and gradients).
 
 Loop. Accelerate runs AdamW with a warm-up schedule, gradient accumulation and clipping (CPU here;
 several processes or mixed precision where present). After each epoch the trainable weights,
-optimizer, scheduler, RNG state and curves are checkpointed atomically (train_checkpoint.py: plain
+optimizer, scheduler, RNG state and curves are checkpointed atomically (``training/resume.py``: plain
 tensors and values, read back with ``weights_only=True``) in a work folder next to
 the output, keyed by a hash of base, task, selection and recipe: an interrupted run resumes from
 its last finished epoch and ends with the same weights as an uninterrupted one; a work folder of
@@ -23,7 +23,7 @@ for full finetuning, a model folder with its tokenizer; plus recipe.json, traini
 best epoch, speed) and curves.json. LoRA on a head tied to the input embeddings (SmolLM2,
 GPT-2) adds A, B only to the output projection; the shared base matrix stays frozen and is not
 saved in the adapter, so the input embeddings are untouched. (lm-eval's HFLM then needs
-``peft_compat.install()``, which ``lm-eval-approx run`` applies, to load such an adapter.)
+``harness/tied_head.install()``, which ``lm-eval-approx run`` applies, to load such an adapter.)
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ from lm_eval_approx.training.resume import (
 )
 from lm_eval_approx.training.data import (
     EpochShuffle,
-    collate,
     normalise_weights,
     render_examples,
     split_validation,
+    training_batch,
 )
 from lm_eval_approx.training.loss import batch_example_losses, supports_head_positions
 
@@ -172,7 +172,7 @@ def _validation_loss(accelerator, model, loader, kind: str, head_positions: bool
 
 def _loader(rows, batch_size: int, pad_id: int, sampler=None):
     return torch.utils.data.DataLoader(
-        rows, batch_size=batch_size, sampler=sampler, collate_fn=lambda b: collate(b, pad_id)
+        rows, batch_size=batch_size, sampler=sampler, collate_fn=lambda b: training_batch(b, pad_id)
     )
 
 
@@ -184,7 +184,7 @@ def train_model(
 
     ``on_epoch_end(epoch, history)`` is called after each epoch's checkpoint is written.
     Classification losses come from the output head at the label-predicting positions only
-    (``train_loss``); ``full_logits=True`` computes full-vocabulary logits everywhere instead
+    (``training/loss.py``); ``full_logits=True`` computes full-vocabulary logits everywhere instead
     (the slower reference path, same losses).
     """
     from accelerate import Accelerator

@@ -1,9 +1,11 @@
 """Per-example training losses from one forward pass, with the output head run only where needed.
 
-A batch (right-padded, see ``train_data.collate``) has labels y[b, t] (IGNORE_INDEX where not
-supervised); the model's logits z[b, t] at position t predict y[b, t + 1]. The loss of example b
+A batch (right-padded, see ``training.data.training_batch``) has labels y[b, t] (IGNORE_INDEX where
+not supervised); the model's logits z[b, t] at position t predict y[b, t + 1]. The loss of example b
 is Σ_t NLL(z[b, t], y[b, t + 1]) over supervised t + 1 (classification), or that sum divided by the
-number of supervised tokens (language modelling), exactly as ``train_data.example_losses``.
+number of supervised tokens (language modelling): ``example_losses_from_logits``. These are the
+losses the gradient features differentiate (``features/losses.py``: weight 1 per label token, 1/n
+per passage token), on the tokens of the same encoding rule.
 
 Classification supervises only the 1-3 label tokens of each example, yet the full path computes
 z = head(h) at all B·T positions: a (B·T × hidden) · (hidden × V) product with V = 49,152 for
@@ -33,8 +35,8 @@ import inspect
 import torch
 
 from lm_eval_approx.errors import ApproxError
-from lm_eval_approx.tasks.specs import CLASSIFICATION
-from lm_eval_approx.training.data import IGNORE_INDEX, example_losses
+from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING
+from lm_eval_approx.training.data import IGNORE_INDEX
 
 KEEP_ARGUMENT = "logits_to_keep"
 # transformers' helper that understands a boolean (B, T) ``logits_to_keep``; a model class whose
@@ -67,10 +69,23 @@ def supports_head_positions(model) -> bool:
     return module is not None and hasattr(module, SLICE_HELPER)
 
 
+def example_losses_from_logits(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-example training loss (B,) from logits (B, T, V) and labels (B, T): summed token NLL of the
+    label (classification), mean token NLL of the passage (language modelling)."""
+    targets = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    total = nll.sum(dim=1)
+    if kind == LANGUAGE_MODELLING:
+        return total / (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return total
+
+
 def full_example_losses(model, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
     """Per-example losses from full-vocabulary logits at every position (the reference path)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return example_losses(logits, batch["labels"], kind)
+    return example_losses_from_logits(logits, batch["labels"], kind)
 
 
 def head_position_mask(labels: torch.Tensor) -> torch.Tensor:

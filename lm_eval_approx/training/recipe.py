@@ -16,13 +16,21 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lm_eval_approx.cache.atomic import write_text_atomic
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.validation import (
+    MIN_MAX_LENGTH,
+    add_field_arguments,
+    check_choice,
+    check_int,
+    check_number,
+    field_values,
+    help_field,
+)
 
 LORA = "lora"
 FULL = "full"
@@ -33,68 +41,62 @@ DEFAULT_TARGET_MODULES = (ALL_LINEAR, HEAD)
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MAX_VALIDATION_FRACTION = 0.5
-MIN_MAX_LENGTH = 2
 HASH_CHARS = 16
-
-
-def _field(default, help_text: str, **kwargs):
-    return field(default=default, metadata={"help": help_text}, **kwargs)
+RECIPE_DEST = "recipe_"
 
 
 @dataclass
 class TrainingRecipe:
     """How θ0 is trained on a set of examples (see the module docstring)."""
 
-    method: str = _field(LORA, f"training method: {' | '.join(METHODS)} (full finetuning)")
-    lora_rank: int = _field(16, "LoRA rank r")
-    lora_alpha: float = _field(32.0, "LoRA scaling alpha (update scaled by alpha / r)")
-    lora_dropout: float = _field(0.05, "dropout on the LoRA input, in [0, 1)")
-    target_modules: tuple[str, ...] = _field(
-        DEFAULT_TARGET_MODULES,
+    method: str = help_field(f"training method: {' | '.join(METHODS)} (full finetuning)", LORA)
+    lora_rank: int = help_field("LoRA rank r", 16)
+    lora_alpha: float = help_field("LoRA scaling alpha (update scaled by alpha / r)", 32.0)
+    lora_dropout: float = help_field("dropout on the LoRA input, in [0, 1)", 0.05)
+    target_modules: tuple[str, ...] = help_field(
         f"LoRA target modules, comma-separated: {ALL_LINEAR!r} (every attention and MLP projection), "
-        f"{HEAD!r} (the output head), or module names such as q_proj",
+        f"{HEAD!r} (the output head), or module names such as q_proj", DEFAULT_TARGET_MODULES
     )
-    learning_rate: float = _field(2e-4, "AdamW peak learning rate")
-    scheduler: str = _field("linear", f"learning-rate schedule after warm-up: {' | '.join(SCHEDULERS)}")
-    warmup_ratio: float = _field(0.0, "fraction of optimizer steps spent warming up, in [0, 1)")
-    batch_size: int = _field(16, "examples per forward pass (per device)")
-    gradient_accumulation: int = _field(1, "forward passes per optimizer step")
-    epochs: int = _field(1, "passes over the training examples (at most)")
-    max_length: int = _field(
-        128, "tokens per example; longer contexts are cut from the left, passages from the right"
+    learning_rate: float = help_field("AdamW peak learning rate", 2e-4)
+    scheduler: str = help_field(f"learning-rate schedule after warm-up: {' | '.join(SCHEDULERS)}", "linear")
+    warmup_ratio: float = help_field("fraction of optimizer steps spent warming up, in [0, 1)", 0.0)
+    batch_size: int = help_field("examples per forward pass (per device)", 16)
+    gradient_accumulation: int = help_field("forward passes per optimizer step", 1)
+    epochs: int = help_field("passes over the training examples (at most)", 1)
+    max_length: int = help_field(
+        "tokens per example; longer contexts are cut from the left, passages from the right", 128
     )
-    weight_decay: float = _field(0.0, "AdamW decoupled weight decay")
-    max_grad_norm: float = _field(1.0, "gradient clipping norm (0 turns clipping off)")
-    seed: int = _field(0, "seed of LoRA init, validation split, shuffling and dropout")
-    validation_fraction: float = _field(
-        0.1,
-        f"share of the given examples held out for validation, in [0, {MAX_VALIDATION_FRACTION}] (0: none)",
+    weight_decay: float = help_field("AdamW decoupled weight decay", 0.0)
+    max_grad_norm: float = help_field("gradient clipping norm (0 turns clipping off)", 1.0)
+    seed: int = help_field("seed of LoRA init, validation split, shuffling and dropout", 0)
+    validation_fraction: float = help_field(
+        f"share of the given examples held out for validation, in [0, {MAX_VALIDATION_FRACTION}] (0: none)", 0.1
     )
-    patience: int = _field(
-        2, "stop after this many epochs without a better validation loss (0: never stop early)"
+    patience: int = help_field(
+        "stop after this many epochs without a better validation loss (0: never stop early)", 2
     )
-    mixed_precision: str = _field("no", f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)}")
+    mixed_precision: str = help_field(f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)}", "no")
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
             self.target_modules = parse_modules(self.target_modules)
         elif isinstance(self.target_modules, list):
             self.target_modules = tuple(self.target_modules)
-        _choice("method", self.method, METHODS)
-        _choice("scheduler", self.scheduler, SCHEDULERS)
-        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("method", self.method, METHODS)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         for name in ("lora_rank", "batch_size", "gradient_accumulation", "epochs"):
-            _integer(name, getattr(self, name), minimum=1)
-        _integer("max_length", self.max_length, minimum=MIN_MAX_LENGTH)
-        _integer("seed", self.seed, minimum=0)
-        _integer("patience", self.patience, minimum=0)
-        _number("lora_alpha", self.lora_alpha, low=0.0, low_open=True)
-        _number("learning_rate", self.learning_rate, low=0.0, low_open=True)
-        _number("lora_dropout", self.lora_dropout, low=0.0, high=1.0, high_open=True)
-        _number("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0, high_open=True)
-        _number("weight_decay", self.weight_decay, low=0.0)
-        _number("max_grad_norm", self.max_grad_norm, low=0.0)
-        _number("validation_fraction", self.validation_fraction, low=0.0, high=MAX_VALIDATION_FRACTION)
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("max_length", self.max_length, minimum=MIN_MAX_LENGTH)
+        check_int("seed", self.seed, minimum=0)
+        check_int("patience", self.patience, minimum=0)
+        check_number("lora_alpha", self.lora_alpha, low=0.0, low_open=True)
+        check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        check_number("lora_dropout", self.lora_dropout, low=0.0, high=1.0, high_open=True)
+        check_number("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0, high_open=True)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        check_number("max_grad_norm", self.max_grad_norm, low=0.0)
+        check_number("validation_fraction", self.validation_fraction, low=0.0, high=MAX_VALIDATION_FRACTION)
         if not isinstance(self.target_modules, tuple) or not self.target_modules or not all(
             isinstance(m, str) and m.strip() and m == m.strip() for m in self.target_modules
         ):
@@ -166,26 +168,16 @@ def parse_modules(text: str) -> tuple[str, ...]:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per recipe field (``lora_rank`` → ``--lora-rank``), help from the field metadata."""
-    group = parser.add_argument_group("training recipe")
-    defaults = TrainingRecipe()
-    for f in dataclasses.fields(TrainingRecipe):
-        default = getattr(defaults, f.name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f"recipe_{f.name}", default=None, metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (default: {shown})",
-        )
+    """One ``--flag`` per recipe field (``lora_rank`` → ``--lora-rank``), help from the field metadata;
+    the values stay strings until ``recipe_from_args`` converts them (named errors, not argparse's)."""
+    add_field_arguments(parser.add_argument_group("training recipe"), TrainingRecipe, dest_prefix=RECIPE_DEST,
+                        as_strings=True)
 
 
 def recipe_from_args(args: argparse.Namespace, base: TrainingRecipe | None = None) -> TrainingRecipe:
     """The recipe of parsed ``add_recipe_arguments`` flags, starting from ``base`` (or the defaults)."""
-    record = (base or TrainingRecipe()).to_dict()
-    for f in dataclasses.fields(TrainingRecipe):
-        value = getattr(args, f"recipe_{f.name}", None)
-        if value is not None:
-            record[f.name] = value
-    return TrainingRecipe.from_options(record)
+    given = {k: v for k, v in field_values(args, TrainingRecipe, dest_prefix=RECIPE_DEST).items() if v is not None}
+    return TrainingRecipe.from_options({**(base or TrainingRecipe()).to_dict(), **given})
 
 
 def _convert(name: str, kind: str, value: Any) -> Any:
@@ -202,22 +194,3 @@ def _convert(name: str, kind: str, value: Any) -> Any:
     if kind.startswith("tuple"):
         return parse_modules(text)
     return text
-
-
-def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ConfigError(name, value, f"one of {', '.join(accepted)}")
-
-
-def _integer(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(name, value, f"an integer ≥ {minimum}")
-
-
-def _number(name: str, value: Any, low: float, high: float = math.inf,
-            low_open: bool = False, high_open: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(name, value, f"a finite number in {interval}")

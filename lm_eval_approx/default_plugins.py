@@ -1,11 +1,17 @@
 """The built-in plugin: registers built-in strategies, task folders and commands through the same
-hooks a third-party plugin uses."""
+hooks a third-party plugin uses.
+
+It sits at the top of the package, like a third-party plugin would: the plugin manager imports it
+by name (``plugins/manager.py``), so nothing below it depends on the strategies and commands it
+registers. Strategies are named as ``module:Class`` and imported when the strategy registry is
+first built, so the command line starts without importing the selection engines.
+"""
 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
+from lm_eval_approx import tasks
 from lm_eval_approx.hookspecs import hookimpl
 
 # "module:Class" of each built-in strategy, imported when the registry is first built.
@@ -46,9 +52,7 @@ def register_strategies(register):
 
 @hookimpl
 def register_tasks(register):
-    from lm_eval_approx import tasks
-
-    register(Path(tasks.__file__).parent)
+    register(tasks.configs_folder())
 
 
 @hookimpl

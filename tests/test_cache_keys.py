@@ -1,0 +1,50 @@
+"""Cache keys and result hashes are a contract with every cache and results folder already on disk.
+
+The pinned values below were computed by the code before the package was restructured into role
+subpackages (and again after it: they agree), so a change that alters any of them invalidates
+users' caches and must be deliberate. The published runs in ``results/cpu`` must stay "finished"
+for ``leaderboard --resume``: every recorded cell's hash still matches its config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lm_eval_approx.cache.stages import stage_key
+from lm_eval_approx.data.corpus import load_corpus
+from lm_eval_approx.data.selection_file import SelectedExample, selection_hash
+from lm_eval_approx.leaderboard.runner import RESULTS_DIR, finished_cells
+from lm_eval_approx.leaderboard.sources import load_config
+from lm_eval_approx.training.recipe import TrainingRecipe
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu"
+
+
+def test_recipe_hashes_are_unchanged():
+    assert TrainingRecipe().recipe_hash() == "4ebcc1be9804088f"
+    custom = TrainingRecipe(epochs=2, lora_rank=8, learning_rate=1e-4, batch_size=8, max_length=64)
+    assert custom.recipe_hash() == "50c11ba02b690353"
+
+
+def test_stage_and_selection_keys_are_unchanged():
+    inputs = {"finetuned": "abc", "task": "approx_agnews", "corpus": "0123", "max_length": 256}
+    assert stage_key("labels", inputs) == "33a21586b66def79"
+    rows = [SelectedExample(id=f"d{i}", text=f"text {i}", label=i % 4, label_text=None, score=0.5,
+                            weight=1.0, order=i, source="s") for i in range(5)]
+    assert selection_hash(rows) == "c50f99a2037a3fad"
+
+
+def test_corpus_fingerprint_is_unchanged(mirror):
+    corpus = load_corpus("seed:wikitext2+seed:dbpedia", limit=50, seed=3)
+    assert corpus.fingerprint() == "ef8c7e9332d7cbf1"
+
+
+@pytest.mark.parametrize("name", ["agnews", "msmarco", "msmarco_indomain"])
+def test_published_cpu_results_stay_finished(mirror, name):
+    """Every results JSON of results/cpu/<name> whose cell is still in the config counts as finished."""
+    config = load_config(str(RESULTS / f"{name}.yaml"))
+    recorded = {p.stem for p in (RESULTS / name / RESULTS_DIR).glob("*.json")}
+    expected = {cell.id for cell in config.cells()} & recorded
+    assert expected and finished_cells(RESULTS / name, config) == expected
