@@ -19,7 +19,11 @@ import numpy as np
 
 from lm_eval_approx.cache.stages import StageRecord, run_stage
 from lm_eval_approx.data.corpus import load_corpus
-from lm_eval_approx.data.selection_file import read_selection, selection_hash, write_selection
+from lm_eval_approx.data.selection_file import (
+    read_selection,
+    selection_hash,
+    write_selection,
+)
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.features.config import DEFAULT_DIM, PROJECTIONS, FeatureConfig
 from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
@@ -30,7 +34,13 @@ from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select, strategy_registry
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
-from lm_eval_approx.validation import MIN_MAX_LENGTH, check_choice, check_int, check_text, help_field
+from lm_eval_approx.validation import (
+    MIN_MAX_LENGTH,
+    check_choice,
+    check_int,
+    check_text,
+    help_field,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +138,9 @@ def _models_key(config: ApproxConfig) -> dict[str, str]:
 
 def _label_stage(config, spec, corpus, models) -> StageRecord:
     """θf's pseudo-labels and losses (classification), or θf's LM losses (language modelling)."""
-    from lm_eval_approx.features.losses import example_losses  # torch: only when computing
+    from lm_eval_approx.features.losses import (
+        example_losses,  # torch: only when computing
+    )
     from lm_eval_approx.features.pseudo_labels import pseudo_label
 
     def compute(folder: Path) -> dict:

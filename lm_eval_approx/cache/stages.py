@@ -25,7 +25,12 @@ from typing import Any
 from filelock import FileLock
 
 from lm_eval_approx.cache.atomic import write_json_atomic
-from lm_eval_approx.cache.integrity import find_damage, folder_checksums, quarantine, verify_level
+from lm_eval_approx.cache.integrity import (
+    find_damage,
+    folder_checksums,
+    quarantine,
+    verify_level,
+)
 from lm_eval_approx.cache.paths import cache_dir
 
 logger = logging.getLogger(__name__)

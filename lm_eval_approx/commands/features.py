@@ -20,7 +20,9 @@ REQUIRED_FIELDS = ("base", "finetuned", "task", "corpus")
 
 
 def run_features(args) -> int:
-    from lm_eval_approx.features.build import build_feature_stores  # torch: only when extracting
+    from lm_eval_approx.features.build import (
+        build_feature_stores,  # torch: only when extracting
+    )
 
     config = FeatureConfig(**field_values(args, FeatureConfig, FLAG_FIELDS))
     check_model_pair(config.base, config.finetuned, config.params)

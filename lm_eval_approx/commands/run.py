@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_lm_eval(lm_eval_args: list[str]) -> int:
     """Hand the arguments to lm-eval's CLI after preparing it; returns its exit code."""
-    from lm_eval.__main__ import cli_evaluate  # lm-eval loads every model type: only when running it
+    from lm_eval.__main__ import (
+        cli_evaluate,  # lm-eval loads every model type: only when running it
+    )
 
     prepare_lm_eval()
     saved = sys.argv

@@ -18,7 +18,11 @@ import sys
 
 from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.examples import corpus_examples, selection_examples
-from lm_eval_approx.training.recipe import TrainingRecipe, add_recipe_arguments, recipe_from_args
+from lm_eval_approx.training.recipe import (
+    TrainingRecipe,
+    add_recipe_arguments,
+    recipe_from_args,
+)
 
 SELECTION = "selection"
 CORPUS = "corpus"
@@ -56,7 +60,10 @@ def load_examples(args: argparse.Namespace, spec, seed: int) -> list:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from lm_eval_approx.training.loop import TRAINING_FILE, train_adapter  # torch: only when training
+    from lm_eval_approx.training.loop import (  # torch: only when training
+        TRAINING_FILE,
+        train_adapter,
+    )
 
     base_recipe = TrainingRecipe.load(args.recipe) if args.recipe else None
     recipe = recipe_from_args(args, base_recipe)

@@ -24,9 +24,14 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from lm_eval_approx.errors import ConfigError, DataNotFoundError
-from lm_eval_approx.data.mirror import data_dir, hub_offline, mirror_file, mirror_missing
 from lm_eval_approx.cache.safe_paths import expand_user
+from lm_eval_approx.data.mirror import (
+    data_dir,
+    hub_offline,
+    mirror_file,
+    mirror_missing,
+)
+from lm_eval_approx.errors import ConfigError, DataNotFoundError
 from lm_eval_approx.validation import check_int, is_int
 
 logger = logging.getLogger(__name__)

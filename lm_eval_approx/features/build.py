@@ -26,9 +26,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm_eval_approx.models.interpolation import interpolated
-from lm_eval_approx.models.loading import model_fingerprint
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH, FeatureConfig
+from lm_eval_approx.features.encoding import (
+    collate,
+    encode_classification,
+    encode_examples,
+)
+from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
+from lm_eval_approx.features.label_head import (
+    first_label_encodings,
+    label_head_factors,
+    label_head_projector,
+    label_token_ids,
+)
+from lm_eval_approx.features.losses import STREAM_CHUNK
+from lm_eval_approx.features.projection import make_projector
+from lm_eval_approx.features.pseudo_labels import pseudo_label
+from lm_eval_approx.features.store import META_FILE, NO_LABEL, FeatureStore
+from lm_eval_approx.models.interpolation import interpolated
 from lm_eval_approx.models.layers import (
     changed_modules,
     head_name,
@@ -37,28 +53,14 @@ from lm_eval_approx.models.layers import (
     resolve_modules,
     weight_delta,
 )
-from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
+from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
 from lm_eval_approx.models.parameter_sets import (
     CHANGED,
     HEAD,
     HEAD_LABELS,
     HEAD_SETS,
 )
-from lm_eval_approx.features.label_head import (
-    first_label_encodings,
-    label_head_factors,
-    label_head_projector,
-    label_token_ids,
-)
-from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH
-from lm_eval_approx.features.encoding import collate, encode_classification, encode_examples
-from lm_eval_approx.features.losses import STREAM_CHUNK
-from lm_eval_approx.features.pseudo_labels import pseudo_label
-from lm_eval_approx.models.loading import load_model, load_tokenizer
-from lm_eval_approx.features.projection import make_projector
-from lm_eval_approx.features.store import META_FILE, NO_LABEL, FeatureStore
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
-from lm_eval_approx.features.config import FeatureConfig
 
 SHARD_DIR = "shards"
 ALPHA_DIR = "alpha-{:.4f}"

@@ -11,9 +11,19 @@ import json
 from dataclasses import dataclass
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.models.parameter_sets import HEAD, HEAD_LABELS, check_params, explicit_layers
+from lm_eval_approx.models.parameter_sets import (
+    HEAD,
+    HEAD_LABELS,
+    check_params,
+    explicit_layers,
+)
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TASK_SPECS, TaskSpec
-from lm_eval_approx.validation import MIN_MAX_LENGTH, check_choice, check_int, help_field
+from lm_eval_approx.validation import (
+    MIN_MAX_LENGTH,
+    check_choice,
+    check_int,
+    help_field,
+)
 
 DEFAULT_DIM = 4096
 DEFAULT_MAX_LENGTH = 256

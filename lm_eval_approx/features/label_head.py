@@ -25,14 +25,18 @@ import torch
 from torch import nn
 
 from lm_eval_approx.errors import ConfigError, ModelPairError
-from lm_eval_approx.features.gradients import LayerFactors
-from lm_eval_approx.models.parameter_sets import HEAD_LABELS
-from lm_eval_approx.models.layers import WeightDelta, layer_shape, resolve_modules, weight_delta
-from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH
+from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH, check_label_task
 from lm_eval_approx.features.encoding import Batch, Encoded, encode_classification
+from lm_eval_approx.features.gradients import LayerFactors
 from lm_eval_approx.features.projection import IdentityProjector
+from lm_eval_approx.models.layers import (
+    WeightDelta,
+    layer_shape,
+    resolve_modules,
+    weight_delta,
+)
+from lm_eval_approx.models.parameter_sets import HEAD_LABELS
 from lm_eval_approx.tasks.specs import TaskSpec
-from lm_eval_approx.features.config import check_label_task
 
 KEEP_ARGUMENT = "logits_to_keep"
 FIRST_LABEL = 0

@@ -14,8 +14,18 @@ import torch
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH
-from lm_eval_approx.features.encoding import HFLM_ADD_BOS_TOKEN, Encoded, encode_classification
-from lm_eval_approx.features.losses import DEFAULT_BATCH_SIZE, _chunk_size, _losses_of, model_device, text_chunks
+from lm_eval_approx.features.encoding import (
+    HFLM_ADD_BOS_TOKEN,
+    Encoded,
+    encode_classification,
+)
+from lm_eval_approx.features.losses import (
+    DEFAULT_BATCH_SIZE,
+    _chunk_size,
+    _losses_of,
+    model_device,
+    text_chunks,
+)
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
 
 

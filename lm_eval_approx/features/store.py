@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from lm_eval_approx.cache.atomic import write_json_atomic
-from lm_eval_approx.errors import ApproxError, ConfigError, StoreMismatchError
 from lm_eval_approx.cache.integrity import CorruptCacheError, quarantine
+from lm_eval_approx.errors import ApproxError, ConfigError, StoreMismatchError
 from lm_eval_approx.features.gradient_features import GradientFeatures
 
 FORMAT_VERSION = 1

@@ -24,17 +24,17 @@ import time
 from typing import Any
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.models.loading import resolve_model
+from lm_eval_approx.harness.fast_hflm import FastHFLM
 from lm_eval_approx.harness.tied_head import install as install_tied_head_fix
-from lm_eval_approx.pipeline import ApproxConfig, ApproxResult, run_approximation
-from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.models.loading import resolve_model
 from lm_eval_approx.models.safe_weights import (
     ALLOW_PICKLE_ARG,
     hf_model_args,
     parse_flag,
     pickle_allowed,
 )
-from lm_eval_approx.harness.fast_hflm import FastHFLM
+from lm_eval_approx.pipeline import ApproxConfig, ApproxResult, run_approximation
+from lm_eval_approx.training.recipe import TrainingRecipe
 
 TRAIN_PREFIX = "train_"
 STRATEGY_PREFIX = "strategy_"

@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.safe_weights import hf_model_args

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from lm_eval_approx.data.corpus import parse_corpus_spec
 from lm_eval_approx.errors import ConfigError, UnknownNameError
+from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
+from lm_eval_approx.plugins.registry import task_registry
+from lm_eval_approx.tasks.specs import TASK_SPECS
 
 
 class LeaderboardConfigError(ConfigError):
@@ -25,24 +28,18 @@ def check_corpus_spec(key: str, spec: object) -> None:
 
 
 def _lm_eval_task_names() -> frozenset[str]:
-    from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
-
     return frozenset(shared_task_manager().all_tasks)
 
 
 def check_task(key: str, name: object, approximation: bool) -> None:
     """An approximation task (target) must have a task spec; an extra task must be known to lm-eval
     (its built-ins or our task folders)."""
-    from lm_eval_approx.tasks.specs import TASK_SPECS
-
     if not isinstance(name, str) or not name:
         raise field_error(key, name, "a task name")
     if approximation:
         if name not in TASK_SPECS:
             raise field_error(key, name, str(UnknownNameError("approximation task", name, TASK_SPECS)))
         return
-    from lm_eval_approx.plugins.registry import task_registry
-
     if name in task_registry():
         return
     known = _lm_eval_task_names()

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lm_eval_approx.errors import ConfigError, UnknownNameError
-from lm_eval_approx.validation import check_int
+
 # LeaderboardConfigError and field_error are part of this module's interface (tests, sources.py).
 from lm_eval_approx.leaderboard.checks import (
     LeaderboardConfigError,
@@ -44,6 +44,10 @@ from lm_eval_approx.leaderboard.checks import (
     check_task,
     field_error,
 )
+from lm_eval_approx.pipeline import ApproxConfig
+from lm_eval_approx.strategies.registry import strategy_registry
+from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.validation import check_int
 
 TOP_KEYS = ("name", "base", "task", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
             "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size")
@@ -200,8 +204,6 @@ class LeaderboardConfig:
         return [TaskEntry(self.task, self.limit), *self.extra_tasks]
 
     def recipe_for(self, overrides: dict[str, Any] | None = None):
-        from lm_eval_approx.training.recipe import TrainingRecipe
-
         return TrainingRecipe.from_dict({**self.recipe, **(overrides or {})})
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,8 +211,6 @@ class LeaderboardConfig:
 
 
 def _strategy(key: str, raw: object) -> StrategyConfig:
-    from lm_eval_approx.strategies.registry import strategy_registry
-
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or "name" not in raw:
@@ -245,8 +245,6 @@ def _strategy(key: str, raw: object) -> StrategyConfig:
 
 
 def _check_approx(key: str, approx: dict) -> None:
-    from lm_eval_approx.pipeline import ApproxConfig
-
     allowed = {f.name for f in dataclasses.fields(ApproxConfig)} - set(CELL_FIELDS)
     for name in approx:
         if name not in allowed:
@@ -255,8 +253,6 @@ def _check_approx(key: str, approx: dict) -> None:
 
 def _check_approx_values(config: LeaderboardConfig) -> None:
     """Every strategy's ApproxConfig overrides hold accepted values (models are not looked at)."""
-    from lm_eval_approx.pipeline import ApproxConfig
-
     for i, s in enumerate(config.strategies):
         try:
             ApproxConfig(base="-", finetuned="-", task=config.task, corpus=config.corpus.spec, strategy=s.name,

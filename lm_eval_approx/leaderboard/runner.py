@@ -149,7 +149,10 @@ def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
 
     if config.expert.adapter is not None:
         return resolve_model(config.expert.adapter)
-    from lm_eval_approx.training.loop import train_adapter, training_key  # torch: only to train
+    from lm_eval_approx.training.loop import (  # torch: only to train
+        train_adapter,
+        training_key,
+    )
 
     spec = get_task_spec(config.task)
     examples = true_examples(config, spec)

@@ -8,7 +8,11 @@ from typing import Any
 import yaml
 
 from lm_eval_approx.errors import UnknownNameError
-from lm_eval_approx.leaderboard.config import LeaderboardConfig, field_error, config_from_dict
+from lm_eval_approx.leaderboard.config import (
+    LeaderboardConfig,
+    config_from_dict,
+    field_error,
+)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 

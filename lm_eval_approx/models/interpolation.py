@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.models.layers import lora_layer_type, canonical_name
-
+from lm_eval_approx.models.layers import canonical_name, lora_layer_type
 
 
 def _parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -21,11 +21,10 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from lm_eval_approx.errors import MissingDependencyError, ModelResolutionError
 from lm_eval_approx.cache.paths import cache_path
-from lm_eval_approx.cache.safe_paths import expand_user
+from lm_eval_approx.cache.safe_paths import expand_user, safe_name
 from lm_eval_approx.data.mirror import hub_offline
-from lm_eval_approx.cache.safe_paths import safe_name
+from lm_eval_approx.errors import MissingDependencyError, ModelResolutionError
 from lm_eval_approx.models.safe_weights import (
     SAFE_PATTERNS,
     TRUST_REMOTE_CODE_ARG,

@@ -178,7 +178,7 @@ def _meta_model(config):
 
 
 def _chosen_modules(model, params: str) -> list[str]:
-    from lm_eval_approx.models.layers import head_name, linear_modules, resolve_modules
+    from lm_eval_approx.models.layers import head_name, linear_modules, resolve_modules  # torch
 
     if params in HEAD_SETS:
         return [head_name(model)]
@@ -195,7 +195,7 @@ def adapter_changed_modules(folder: Path) -> set[str] | None:
     adapter is not in safetensors."""
     from safetensors.torch import load_file
 
-    from lm_eval_approx.models.layers import canonical_name
+    from lm_eval_approx.models.layers import canonical_name  # torch: this module loads without it
 
     path = folder / ADAPTER_WEIGHTS
     if not path.is_file():

@@ -6,9 +6,9 @@ it without restarting the process."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import yaml

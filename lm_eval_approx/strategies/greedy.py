@@ -27,11 +27,11 @@ the M cosines, each view keeping its own s, c, E. ``batch_size`` b resets s ever
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-import time
-import warnings
 
 import numpy as np
 import torch

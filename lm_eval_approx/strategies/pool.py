@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from lm_eval_approx.errors import SelectionError, StoreMismatchError
 from lm_eval_approx.data.selection_file import SelectedExample
+from lm_eval_approx.errors import SelectionError, StoreMismatchError
 from lm_eval_approx.features.store import NO_LABEL
 from lm_eval_approx.strategies.base import CandidatePool, Selection
-
 
 
 def _aligned(corpus, ids: list[str]):

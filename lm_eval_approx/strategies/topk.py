@@ -11,8 +11,14 @@ import math
 
 import numpy as np
 
-from lm_eval_approx.strategies.base import FEATURES, LABELS, CandidatePool, Selection, Strategy
 from lm_eval_approx.features.gradient_features import GradientFeatures
+from lm_eval_approx.strategies.base import (
+    FEATURES,
+    LABELS,
+    CandidatePool,
+    Selection,
+    Strategy,
+)
 from lm_eval_approx.strategies.options import GradientOptions
 
 BLOCK_ROWS = 4096  # rows converted to float64 at a time

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.data.selection_file import SelectedExample
-from lm_eval_approx.features.encoding import HFLM_ADD_BOS_TOKEN, encode_classification, encode_lm
+from lm_eval_approx.errors import ApproxError
+from lm_eval_approx.features.encoding import (
+    HFLM_ADD_BOS_TOKEN,
+    encode_classification,
+    encode_lm,
+)
 from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING, TaskSpec
 from lm_eval_approx.validation import is_int
 

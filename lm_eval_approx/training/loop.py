@@ -43,17 +43,15 @@ from typing import Any
 import torch
 
 from lm_eval_approx.cache.atomic import replace_dir, write_json_atomic
-from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.models.loading import is_adapter, load_model, load_tokenizer, resolve_model
-from lm_eval_approx.training.recipe import ALL_LINEAR, FULL, HEAD, TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample, selection_hash
-from lm_eval_approx.tasks.specs import TaskSpec
-from lm_eval_approx.training.resume import (
-    CHECKPOINT_FILE,
-    read_checkpoint,
-    restore_rng,
-    write_checkpoint,
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.models.loading import (
+    is_adapter,
+    load_model,
+    load_tokenizer,
+    resolve_model,
 )
+from lm_eval_approx.tasks.specs import TaskSpec
 from lm_eval_approx.training.data import (
     EpochShuffle,
     normalise_weights,
@@ -62,6 +60,13 @@ from lm_eval_approx.training.data import (
     training_batch,
 )
 from lm_eval_approx.training.loss import batch_example_losses, supports_head_positions
+from lm_eval_approx.training.recipe import ALL_LINEAR, FULL, HEAD, TrainingRecipe
+from lm_eval_approx.training.resume import (
+    CHECKPOINT_FILE,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
