@@ -32,7 +32,7 @@ from lm_eval_approx.models.parameter_sets import HEAD, PARAMS_ACCEPTED, check_pa
 from lm_eval_approx.strategies.base import FEATURES, LABELS, LOSS_BASE, LOSS_FINETUNED
 from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select, strategy_registry
-from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec, task_key
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.validation import (
     MIN_MAX_LENGTH,
@@ -156,7 +156,7 @@ def _label_stage(config, spec, corpus, models) -> StageRecord:
         counts = np.bincount(labels[labels >= 0], minlength=spec.num_classes).tolist() if spec.num_classes else []
         return {"label_counts": counts}
 
-    inputs = {"finetuned": models["finetuned"], "task": spec.name, "corpus": corpus.fingerprint(),
+    inputs = {"finetuned": models["finetuned"], "task": task_key(spec), "corpus": corpus.fingerprint(),
               "max_length": config.extract_max_length}
     return run_stage(LABEL_STAGE, inputs, compute)
 
@@ -263,7 +263,7 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
         train_adapter(config.base, spec, rows, recipe, folder / "adapter")
         return {"examples": len(rows)}
 
-    training_inputs = {"base": models["base"], "task": spec.name, "selection": selection_hash(rows),
+    training_inputs = {"base": models["base"], "task": task_key(spec), "selection": selection_hash(rows),
                        "recipe": recipe.recipe_hash()}
     stages.append(run_stage(TRAINING_STAGE, training_inputs, compute_training))
     if out_dir is not None:

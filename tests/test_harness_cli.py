@@ -189,3 +189,76 @@ def test_msmarco_last_scores_the_spaced_last_word_given_the_rest(tiny_llama, tmp
         expected = sum(logprobs[i - 1, whole[i]].item() for i in range(len(context_ids), len(whole)))
         assert sample["filtered_resps"][0][0] == pytest.approx(expected, abs=1e-4)
     assert result["versions"]["approx_msmarco_last"] == 2.0
+
+
+@pytest.fixture
+def user_task(tmp_path):
+    """A user's multiple-choice task (own prompt, two choices, local JSONL) in a plugin's task
+    folder, registered for the test; yields the JSONL of its labelled rows."""
+    from lm_eval_approx import hookspecs
+    from lm_eval_approx.plugins import registry
+    from lm_eval_approx.plugins.manager import get_plugin_manager
+    from lm_eval_approx.tasks.lm_eval_tasks import reset_task_caches
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    rows = [{"text": f"review {i} was {'great' if i % 2 else 'dull'}", "label": i % 2} for i in range(8)]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "my_reviews.yaml").write_text(
+        "task: my_reviews\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"Review: {{text}}\\nSentiment:\"\n"
+        "doc_to_choice: ['negative', 'positive']\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n"
+    )
+
+    class UserTasks:
+        @hookspecs.hookimpl
+        def register_tasks(self, register):
+            register(folder)
+
+    get_plugin_manager().register(UserTasks(), name="user-tasks")
+    registry.reset_registries()
+    try:
+        yield data
+    finally:
+        get_plugin_manager().unregister(name="user-tasks")
+        registry.reset_registries()
+        reset_task_caches()
+
+
+def test_finetune_on_a_user_task_in_a_registered_folder(tiny_llama, user_task, tmp_path, capsys):
+    """A user's multiple-choice task in a plugin's task folder is a target: ``finetune --task`` trains
+    on it, rendered by the task's own prompt (tests/test_task_specs.py checks the rendering)."""
+    from lm_eval_approx.cli import main
+
+    out = tmp_path / "expert"
+    assert main(["finetune", "--base", tiny_llama, "--task", "my_reviews", "--data", str(user_task), "--out", str(out),
+                 "--epochs", "1", "--no-progress"]) == 0
+    assert "7 training / 1 validation examples" in capsys.readouterr().out
+    assert (out / "adapter_config.json").is_file()
+
+
+def test_select_approximates_a_user_task_scored_by_lm_eval(tiny_llama, user_task, tmp_path, monkeypatch):
+    """The whole loop on a user's task: an expert from its data, SELECT on gradient features of
+    candidates pseudo-labelled with its two choices, and lm-eval scoring the approximation on it."""
+    from lm_eval_approx.cli import main
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    expert = tmp_path / "expert"
+    assert main(["finetune", "--base", tiny_llama, "--task", "my_reviews", "--data", str(user_task),
+                 "--out", str(expert), "--epochs", "1", "--no-progress"]) == 0
+    corpus = tmp_path / "candidates.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"candidate {i} is {'good' if i % 3 else 'bad'}"}) + "\n"
+                              for i in range(16)))
+    out = tmp_path / "scores"
+    assert main(["run", "--model", "approx", "--model_args",
+                 f"base={tiny_llama},finetuned={expert},task=my_reviews,strategy=select,k=6,corpus={corpus},"
+                 "dim=64,train_epochs=1,train_validation_fraction=0.0",
+                 "--tasks", "my_reviews", "--device", "cpu", "--output_path", str(out)]) == 0
+    result = json.loads(next(out.rglob("results_*.json")).read_text())
+    approx = result["config"]["approx"]
+    assert approx["strategy"] == "select" and approx["selected"] == 6
+    assert set(approx["stage_keys"]) == {"labels", "features", "selection", "training"}
+    assert "acc,none" in result["results"]["my_reviews"]
+    labels = {json.loads(line)["label_text"] for line in Path(approx["selection_file"]).read_text().splitlines()}
+    assert labels <= {"negative", "positive"}

@@ -1,4 +1,9 @@
-"""``lm-eval-approx strategies|tasks|plugins [--json]``: what the loaded plugins registered."""
+"""``lm-eval-approx strategies|tasks|plugins [--json]``: what the loaded plugins registered.
+
+``tasks --approximable [--include-path DIR]`` instead loads every task of the registered folders
+(and DIR) and says which can be a target of the approximation — kind, text field, number of
+choices — and, for the others, why not (the named error ``get_task_spec`` raises).
+"""
 
 from __future__ import annotations
 
@@ -37,7 +42,33 @@ def list_strategies(args) -> int:
     return 0
 
 
+def approximable_rows(include_path=None) -> list[dict]:
+    """One row per task and group of the registered folders and ``include_path``: whether it can
+    be approximated, its kind, text field and number of choices, or the reason it cannot."""
+    from lm_eval_approx.errors import ApproxError, ConfigError
+    from lm_eval_approx.tasks.lm_eval_tasks import local_task_names
+    from lm_eval_approx.tasks.specs import get_task_spec
+
+    tasks, groups = local_task_names(include_path)
+    rows = []
+    for name in sorted({*tasks, *groups}):
+        row = {"name": name, "approximable": False, "kind": "", "text_field": "", "choices": "", "reason": ""}
+        try:
+            spec = get_task_spec(name, include_path)
+        except ApproxError as exc:
+            row["reason"] = exc.accepted if isinstance(exc, ConfigError) else str(exc)
+        else:
+            # The built-in specs render the ``text`` field of their loaders' documents.
+            row.update(approximable=True, kind=spec.kind, text_field=getattr(spec, "text_field", "text"),
+                       choices=spec.num_classes)
+        rows.append(row)
+    return rows
+
+
 def list_tasks(args) -> int:
+    if args.approximable:
+        _print_rows(approximable_rows(args.include_path), args.json)
+        return 0
     rows = [
         {
             "name": e.name,
@@ -65,4 +96,10 @@ def add_parser(subparsers) -> None:
     ):
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if name == "tasks":
+            parser.add_argument("--approximable", action="store_true",
+                                help="load each task and say whether it can be approximated (kind, text field, "
+                                     "choices) or why not")
+            parser.add_argument("--include-path", action="append", default=None, metavar="DIR",
+                                help="another folder of lm-eval task YAML for --approximable (repeatable)")
         parser.set_defaults(func=func)

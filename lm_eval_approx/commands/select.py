@@ -19,7 +19,7 @@ from lm_eval_approx.errors import ApproxError, ConfigError, SelectionError
 from lm_eval_approx.features.store import FeatureStore
 from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select, strategy_registry
-from lm_eval_approx.tasks.specs import TASK_SPECS, get_task_spec
+from lm_eval_approx.tasks.specs import get_task_spec
 
 CORPUS_META_KEYS = ("corpus", "corpus_spec")
 TASK_META_KEY = "task"
@@ -74,6 +74,19 @@ def _meta_value(stores, keys):
     return None
 
 
+def _task_spec(task: str | None, given: bool):
+    """The spec that names the labels: ``--task`` must resolve; a task recorded in the store is
+    used when it still resolves, else the rows carry label ids without names."""
+    if task is None:
+        return None
+    try:
+        return get_task_spec(task)
+    except ApproxError:
+        if given:
+            raise
+        return None
+
+
 def run_select(args: argparse.Namespace) -> int:
     if args.k < 0:
         raise ConfigError("--k", args.k, "a non-negative integer")
@@ -90,7 +103,7 @@ def run_select(args: argparse.Namespace) -> int:
         seed = _meta_value(stores, ("corpus_seed",)) if recorded else None
         corpus = load_corpus(spec_text, limit=limit, seed=seed or 0)
     task = args.task or _meta_value(stores, (TASK_META_KEY,))
-    spec = get_task_spec(task) if task is not None and (args.task or task in TASK_SPECS) else None
+    spec = _task_spec(task, given=args.task is not None)
     pool = build_pool(corpus, stores=stores, num_classes=spec.num_classes if spec and spec.num_classes else None)
     selection = select(args.strategy, pool, args.k, args.seed, options)
     rows = selection_rows(pool, selection, spec)

@@ -10,18 +10,19 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.models.parameter_sets import (
     HEAD,
     HEAD_LABELS,
     check_params,
     explicit_layers,
 )
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TASK_SPECS, TaskSpec
+from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec, get_task_spec
 from lm_eval_approx.validation import (
     MIN_MAX_LENGTH,
     check_choice,
     check_int,
+    check_text,
     help_field,
 )
 
@@ -70,7 +71,10 @@ class FeatureConfig:
         for name in ("base", "finetuned"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(name, getattr(self, name), "a model name or path")
-        check_choice("task", self.task, sorted(TASK_SPECS))
+        try:
+            spec = get_task_spec(check_text("task", self.task, "an approximation task name"))
+        except UnknownNameError as exc:
+            raise ConfigError("task", self.task, str(exc).split(": ", 1)[-1]) from None
         check_params(self.params)
         for name, low in (("dim", 1), ("checkpoints", 1), ("batch_size", 1), ("max_length", MIN_MAX_LENGTH),
                           ("seed", 0)):
@@ -83,7 +87,7 @@ class FeatureConfig:
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError("device", self.device, "cpu or cuda")
         if self.params == HEAD_LABELS:
-            check_label_task(TASK_SPECS[self.task])
+            check_label_task(spec)
 
     @property
     def alphas(self) -> list[float]:

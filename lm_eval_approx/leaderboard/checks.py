@@ -4,10 +4,10 @@ the corpora corpus.py knows) and task names (against our task specs and lm-eval'
 from __future__ import annotations
 
 from lm_eval_approx.data.corpus import parse_corpus_spec
-from lm_eval_approx.errors import ConfigError, UnknownNameError
+from lm_eval_approx.errors import ApproxError, ConfigError, UnknownNameError
 from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
 from lm_eval_approx.plugins.registry import task_registry
-from lm_eval_approx.tasks.specs import TASK_SPECS
+from lm_eval_approx.tasks.specs import get_task_spec
 
 
 class LeaderboardConfigError(ConfigError):
@@ -37,8 +37,10 @@ def check_task(key: str, name: object, approximation: bool) -> None:
     if not isinstance(name, str) or not name:
         raise field_error(key, name, "a task name")
     if approximation:
-        if name not in TASK_SPECS:
-            raise field_error(key, name, str(UnknownNameError("approximation task", name, TASK_SPECS)))
+        try:
+            get_task_spec(name)
+        except ApproxError as exc:
+            raise field_error(key, name, str(exc)) from None
         return
     if name in task_registry():
         return

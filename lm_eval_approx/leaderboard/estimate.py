@@ -25,10 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.leaderboard.config import APPROX, LeaderboardConfig
 from lm_eval_approx.strategies.base import FEATURES, LOSS_BASE
 from lm_eval_approx.strategies.registry import strategy_registry
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TASK_SPECS
+from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
 
 CPU_RATES = {"train": 2.0, "label_text": 6.0, "loss": 8.0, "features_head": 5.3, "features_changed": 2.6,
              "score_choice": 3.0, "score_text": 1.0}
@@ -56,8 +57,10 @@ def _rates(device: str) -> dict[str, float]:
 
 def _is_choice_task(name: str) -> bool:
     """An approximation task scored by choices (the other tasks are costed as text perplexity)."""
-    spec = TASK_SPECS.get(name)
-    return spec is not None and spec.kind == CLASSIFICATION
+    try:
+        return get_task_spec(name).kind == CLASSIFICATION
+    except ApproxError:
+        return False
 
 
 def _feature_rate(rates: dict[str, float], params: str) -> float:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lm_eval_approx.errors import UnknownNameError
-
 CLASSIFICATION = "classification"
 LANGUAGE_MODELLING = "lm"
 
@@ -76,8 +74,30 @@ TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (AGNEWS, MSMARCO)
 TASK_SPECS["approx_msmarco_last"] = MSMARCO
 
 
-def get_task_spec(name: str) -> TaskSpec:
-    """The spec of an approximation task by lm-eval task name (``approx_agnews``, ...)."""
-    if name not in TASK_SPECS:
-        raise UnknownNameError("approximation task", name, TASK_SPECS)
-    return TASK_SPECS[name]
+def task_key(spec) -> str:
+    """What a cache key records of a task: the name of a built-in spec above (so keys made before
+    any lm-eval task could be a target stay valid), ``name@prompt identity`` for a task rendered by
+    lm-eval, so editing its YAML recomputes everything that depends on its prompt."""
+    identity = getattr(spec, "prompt_identity", None)
+    return spec.name if identity is None else f"{spec.name}@{identity()}"
+
+
+def get_task_spec(name: str, include_path=None, text_field: str | None = None):
+    """The spec of an approximation task by lm-eval task name: the built-in specs above first
+    (``approx_agnews``, ...; ``include_path`` and ``text_field`` do not apply to them), else any
+    lm-eval task in the registered task folders, ``include_path`` or lm-eval's own tasks, rendered
+    by the task itself (``tasks/lm_eval_spec.py``; a named error when it cannot be approximated)."""
+    if name in TASK_SPECS:
+        return TASK_SPECS[name]
+    from lm_eval_approx.tasks.lm_eval_tasks import (
+        UnknownTaskError,
+        builtin_task_names,
+        lm_eval_task_spec,
+        local_task_names,
+    )
+
+    spec = lm_eval_task_spec(name, include_path, text_field)
+    if spec is not None:
+        return spec
+    listed = sorted({*TASK_SPECS, *local_task_names(include_path)[0]})
+    raise UnknownTaskError(name, listed, sorted(set(builtin_task_names()) - set(listed)))

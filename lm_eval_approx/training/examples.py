@@ -40,8 +40,8 @@ def corpus_examples(data: str, spec: TaskSpec, limit: int | None, seed: int) -> 
     corpus = load_corpus(data, limit=limit, seed=seed)
     classification = spec.kind == CLASSIFICATION
     if classification and any(label is None for label in corpus.labels):
-        raise ConfigError("data", data, f"a corpus with true labels for the classification task {spec.name} "
-                                        f"(e.g. {spec.corpus}:train)")
+        example = f" (e.g. {spec.corpus}:train)" if spec.corpus else ""
+        raise ConfigError("data", data, f"a corpus with true labels for the classification task {spec.name}{example}")
     if classification:
         check_labels("data", corpus.labels, corpus.ids, spec)
     return [

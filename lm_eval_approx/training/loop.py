@@ -51,7 +51,7 @@ from lm_eval_approx.models.loading import (
     load_tokenizer,
     resolve_model,
 )
-from lm_eval_approx.tasks.specs import TaskSpec
+from lm_eval_approx.tasks.specs import TaskSpec, task_key
 from lm_eval_approx.training.data import (
     EpochShuffle,
     normalise_weights,
@@ -93,7 +93,7 @@ class TrainResult:
 
 def training_key(base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe) -> str:
     """Hash of everything the trained weights depend on."""
-    parts = [resolve_model(base), spec.name, selection_hash(examples), recipe.recipe_hash()]
+    parts = [resolve_model(base), task_key(spec), selection_hash(examples), recipe.recipe_hash()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:KEY_CHARS]
 
 
