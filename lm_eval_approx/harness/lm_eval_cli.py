@@ -50,13 +50,14 @@ def install_task_paths() -> None:
     import lm_eval.tasks
 
     base = lm_eval.tasks.TaskManager
-    ours = [str(p) for p in task_folders()]
 
     class ApproxTaskManager(base):
-        """lm-eval's TaskManager with lm-eval-approx's task folders always included."""
+        """lm-eval's TaskManager with lm-eval-approx's task folders always included (those
+        registered when it is built: the registry may gain a plugin after installation)."""
 
         def __init__(self, *args, include_path=None, **kwargs):
-            extra = [p for p in ours if p not in map(str, _as_list(include_path))]
+            given = [str(p) for p in _as_list(include_path)]
+            extra = [str(p) for p in task_folders() if str(p) not in given]
             super().__init__(*args, include_path=[*extra, *_as_list(include_path)], **kwargs)
 
     lm_eval.tasks.TaskManager = ApproxTaskManager
