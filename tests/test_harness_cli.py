@@ -191,15 +191,8 @@ def test_msmarco_last_scores_the_spaced_last_word_given_the_rest(tiny_llama, tmp
     assert result["versions"]["approx_msmarco_last"] == 2.0
 
 
-@pytest.fixture
-def user_task(tmp_path):
-    """A user's multiple-choice task (own prompt, two choices, local JSONL) in a plugin's task
-    folder, registered for the test; yields the JSONL of its labelled rows."""
-    from lm_eval_approx import hookspecs
-    from lm_eval_approx.plugins import registry
-    from lm_eval_approx.plugins.manager import get_plugin_manager
-    from lm_eval_approx.tasks.lm_eval_tasks import reset_task_caches
-
+def _user_task_folder(tmp_path):
+    """A user's multiple-choice task (own prompt, two choices, local JSONL): (folder, data file)."""
     folder = tmp_path / "tasks"
     folder.mkdir()
     rows = [{"text": f"review {i} was {'great' if i % 2 else 'dull'}", "label": i % 2} for i in range(8)]
@@ -210,6 +203,18 @@ def user_task(tmp_path):
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"Review: {{text}}\\nSentiment:\"\n"
         "doc_to_choice: ['negative', 'positive']\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n"
     )
+    return folder, data
+
+
+@pytest.fixture
+def user_task(tmp_path):
+    """The user's task in a plugin's task folder, registered for the test; yields its data file."""
+    from lm_eval_approx import hookspecs
+    from lm_eval_approx.plugins import registry
+    from lm_eval_approx.plugins.manager import get_plugin_manager
+    from lm_eval_approx.tasks.lm_eval_tasks import reset_task_caches
+
+    folder, data = _user_task_folder(tmp_path)
 
     class UserTasks:
         @hookspecs.hookimpl
@@ -238,23 +243,49 @@ def test_finetune_on_a_user_task_in_a_registered_folder(tiny_llama, user_task, t
     assert (out / "adapter_config.json").is_file()
 
 
-def test_select_approximates_a_user_task_scored_by_lm_eval(tiny_llama, user_task, tmp_path, monkeypatch):
-    """The whole loop on a user's task: an expert from its data, SELECT on gradient features of
-    candidates pseudo-labelled with its two choices, and lm-eval scoring the approximation on it."""
+def test_finetune_finds_a_user_task_through_include_path(tiny_llama, tmp_path, capsys):
     from lm_eval_approx.cli import main
+    from lm_eval_approx.tasks.lm_eval_tasks import reset_task_caches
+
+    folder, data = _user_task_folder(tmp_path)
+    try:
+        assert main(["finetune", "--base", tiny_llama, "--task", "my_reviews", "--data", str(data),
+                     "--out", str(tmp_path / "x"), "--epochs", "1", "--no-progress"]) == 2
+        assert "my_reviews" in capsys.readouterr().err
+        assert main(["finetune", "--base", tiny_llama, "--task", "my_reviews", "--include-path", str(folder),
+                     "--data", str(data), "--out", str(tmp_path / "expert"), "--epochs", "1", "--no-progress"]) == 0
+        assert (tmp_path / "expert" / "adapter_config.json").is_file()
+        assert main(["finetune", "--base", tiny_llama, "--task", "my_reviews", "--include-path", str(tmp_path / "no"),
+                     "--data", str(data), "--out", str(tmp_path / "y"), "--no-progress"]) == 2
+        assert "include_path" in capsys.readouterr().err
+    finally:
+        reset_task_caches()
+
+
+def test_select_approximates_a_user_task_scored_by_lm_eval(tiny_llama, tmp_path, monkeypatch):
+    """The whole loop on a user's task found only through lm-eval's own ``--include_path``: an
+    expert from its data, SELECT on gradient features of candidates pseudo-labelled with its two
+    choices, and lm-eval scoring the approximation on it."""
+    from lm_eval_approx.cli import main
+    from lm_eval_approx.tasks.lm_eval_tasks import reset_task_caches
 
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    folder, data = _user_task_folder(tmp_path)
     expert = tmp_path / "expert"
-    assert main(["finetune", "--base", tiny_llama, "--task", "my_reviews", "--data", str(user_task),
-                 "--out", str(expert), "--epochs", "1", "--no-progress"]) == 0
-    corpus = tmp_path / "candidates.jsonl"
-    corpus.write_text("".join(json.dumps({"text": f"candidate {i} is {'good' if i % 3 else 'bad'}"}) + "\n"
-                              for i in range(16)))
-    out = tmp_path / "scores"
-    assert main(["run", "--model", "approx", "--model_args",
-                 f"base={tiny_llama},finetuned={expert},task=my_reviews,strategy=select,k=6,corpus={corpus},"
-                 "dim=64,train_epochs=1,train_validation_fraction=0.0",
-                 "--tasks", "my_reviews", "--device", "cpu", "--output_path", str(out)]) == 0
+    try:
+        assert main(["finetune", "--base", tiny_llama, "--task", "my_reviews", "--include-path", str(folder),
+                     "--data", str(data), "--out", str(expert), "--epochs", "1", "--no-progress"]) == 0
+        corpus = tmp_path / "candidates.jsonl"
+        corpus.write_text("".join(json.dumps({"text": f"candidate {i} is {'good' if i % 3 else 'bad'}"}) + "\n"
+                                  for i in range(16)))
+        out = tmp_path / "scores"
+        assert main(["run", "--model", "approx", "--model_args",
+                     f"base={tiny_llama},finetuned={expert},task=my_reviews,strategy=select,k=6,corpus={corpus},"
+                     "dim=64,train_epochs=1,train_validation_fraction=0.0",
+                     "--include_path", str(folder), "--tasks", "my_reviews", "--device", "cpu",
+                     "--output_path", str(out)]) == 0
+    finally:
+        reset_task_caches()
     result = json.loads(next(out.rglob("results_*.json")).read_text())
     approx = result["config"]["approx"]
     assert approx["strategy"] == "select" and approx["selected"] == 6

@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lm_eval_approx.harness.lm_eval_cli import prepare_lm_eval, rewrite_argv
+from lm_eval_approx.harness.lm_eval_cli import (
+    include_paths,
+    prepare_lm_eval,
+    rewrite_argv,
+)
+from lm_eval_approx.plugins.registry import include_task_folders
 
 
 def add_parser(subparsers) -> None:
@@ -36,6 +41,8 @@ def run_lm_eval(lm_eval_args: list[str]) -> int:
     )
 
     prepare_lm_eval()
+    # The folders lm-eval's run sees are the folders the approx model's target task resolves in.
+    include_task_folders(include_paths(lm_eval_args))
     saved = sys.argv
     sys.argv = ["lm-eval-approx run", "run", *rewrite_argv(lm_eval_args)]
     try:

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 
+from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.examples import corpus_examples, selection_examples
 from lm_eval_approx.training.recipe import (
@@ -39,7 +40,10 @@ def add_parser(subparsers) -> None:
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
         add = parser.add_argument
         add("--base", required=True, help="base model: folder, hub id, .gguf file or alias (smollm2-135m)")
-        add("--task", required=True, help="approximation task whose template renders the examples")
+        add("--task", required=True, help="approximation task whose template renders the examples: a built-in "
+            "approx_* task or any lm-eval task (lm-eval-approx tasks --approximable)")
+        add("--include-path", action="append", default=[], metavar="DIR",
+            help="a folder of lm-eval task YAML in which --task may be defined, repeatable")
         add("--data", required=True, help=data_help)
         add("--out", required=True, help="output folder (written atomically; reused when it holds this training)")
         add("--limit", type=int, default=None,
@@ -67,6 +71,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     base_recipe = TrainingRecipe.load(args.recipe) if args.recipe else None
     recipe = recipe_from_args(args, base_recipe)
+    include_task_folders(args.include_path)
     spec = get_task_spec(args.task)
     examples = load_examples(args, spec, recipe.seed)
     out = train_adapter(args.base, spec, examples, recipe, args.out, progress=not args.no_progress)

@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 # model_args keys whose values name a model or adapter and so may be an alias or a .gguf file.
 MODEL_ARG_KEYS = ("pretrained", "peft", "tokenizer", "base", "finetuned", "expert")
 
+INCLUDE_FLAG = "--include_path"
+
 _installed = False
 
 
@@ -102,6 +104,12 @@ def rewrite_argv(argv: list[str]) -> list[str]:
         out.append(arg)
         i += 1
     return out
+
+
+def include_paths(argv: list[str]) -> list[str]:
+    """The values of lm-eval's ``--include_path`` in an argument list (both spellings)."""
+    found = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == INCLUDE_FLAG]
+    return found + [arg.split("=", 1)[1] for arg in argv if arg.startswith(INCLUDE_FLAG + "=")]
 
 
 def prepare_lm_eval() -> None:

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 import yaml
 
-from lm_eval_approx.errors import ApproxError, UnknownNameError
+from lm_eval_approx.errors import ApproxError, ConfigError, UnknownNameError
 from lm_eval_approx.plugins.manager import PluginInfo, call_each, forget_manager
 
 T = TypeVar("T")
@@ -130,9 +130,24 @@ def task_registry() -> Registry:
     return cached_registry("task", _build_task_registry)
 
 
+_included: list[Path] = []
+
+
+def include_task_folders(paths) -> None:
+    """Add folders of task YAML for this process (lm-eval's ``--include_path``, ``finetune
+    --include-path``): their tasks become visible, and approximable, like a plugin's."""
+    for path in paths:
+        folder = Path(path).expanduser().resolve()
+        if not folder.is_dir():
+            raise ConfigError("include_path", str(path), "an existing folder of lm-eval task YAML")
+        if folder not in _included:
+            _included.append(folder)
+
+
 def task_folders() -> list[Path]:
-    """The distinct folders that hold registered tasks, for lm-eval's TaskManager."""
-    return sorted({entry.obj for entry in task_registry()})
+    """The distinct folders that hold registered tasks, plus the included ones, for lm-eval's
+    TaskManager."""
+    return sorted({entry.obj for entry in task_registry()} | set(_included))
 
 
 def reset_registries() -> None:
@@ -144,3 +159,4 @@ def reset_plugins() -> None:
     """Forget the plugin manager and every registry built from it (tests register plugins on the fly)."""
     forget_manager()
     reset_registries()
+    _included.clear()
