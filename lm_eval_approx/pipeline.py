@@ -212,13 +212,43 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
     return run_stage(FEATURE_STAGE, inputs, compute)
 
 
-def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str | Path | None = None) -> ApproxResult:
-    """Run (or reuse) every stage; ``out_dir`` gets a copy of the selection file when given.
+def _teacher_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecipe) -> list:
+    """The probes of a teacher stop signal: θf against the retrained model on ``monitor_size``
+    unselected pool documents (``training/probes.py``)."""
+    from lm_eval_approx.training.probes import held_out_texts, teacher_probes
+
+    if spec.kind != CLASSIFICATION:
+        raise ConfigError("stop_on", recipe.stop_on, "validation_loss for a language-modelling task "
+                          "(teacher signals compare choice distributions of a classification task)")
+    texts = held_out_texts(corpus.texts, corpus.ids, {row.id for row in rows}, recipe.monitor_size, recipe.seed)
+    teacher = load_model(config.finetuned)
+    probe = teacher_probes(teacher, load_tokenizer(config.base), spec, texts, config.extract_batch_size,
+                           config.extract_max_length)
+    del teacher
+    return [probe]
+
+
+@dataclass
+class Selected:
+    """Everything up to the selection: the task, the candidate pool, the stages run so far and the
+    selected rows (what ``run_approximation`` retrains θ0 on)."""
+
+    spec: Any
+    corpus: Any
+    stages: list[StageRecord]
+    rows: list
+
+    @property
+    def selection_path(self) -> Path:
+        return self.stages[-1].path / SELECTION_FILE
+
+
+def run_selection(config: ApproxConfig) -> Selected:
+    """Run (or reuse) every stage up to and including the selection.
 
     θ0 and θf are checked as a pair first (``models/pairs.py``), so a pair that cannot be approximated fails
-    in seconds, before any labelling, extraction or training."""
+    in seconds, before any labelling or extraction."""
     from lm_eval_approx.features.build import open_feature_stores
-    from lm_eval_approx.training.loop import train_adapter
 
     spec = get_task_spec(config.task)
     strategy_cls = strategy_registry().get(config.strategy).obj
@@ -254,20 +284,33 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
     selection_inputs = {"upstream": upstream, "strategy": config.strategy, "options": config.strategy_options,
                         "k": config.k, "seed": config.seed, "labels_needed": LABELS in needs}
     stages.append(run_stage(SELECTION_STAGE, selection_inputs, compute_selection))
-    selection_path = stages[-1].path / SELECTION_FILE
-    rows = read_selection(selection_path)
+    rows = read_selection(stages[-1].path / SELECTION_FILE)
     if not rows:
         raise ConfigError("k", config.k, "at least one selected document to train on")
+    return Selected(spec, corpus, stages, rows)
+
+
+def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str | Path | None = None) -> ApproxResult:
+    """Run (or reuse) every stage (``run_selection``, then the retraining); ``out_dir`` gets a copy
+    of the selection file when given."""
+    from lm_eval_approx.training.loop import train_adapter
+
+    selected = run_selection(config)
+    spec, corpus, rows, stages = selected.spec, selected.corpus, selected.rows, list(selected.stages)
+    models = _models_key(config)
 
     def compute_training(folder: Path) -> dict:
-        train_adapter(config.base, spec, rows, recipe, folder / "adapter")
+        probes = _teacher_probes(config, spec, corpus, rows, recipe) if recipe.uses_teacher else ()
+        train_adapter(config.base, spec, rows, recipe, folder / "adapter", probes=probes)
         return {"examples": len(rows)}
 
     training_inputs = {"base": models["base"], "task": task_key(spec), "selection": selection_hash(rows),
                        "recipe": recipe.recipe_hash()}
+    if recipe.uses_teacher:  # the kept epoch then depends on θf and on the held-out pool documents
+        training_inputs["monitor"] = {"finetuned": models["finetuned"], "corpus": corpus.fingerprint()}
     stages.append(run_stage(TRAINING_STAGE, training_inputs, compute_training))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_selection(out / SELECTION_FILE, rows)
-    return ApproxResult(stages[-1].path / "adapter", selection_path, stages)
+    return ApproxResult(stages[-1].path / "adapter", selected.selection_path, stages)

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from lm_eval_approx.training.data import (
     training_batch,
 )
 from lm_eval_approx.training.loss import batch_example_losses, supports_head_positions
+from lm_eval_approx.training.probes import Probe, direction, improves, run_probes
 from lm_eval_approx.training.recipe import ALL_LINEAR, FULL, HEAD, TrainingRecipe
 from lm_eval_approx.training.resume import (
     CHECKPOINT_FILE,
@@ -184,10 +185,14 @@ def _loader(rows, batch_size: int, pad_id: int, sampler=None):
 def train_model(
     base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, work_dir: str | Path,
     *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, full_logits: bool = False,
+    probes: Sequence[Probe] = (),
 ) -> TrainResult:
     """Train θ0 (``base``) on ``examples``; checkpoints go to ``work_dir`` (resumed when they match).
 
     ``on_epoch_end(epoch, history)`` is called after each epoch's checkpoint is written.
+    ``probes`` are measured before training and after every epoch (``history["probes"]``); when
+    ``recipe.stop_on`` names one of their values, that value, not the validation loss, picks the
+    kept epoch (θ0 itself, epoch 0, included) and counts the patience.
     Classification losses come from the output head at the label-predicting positions only
     (``training/loss.py``); ``full_logits=True`` computes full-vocabulary logits everywhere instead
     (the slower reference path, same losses).
@@ -199,6 +204,8 @@ def train_model(
     if not examples:
         raise ConfigError("examples", examples, "at least one training example")
     work_dir, key = Path(work_dir), training_key(base, spec, examples, recipe)
+    on_signal = recipe.uses_teacher
+    higher_better = direction(probes, recipe.stop_on) if on_signal else False
     model, tokenizer = prepare_model(base, recipe)
     head_positions = not full_logits and supports_head_positions(model)
     train_rows, val_rows = split_validation(examples, recipe.validation_fraction, recipe.seed)
@@ -224,11 +231,17 @@ def train_model(
         "key": key, "n_train": len(train_data), "n_validation": len(val_data), "epochs_run": 0,
         "train_loss": [], "validation_loss": [], "steps": [], "best_epoch": None, "best_validation_loss": None,
         "stopped_early": False, "resumed_from_epoch": None, "train_seconds": 0.0, "examples_seen": 0,
+        "stop_on": recipe.stop_on, "probes": {}, "probe_seconds": 0.0,
     }
     checkpoint = work_dir / CHECKPOINT_FILE
     history, best_state = _resume(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, history)
     if not history["validation_loss"]:
         history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
+    if probes and not history["probes"]:
+        _record_probes(history, probes, accelerator.unwrap_model(model), tokenizer)
+        if on_signal:
+            history["best_epoch"], history["best_signal"] = 0, history["probes"][recipe.stop_on][0]
+            best_state = _trainable_state(accelerator.unwrap_model(model))
 
     start = history["epochs_run"]
     bar = tqdm(total=len(train_loader) * recipe.epochs, initial=len(train_loader) * start,
@@ -259,8 +272,20 @@ def train_model(
         val_loss = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
         if val_loss is not None:
             history["validation_loss"].append(val_loss)
-            if history["best_validation_loss"] is None or val_loss < history["best_validation_loss"]:
-                history["best_epoch"], history["best_validation_loss"] = epoch + 1, val_loss
+        if probes:
+            _record_probes(history, probes, accelerator.unwrap_model(model), tokenizer)
+        if on_signal:
+            signal = history["probes"][recipe.stop_on][-1]
+            better = improves(higher_better, signal, history["best_signal"])
+            if val_loss is not None and improves(False, val_loss, history["best_validation_loss"]):
+                history["best_validation_loss"] = val_loss
+        else:
+            signal = val_loss
+            better = val_loss is not None and improves(False, val_loss, history["best_validation_loss"])
+        if signal is not None:
+            if better:
+                history["best_epoch"] = epoch + 1
+                history["best_signal" if on_signal else "best_validation_loss"] = signal
                 best_state = _trainable_state(accelerator.unwrap_model(model))
             elif recipe.patience and epoch + 1 - history["best_epoch"] >= recipe.patience:
                 history["stopped_early"] = True
@@ -280,6 +305,13 @@ def train_model(
         history["best_epoch"] = history["epochs_run"]
     accelerator.free_memory()
     return TrainResult(model=model.eval(), tokenizer=tokenizer, history=history)
+
+
+def _record_probes(history: dict, probes: Sequence[Probe], model, tokenizer) -> None:
+    began = time.perf_counter()
+    for name, value in run_probes(probes, model, tokenizer).items():
+        history["probes"].setdefault(name, []).append(value)
+    history["probe_seconds"] += time.perf_counter() - began
 
 
 def _resume(checkpoint: Path, model, optimizer, scheduler, fresh: dict) -> tuple[dict, dict | None]:
@@ -317,7 +349,7 @@ def is_complete(out_dir: str | Path, key: str | None = None) -> bool:
 
 def train_adapter(
     base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, out_dir: str | Path,
-    *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
+    *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, probes: Sequence[Probe] = (),
 ) -> Path:
     """Train and save to ``out_dir`` (see the module docstring); a finished folder of the same
     inputs is returned as it is."""
@@ -326,7 +358,8 @@ def train_adapter(
         logger.info("%s already holds this training; reusing it", out_dir)
         return out_dir
     work_dir = work_dir_for(out_dir)
-    result = train_model(base, spec, examples, recipe, work_dir, progress=progress, on_epoch_end=on_epoch_end)
+    result = train_model(base, spec, examples, recipe, work_dir, progress=progress, on_epoch_end=on_epoch_end,
+                         probes=probes)
     save_training(result, base, spec, examples, recipe, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir
@@ -350,6 +383,7 @@ def save_training(result: TrainResult, base: str, spec: TaskSpec, examples: list
         write_json_atomic(staging / CURVES_FILE, {
             "train_loss": history["train_loss"], "validation_loss": history["validation_loss"],
             "initial_validation_loss": history.get("initial_validation_loss"), "steps": history["steps"],
+            "probes": history.get("probes", {}),
         })
         write_json_atomic(staging / TRAINING_FILE, {
             "base": base, "task": spec.name, "selection_hash": selection_hash(examples),

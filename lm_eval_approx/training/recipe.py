@@ -41,6 +41,14 @@ DEFAULT_TARGET_MODULES = (ALL_LINEAR, HEAD)
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MAX_VALIDATION_FRACTION = 0.5
+VALIDATION_LOSS = "validation_loss"
+TEACHER_KL = "teacher_kl"
+TEACHER_AGREEMENT = "teacher_agreement"
+STOP_SIGNALS = (VALIDATION_LOSS, TEACHER_KL, TEACHER_AGREEMENT)
+TEACHER_SIGNALS = (TEACHER_KL, TEACHER_AGREEMENT)
+# Fields added after caches and results/cpu were keyed: left out of the hash while they hold these
+# values (which reproduce the older behaviour), so every existing recipe keeps its hash.
+LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256}
 HASH_CHARS = 16
 RECIPE_DEST = "recipe_"
 
@@ -76,6 +84,11 @@ class TrainingRecipe:
         "stop after this many epochs without a better validation loss (0: never stop early)", 2
     )
     mixed_precision: str = help_field(f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)}", "no")
+    stop_on: str = help_field(
+        f"what picks the kept epoch and stops training: {' | '.join(STOP_SIGNALS)} (the teacher signals "
+        "compare with θf on held-out, unselected pool documents; training/probes.py)", VALIDATION_LOSS
+    )
+    monitor_size: int = help_field("held-out pool documents the teacher signals are measured on", 256)
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -85,6 +98,8 @@ class TrainingRecipe:
         check_choice("method", self.method, METHODS)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("stop_on", self.stop_on, STOP_SIGNALS)
+        check_int("monitor_size", self.monitor_size, minimum=1)
         for name in ("lora_rank", "batch_size", "gradient_accumulation", "epochs"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("max_length", self.max_length, minimum=MIN_MAX_LENGTH)
@@ -156,9 +171,21 @@ class TrainingRecipe:
             raise ConfigError("recipe", str(path), f"a readable UTF-8 recipe.json file ({exc})") from None
         return cls.from_json(text)
 
+    @property
+    def uses_teacher(self) -> bool:
+        """True when training stops on a teacher signal (it then needs θf and held-out pool texts)."""
+        return self.stop_on in TEACHER_SIGNALS
+
     def recipe_hash(self) -> str:
-        """A short content hash of every field: equal hashes mean equal recipes."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A short content hash of every field that matters: equal hashes mean equal recipes
+        (``monitor_size`` matters only under a teacher signal; see ``LATER_FIELDS``)."""
+        record = self.to_dict()
+        if not self.uses_teacher:
+            record.pop("monitor_size")
+        for name, old in LATER_FIELDS.items():
+            if record.get(name, old) == old:
+                record.pop(name, None)
+        canonical = json.dumps(record, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_CHARS]
 
 
