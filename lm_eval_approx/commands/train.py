@@ -4,6 +4,8 @@ benchmark's expert θf from true training data): one command, one recipe, two da
     lm-eval-approx train --base smollm2-135m --task approx_agnews --data sel.jsonl --out adapters/sel
     lm-eval-approx finetune --base smollm2-135m --task approx_agnews --data ag_news:train \
         --limit 1000 --out experts/agnews
+    lm-eval-approx finetune --base smollm2-135m --task my_task --include-path my_tasks/ \
+        --limit 1000 --out experts/my_task      # no --data: the task's own training split
 
 The output folder is a PEFT adapter that ``lm-eval-approx run --model hf --model_args
 pretrained=BASE,peft=OUT`` evaluates (or a model folder with ``--method full``). Plain ``lm_eval``
@@ -18,7 +20,7 @@ import sys
 
 from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.tasks.specs import get_task_spec
-from lm_eval_approx.training.examples import corpus_examples, selection_examples
+from lm_eval_approx.training.examples import corpus_examples, selection_examples, task_examples
 from lm_eval_approx.training.recipe import (
     TrainingRecipe,
     add_recipe_arguments,
@@ -34,7 +36,8 @@ def add_parser(subparsers) -> None:
         ("train", SELECTION, "retrain a base model on a selection file (JSONL of id, text, label, weight)",
          "selection JSONL file (rows with text, label, weight)"),
         ("finetune", CORPUS, "make a benchmark's expert: train a base model on a corpus with its true labels",
-         "corpus spec with true labels for classification tasks, e.g. ag_news:train"),
+         "corpus spec with true labels for classification tasks, e.g. ag_news:train (default: the "
+         "task's own training split, read through lm-eval)"),
     ):
         parser = subparsers.add_parser(name, help=help_text, description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +47,7 @@ def add_parser(subparsers) -> None:
             "approx_* task or any lm-eval task (lm-eval-approx tasks --approximable)")
         add("--include-path", action="append", default=[], metavar="DIR",
             help="a folder of lm-eval task YAML in which --task may be defined, repeatable")
-        add("--data", required=True, help=data_help)
+        add("--data", required=source == SELECTION, default=None, help=data_help)
         add("--out", required=True, help="output folder (written atomically; reused when it holds this training)")
         add("--limit", type=int, default=None,
             help="use this many examples (selection: the first in pick order; corpus: drawn with --data-seed)")
@@ -57,10 +60,14 @@ def add_parser(subparsers) -> None:
 
 
 def load_examples(args: argparse.Namespace, spec, seed: int) -> list:
-    """The training rows the command line names: a selection file, or a corpus with true labels."""
+    """The training rows the command line names: a selection file, a corpus with true labels, or
+    (finetune without ``--data``) the task's own training split."""
     if args.data_source == SELECTION:
         return selection_examples(args.data, spec, args.limit)
-    return corpus_examples(args.data, spec, args.limit, seed if args.data_seed is None else args.data_seed)
+    seed = seed if args.data_seed is None else args.data_seed
+    if args.data is None:
+        return task_examples(spec, args.limit, seed)
+    return corpus_examples(args.data, spec, args.limit, seed)
 
 
 def train_command(args: argparse.Namespace) -> int:

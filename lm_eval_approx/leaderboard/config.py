@@ -5,10 +5,12 @@ Layout (every key but ``base``, ``expert`` and ``strategies`` has a default)::
 
     name: cpu-small
     base: smollm2-135m
-    task: approx_agnews            # target: an approximation task
+    task: approx_agnews            # target: any approximable lm-eval task (lm-eval-approx tasks --approximable)
+    include_path: [my_tasks/]      # folders of task YAML (relative to the working directory), like --include_path
     metric: acc                    # optional; default: the task's first metric
     expert: {adapter: DIR}         # a given model/adapter, or how to make one:
     expert: {data: ag_news:train, size: 1000, seed: 0, recipe: {epochs: 2}}
+    expert: {data: task, size: 1000}   # the target task's own training split (through lm-eval)
     corpus: {spec: seed:wikitext2+seed:dbpedia, size: 2000, seed: 0}
     strategies: [random, {name: select, label: select_changed, options: {}, approx: {params: changed},
                           budgets: [500], seeds: [0]},
@@ -45,16 +47,19 @@ from lm_eval_approx.leaderboard.checks import (
     field_error,
 )
 from lm_eval_approx.pipeline import ApproxConfig
+from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.validation import check_int
 
-TOP_KEYS = ("name", "base", "task", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
+TOP_KEYS = ("name", "base", "task", "include_path", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
             "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size")
 # ApproxConfig fields a leaderboard sets itself (per cell), so `approx:` may not name them.
 CELL_FIELDS = ("base", "finetuned", "task", "corpus", "corpus_size", "corpus_seed", "strategy",
                "strategy_options", "k", "seed")
 DEFAULT_REFERENCE_SIZE = 500
+# expert.data naming the target task's own training split rather than a corpus spec.
+TASK_DATA = "task"
 
 
 def _positive_int(key: str, value: object, allow_none: bool = False) -> None:
@@ -94,13 +99,15 @@ class ExpertConfig:
     def validate(self, key: str = "expert") -> None:
         if self.adapter is None and self.data is None:
             raise field_error(key, None, "expert.adapter (a model or adapter folder) or expert.data "
-                                   "(a corpus with true labels, e.g. ag_news:train) with expert.size")
+                                   "(a corpus with true labels, e.g. ag_news:train, or 'task': the target "
+                                   "task's training split) with expert.size")
         if self.adapter is not None and self.data is not None:
             raise field_error(key, {"adapter": self.adapter, "data": self.data}, "either adapter or data, not both")
         if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter.strip()):
             raise field_error(f"{key}.adapter", self.adapter, "a model/adapter folder or alias")
         if self.data is not None:
-            check_corpus_spec(f"{key}.data", self.data)
+            if self.data != TASK_DATA:
+                check_corpus_spec(f"{key}.data", self.data)
             _positive_int(f"{key}.size", self.size, allow_none=True)
         check_int(f"{key}.seed", self.seed, minimum=0, error=field_error)
 
@@ -170,6 +177,7 @@ class LeaderboardConfig:
     similarity: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     batch_size: int = 16
+    include_path: list[str] = field(default_factory=list)
 
     def strategy(self, label: str) -> StrategyConfig:
         return next(s for s in self.strategies if s.label == label)
@@ -283,6 +291,14 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
     base = data.get("base")
     if not isinstance(base, str) or not base.strip():
         raise field_error("base", base, "a model folder, hub id or alias (tiny preset: --set base=PATH)")
+    include = data.get("include_path") or []
+    include = [include] if isinstance(include, str) else include
+    if not isinstance(include, list) or not all(isinstance(p, str) and p.strip() for p in include):
+        raise field_error("include_path", include, "a folder of lm-eval task YAML, or a list of them")
+    try:
+        include_task_folders(include)
+    except ConfigError as exc:
+        raise field_error("include_path", exc.value, exc.accepted) from None
     check_task("task", data.get("task", "approx_agnews"), approximation=True)
     expert_raw = _mapping("expert", data.get("expert"))
     known = {f.name for f in dataclasses.fields(ExpertConfig)}
@@ -335,7 +351,7 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
         seeds=seeds, extra_tasks=[_task_entry(f"extra_tasks[{i}]", t) for i, t in enumerate(extra)],
         limit=data.get("limit"), recipe=_mapping("recipe", data.get("recipe")), approx=approx,
         similarity=_mapping("similarity", data.get("similarity")), device=str(data.get("device", "cpu")),
-        batch_size=data.get("batch_size", 16),
+        batch_size=data.get("batch_size", 16), include_path=list(include),
     )
     _check_recipes(config)
     _check_approx_values(config)

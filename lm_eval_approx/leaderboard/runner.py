@@ -41,6 +41,7 @@ from lm_eval_approx.leaderboard.config import (
     APPROX,
     DEFAULT_REFERENCE_SIZE,
     EXPERT,
+    TASK_DATA,
     THETA0,
     Cell,
     LeaderboardConfig,
@@ -54,8 +55,8 @@ from lm_eval_approx.pipeline import (
     STAGE_ALPHA_SEPARATOR,
     TRAINING_STAGE,
 )
-from lm_eval_approx.tasks.specs import get_task_spec
-from lm_eval_approx.training.examples import corpus_examples
+from lm_eval_approx.tasks.specs import get_task_spec, task_key
+from lm_eval_approx.training.examples import corpus_examples, task_examples
 from lm_eval_approx.training.recipe import TrainingRecipe
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
         "cell": cell.id, "base": config.base, "expert": config.expert.__dict__, "recipe": config.recipe,
         "tasks": [t.__dict__ for t in config.tasks()],
     }
+    target = task_key(get_task_spec(config.task))
+    if target != config.task:  # a task rendered by lm-eval: its prompt identity (built-in keys unchanged)
+        inputs["target"] = target
     if cell.kind == APPROX:
         strategy = config.strategy(cell.label)
         inputs.update(corpus=config.corpus.__dict__, approx=config.approx, strategy=strategy.name,
@@ -162,8 +166,11 @@ def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
 
 
 def true_examples(config: LeaderboardConfig, spec) -> list:
-    """The expert's training rows: ``expert.size`` documents of ``expert.data`` with true labels."""
+    """The expert's training rows: ``expert.size`` documents of ``expert.data`` (or of the task's own
+    training split, for ``data: task``) with true labels."""
 
+    if config.expert.data == TASK_DATA:
+        return task_examples(spec, config.expert.size, config.expert.seed)
     return corpus_examples(config.expert.data, spec, config.expert.size, config.expert.seed)
 
 

@@ -65,3 +65,42 @@ def load_wikitext2(**_metadata):
         raise mirror_missing("task data wikitext (seed/wikitext2.jsonl)")
     rows = [{"page": row["text"]} for row in read_records(path)]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def load_jsonl_splits(file: str | None = None, test_size: int | None = None, validation_size: int = 0,
+                      seed: int = 0, **_metadata):
+    """Disjoint train / (validation) / test splits of ONE JSON Lines (or CSV) file, for a task YAML
+    with no Python of its own::
+
+        custom_dataset: !function lm_eval_approx.tasks.data.load_jsonl_splits
+        dataset_kwargs: {file: seed/dbpedia.jsonl, test_size: 1000, seed: 0}
+
+    ``file`` is relative to the data mirror (``LM_EVAL_APPROX_DATA``), or absolute / ``~``. The rows
+    are permuted with ``seed``; the first ``test_size`` form ``test``, the next ``validation_size``
+    ``validation`` (when > 0), the rest ``train``. Every row keeps its fields."""
+    import datasets
+    import numpy as np
+
+    from lm_eval_approx.cache.safe_paths import expand_user
+    from lm_eval_approx.errors import ConfigError
+    from lm_eval_approx.validation import check_int
+
+    if not isinstance(file, str) or not file.strip():
+        raise ConfigError("dataset_kwargs.file", file, "a JSONL/CSV file, relative to LM_EVAL_APPROX_DATA or absolute")
+    check_int("dataset_kwargs.test_size", test_size, minimum=1)
+    check_int("dataset_kwargs.validation_size", validation_size, minimum=0)
+    check_int("dataset_kwargs.seed", seed, minimum=0)
+    given = expand_user(file)
+    path = given if given.is_absolute() else mirror_file(file)
+    if path is None or not path.is_file():
+        raise mirror_missing(f"task data file {file}") if not given.is_absolute() else ConfigError(
+            "dataset_kwargs.file", file, "an existing file")
+    rows = read_records(path)
+    if test_size + validation_size >= len(rows):
+        raise ConfigError("dataset_kwargs.test_size", test_size, f"test_size + validation_size below the file's "
+                          f"{len(rows)} rows, so the training split is not empty")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    cuts = {"test": order[:test_size], "validation": order[test_size:test_size + validation_size],
+            "train": order[test_size + validation_size:]}
+    return datasets.DatasetDict({name: datasets.Dataset.from_list([rows[i] for i in picks])
+                                 for name, picks in cuts.items() if len(picks)})

@@ -207,6 +207,10 @@ def constant_choices(task, name: str, synthetic_docs: list[dict]) -> tuple[str, 
     return first
 
 
+def _no_target(doc, *args, **kwargs) -> str:
+    return ""
+
+
 class LmEvalTaskSpec:
     """The TaskSpec interface (name, kind, context, continuations, choices, num_classes, clip,
     label_name, corpus, description) of one lm-eval task, rendered by the task object itself."""
@@ -240,6 +244,14 @@ class LmEvalTaskSpec:
         task = self.task
         if self.output_type == ROLLING:
             return task.doc_to_target(doc)
+        if self.output_type == MULTIPLE_CHOICE:
+            # lm-eval's fewshot_context renders doc_to_target and discards it at zero shots; a
+            # candidate has no label, so a target template such as {{choices[label]}} must not run.
+            task.doc_to_target = _no_target
+            try:
+                return task.fewshot_context(doc=doc, num_fewshot=0, gen_prefix=task.doc_to_prefix(doc))
+            finally:
+                del task.doc_to_target
         context = task.fewshot_context(doc=doc, num_fewshot=0, gen_prefix=task.doc_to_prefix(doc))
         if self.output_type == LOGLIKELIHOOD:
             target = task.doc_to_target(doc)

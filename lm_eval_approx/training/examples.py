@@ -1,7 +1,8 @@
-"""Training examples from a selection file or from a labelled corpus (how an expert θf is made).
+"""Training examples from a selection file, a labelled corpus or the task's own training split
+(the last two: how an expert θf is made).
 
-A selection file is used as it is (its rows carry pseudo-labels); a corpus is drawn and converted
-with its *true* labels, which a classification task requires.
+A selection file is used as it is (its rows carry pseudo-labels); a corpus or the task's training
+split is drawn and converted with its *true* labels, which a classification task requires.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.data.selection_file import SelectedExample, read_selection
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.tasks.documents import training_documents
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
 
 
@@ -52,4 +54,28 @@ def corpus_examples(data: str, spec: TaskSpec, limit: int | None, seed: int) -> 
             order=i, source=corpus.sources[i],
         )
         for i in range(len(corpus))
+    ]
+
+
+def task_examples(spec, limit: int | None, seed: int) -> list[SelectedExample]:
+    """``limit`` documents of the task's own training split drawn with ``seed`` (all, in order,
+    without a limit), with their true labels; ids are ``<task>:train:<row>``. A built-in spec
+    reads the training split of its mirror corpus instead (``corpus_examples``)."""
+    import numpy as np
+
+    _check_limit(limit)
+    if getattr(spec, "task", None) is None:
+        if not spec.corpus:
+            raise ConfigError("data", None, f"--data: task {spec.name} names no corpus to train on")
+        return corpus_examples(f"{spec.corpus}:train", spec, limit, seed)
+    docs = training_documents(spec)
+    keep = range(len(docs))
+    if limit is not None and limit < len(docs):
+        keep = np.sort(np.random.default_rng(seed).choice(len(docs), size=limit, replace=False)).tolist()
+    classification = spec.kind == CLASSIFICATION
+    return [
+        SelectedExample(id=f"{spec.name}:train:{i}", text=docs[i][0], label=docs[i][1],
+                        label_text=spec.label_name(docs[i][1]) if classification else None,
+                        order=order, source=spec.name)
+        for order, i in enumerate(keep)
     ]
