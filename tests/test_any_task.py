@@ -197,3 +197,26 @@ def test_leaderboard_user_task_config_errors_name_the_key(tiny_llama, tmp_path, 
     with pytest.raises(ApproxError) as caught:
         config_from_dict(_config(tiny_llama, folder, corpus={"spec": "seed:wikitext2"}, **changes))
     assert caught.value.field == key
+
+
+def test_features_command_finds_a_user_task_through_include_path(tiny_llama, tmp_path, fresh_tasks):
+    """``features --include-path`` pseudo-labels with the user's two choices (labels 0/1 only)."""
+    import numpy as np
+    import torch
+
+    from lm_eval_approx.cli import main
+    from lm_eval_approx.features.build import open_feature_stores
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+
+    tuned = load_model(tiny_llama)
+    with torch.no_grad():
+        tuned.lm_head.weight.add_(0.01 * torch.randn_like(tuned.lm_head.weight))
+    tuned.save_pretrained(tmp_path / "tuned")
+    load_tokenizer(tiny_llama).save_pretrained(tmp_path / "tuned")
+    folder, _ = _task_folder(tmp_path)
+    corpus = _write_jsonl(tmp_path / "pool.jsonl", [{"text": f"pool text {i}"} for i in range(6)])
+    args = ["features", "--base", tiny_llama, "--finetuned", str(tmp_path / "tuned"), "--task", "my_moods",
+            "--corpus", corpus, "--params", "head", "--dim", "32", "--out", str(tmp_path / "store")]
+    assert main(args + ["--include-path", str(folder)]) == 0
+    store = open_feature_stores(tmp_path / "store")[0]
+    assert len(store) == 6 and set(np.unique(store.labels)) <= {0, 1}

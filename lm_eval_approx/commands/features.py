@@ -9,6 +9,7 @@ from __future__ import annotations
 from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.features.config import FeatureConfig
 from lm_eval_approx.models.pairs import check_model_pair
+from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
 from lm_eval_approx.training.examples import check_labels
 from lm_eval_approx.validation import add_field_arguments, field_values
@@ -24,6 +25,7 @@ def run_features(args) -> int:
         build_feature_stores,  # torch: only when extracting
     )
 
+    include_task_folders(args.include_path)
     config = FeatureConfig(**field_values(args, FeatureConfig, FLAG_FIELDS))
     check_model_pair(config.base, config.finetuned, config.params)
     corpus = load_corpus(config.corpus, limit=config.corpus_limit, seed=config.corpus_seed)
@@ -44,4 +46,6 @@ def add_parser(subparsers) -> None:
     add_field_arguments(parser, FeatureConfig, FLAG_FIELDS, flags={"corpus_limit": "--limit"},
                         required=REQUIRED_FIELDS)
     parser.add_argument("--out", required=True, help="output folder of the feature store")
+    parser.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                        help="a folder of lm-eval task YAML in which --task may be defined, repeatable")
     parser.set_defaults(func=run_features)
