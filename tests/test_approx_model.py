@@ -14,7 +14,7 @@ from lm_eval_approx.pipeline import ApproxConfig, run_approximation
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample, read_selection
 from lm_eval_approx.cache.stages import run_stage, stage_key
-from lm_eval_approx.tasks.specs import AGNEWS
+from _specs import AGNEWS
 
 TOPICS = ["peace talks in the capital", "the team won the match", "stocks and profits rose", "a new chip and software"]
 FAST = TrainingRecipe(epochs=1, batch_size=8, validation_fraction=0.0)

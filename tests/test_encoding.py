@@ -32,7 +32,8 @@ from lm_eval_approx.features.gradients import head_factors
 from lm_eval_approx.features.losses import example_losses
 from lm_eval_approx.models.layers import head_name
 from lm_eval_approx.models.loading import load_model, load_tokenizer
-from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO, get_task_spec
+from _specs import AGNEWS, MSMARCO
+from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.data import IGNORE_INDEX, render_examples, training_batch
 from lm_eval_approx.training.loss import batch_example_losses, full_example_losses
 
@@ -184,7 +185,7 @@ def test_feature_loss_is_the_training_loss(folder, spec_name):
     loss training minimises on ``training/data.py`` rows, full logits and head-position paths."""
     spec = get_task_spec(spec_name)
     model, tokenizer = load_model(folder), load_tokenizer(folder)
-    labels = LABELS if spec is AGNEWS else None
+    labels = LABELS if spec.kind == AGNEWS.kind else None
     features = example_losses(model, tokenizer, spec, TEXTS, labels, batch_size=3, max_length=MAX_LENGTH)
     encoded = encode_examples(tokenizer, spec, TEXTS, labels, MAX_LENGTH)
     head_loss, _ = head_factors(model, collate(encoded, tokenizer.pad_token_id), head_name(model))

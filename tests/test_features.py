@@ -28,7 +28,7 @@ from lm_eval_approx.features.encoding import encode_examples
 from lm_eval_approx.models.loading import load_model, load_tokenizer
 from lm_eval_approx.features.projection import make_projector
 from lm_eval_approx.features.store import FeatureStore
-from lm_eval_approx.tasks.specs import AGNEWS
+from _specs import AGNEWS
 
 TEXTS = ["The team won the final match of the season.", "Stocks fell as the central bank raised rates.",
          "Leaders met in Geneva.", "A new chip doubles the speed of scientific computing.",

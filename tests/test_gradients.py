@@ -20,7 +20,7 @@ from lm_eval_approx.models.layers import (
 )
 from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
 from lm_eval_approx.features.encoding import collate, encode_examples
-from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
+from _specs import AGNEWS, MSMARCO
 
 TEXTS = ["The team won the final match.", "Stocks fell as the central bank raised rates again today.",
          "Leaders met", "A new chip doubles the speed of scientific computing in labs."]

@@ -26,7 +26,7 @@ from lm_eval_approx.features.encoding import collate, encode_classification, enc
 from lm_eval_approx.models.loading import load_model, load_tokenizer
 from lm_eval_approx.strategies.pool import build_pool
 from lm_eval_approx.strategies.registry import select
-from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
+from _specs import AGNEWS, MSMARCO
 
 TEXTS = ["The team won the final match of the season.", "Stocks fell as the central bank raised rates.",
          "Leaders met in Geneva.", "A new chip doubles the speed of scientific computing.",

@@ -11,7 +11,7 @@ from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.features.encoding import encode_classification, encode_lm
 from lm_eval_approx.features.losses import example_losses
 from lm_eval_approx.features.pseudo_labels import pseudo_label
-from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
+from _specs import AGNEWS, MSMARCO
 
 TEXTS = ["The team won the final match of the season.", "Stocks fell.", "Leaders met in Geneva to discuss peace.",
          "A new chip doubles the speed of scientific computing.", "x", "Sports Business World news " * 3]

@@ -24,7 +24,7 @@ from lm_eval_approx.features.build import build_feature_store
 from lm_eval_approx.features.losses import example_losses
 from lm_eval_approx.features.pseudo_labels import pseudo_label
 from lm_eval_approx.features.store import FeatureStore
-from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
+from _specs import AGNEWS, MSMARCO
 
 WORDS = "the team won match stocks fell bank rates leaders met peace talks chip speed science planet".split()
 CHUNK = 32

@@ -11,7 +11,7 @@ import torch
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import load_model, load_tokenizer
-from lm_eval_approx.tasks.specs import AGNEWS
+from _specs import AGNEWS
 from lm_eval_approx.training.loop import train_model
 from lm_eval_approx.training.probes import (
     accuracy_probe,

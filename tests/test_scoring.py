@@ -258,7 +258,7 @@ def test_simple_evaluate_registered_approx_hf_gives_hflm_acc(tiny_llama, tmp_pat
 @pytest.mark.slow
 def test_smollm2_agnews_documents_equal_hflm(mirror):
     from lm_eval_approx.models.loading import resolve_model
-    from lm_eval_approx.tasks.specs import AGNEWS
+    from _specs import AGNEWS
 
     with open(mirror / "ag_news" / "test.jsonl") as handle:
         docs = [json.loads(line) for _, line in zip(range(SLOW_DOCS), handle)]

@@ -16,8 +16,9 @@ from lm_eval_approx.cli import main
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.tasks import lm_eval_spec, lm_eval_tasks, specs
 from lm_eval_approx.tasks.lm_eval_spec import TaskKindError, TaskPromptError
-from lm_eval_approx.tasks.lm_eval_tasks import TaskLoadError, UnknownTaskError, lm_eval_task_spec
-from lm_eval_approx.tasks.specs import AGNEWS, get_task_spec
+from lm_eval_approx.tasks.lm_eval_tasks import TaskLoadError, UnknownTaskError
+from _specs import AGNEWS, MSMARCO
+from lm_eval_approx.tasks.specs import get_task_spec
 
 REVIEWS = [("a warm, funny and   moving film", 1), ("dull plot and wooden acting", 0),
            ("I laughed\nthe whole way through", 1), ("two hours I will never get back", 0)]
@@ -149,21 +150,59 @@ def test_loglikelihood_with_an_empty_context_takes_the_field_of_its_target(user_
     assert (spec.kind, spec.text_field, spec.context("a b c")) == (specs.LANGUAGE_MODELLING, "passage", "a b c")
 
 
-def test_lm_eval_rendering_of_approx_agnews_equals_the_builtin_spec(tmp_path, monkeypatch):
-    long_text = " ".join(f"word{i}" for i in range(90))
-    texts = ["Wall St. Bears Claw Back Into the Black (Reuters) Reuters - Short-sellers, Wall Street's dwindling\\band "
-             "of ultra-cynics, are seeing green again.", "  Sox  win\n\tthe pennant  ", long_text, "x"]
+def _mirror_of(tmp_path, monkeypatch, folder: str, rows: list[dict]) -> None:
     for split in ("train", "test"):
-        (tmp_path / "ag_news").mkdir(exist_ok=True)
-        _jsonl(tmp_path / "ag_news" / f"{split}.jsonl", [{"text": t, "label": i % 4} for i, t in enumerate(texts)])
+        (tmp_path / folder).mkdir(exist_ok=True)
+        _jsonl(tmp_path / folder / f"{split}.jsonl", rows)
     monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(tmp_path))
     lm_eval_tasks.reset_task_caches()
-    spec = lm_eval_task_spec("approx_agnews")
-    assert get_task_spec("approx_agnews") is AGNEWS  # the built-in spec still wins
+
+
+ODD_TEXTS = ["Wall St. Bears Claw Back Into the Black (Reuters) Reuters - Short-sellers, Wall Street's dwindling\\band "
+             "of ultra-cynics, are seeing green again.", "  Sox  win\n\tthe pennant  ",
+             " ".join(f"word{i}" for i in range(90)), "x y", "Ω东京  مرحبا\u00a0🙂 end"]
+
+
+def test_shipped_agnews_yaml_renders_what_the_python_spec_rendered(tmp_path, monkeypatch):
+    """The migration oracle: tasks/approx_agnews.yaml renders every text exactly as the former
+    Python spec (tests/_specs.py), and keeps its cache key, so caches and results/cpu stay valid."""
+    _mirror_of(tmp_path, monkeypatch, "ag_news", [{"text": t, "label": i % 4} for i, t in enumerate(ODD_TEXTS)])
+    spec = get_task_spec("approx_agnews")
+    assert isinstance(spec, lm_eval_spec.LmEvalTaskSpec)
     assert (spec.kind, spec.choices, spec.text_field) == (AGNEWS.kind, AGNEWS.choices, "text")
     assert spec.continuations() == AGNEWS.continuations()
-    for text in texts:
+    for text in ODD_TEXTS:
         assert spec.context(text) == AGNEWS.context(text)
+    assert specs.task_key(spec) == "approx_agnews"
+    lm_eval_tasks.reset_task_caches()
+
+
+def test_shipped_msmarco_yamls_render_the_whole_passage_and_keep_their_key(tmp_path, monkeypatch):
+    _mirror_of(tmp_path, monkeypatch, "msmarco", [{"pid": i, "text": t} for i, t in enumerate(ODD_TEXTS)])
+    for name in ("approx_msmarco", "approx_msmarco_last"):
+        spec = get_task_spec(name)
+        assert spec.kind == MSMARCO.kind
+        for text in ODD_TEXTS:
+            assert spec.context(text) == MSMARCO.context(text), (name, text)
+        assert specs.task_key(spec) == "approx_msmarco"
+    lm_eval_tasks.reset_task_caches()
+
+
+def test_editing_a_shipped_yaml_changes_its_key(tmp_path, monkeypatch):
+    """The legacy key holds only while the prompt is the pinned one."""
+    import shutil
+
+    from lm_eval_approx.tasks import configs_folder
+
+    _mirror_of(tmp_path, monkeypatch, "ag_news", [{"text": t, "label": i % 4} for i, t in enumerate(ODD_TEXTS)])
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    shutil.copy(configs_folder() / "utils.py", edited / "utils.py")
+    yaml = (configs_folder() / "approx_agnews.yaml").read_text().replace("Topic:", "Subject:")
+    (edited / "approx_agnews_edited.yaml").write_text(yaml.replace("task: approx_agnews", "task: approx_agnews_edited"))
+    spec = get_task_spec("approx_agnews_edited", include_path=[str(edited)])
+    assert specs.task_key(spec).startswith("approx_agnews_edited@")
+    assert spec.context("a b") == "Article: a b\nSubject:"
     lm_eval_tasks.reset_task_caches()
 
 
@@ -238,8 +277,8 @@ def test_tasks_approximable_lists_kinds_and_reasons(user_tasks, capsys):
 
 
 def test_cache_keys_record_a_user_task_by_its_prompt_and_a_builtin_by_its_name(tmp_path):
-    """Editing a user task's prompt changes what cache keys record of it; built-in keys stay names."""
-    from lm_eval_approx.tasks.specs import AGNEWS, task_key
+    """Editing a user task's prompt changes what cache keys record of it; in-code specs are names."""
+    from lm_eval_approx.tasks.specs import task_key
 
     reviews = _jsonl(tmp_path / "reviews.jsonl", [{"sentence": s, "label": y} for s, y in REVIEWS])
 

@@ -15,7 +15,7 @@ from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import load_model
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample, write_selection
-from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
+from _specs import AGNEWS, MSMARCO
 from lm_eval_approx.training.data import (
     IGNORE_INDEX,
     TrainingDataError,

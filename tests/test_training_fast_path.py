@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from lm_eval_approx.models.loading import load_model, load_tokenizer
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample
-from lm_eval_approx.tasks.specs import AGNEWS, MSMARCO
+from _specs import AGNEWS, MSMARCO
 from lm_eval_approx.training.data import IGNORE_INDEX, normalise_weights, render_examples, training_batch
 from lm_eval_approx.training.loss import (
     HeadPositionsError,
