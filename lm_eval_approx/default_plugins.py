@@ -26,6 +26,8 @@ BUILTIN_STRATEGIES = [
     "lm_eval_approx.strategies.select:SelectBatchedStrategy",
     "lm_eval_approx.strategies.select:SelectCheckpointsStrategy",
     "lm_eval_approx.strategies.omp:SelectOmpStrategy",
+    "lm_eval_approx.strategies.constrained:SelectQuotaStrategy",
+    "lm_eval_approx.strategies.constrained:SelectLikelyStrategy",
 ]
 
 # Modules under lm_eval_approx.commands, each with ``add_parser(subparsers)``.

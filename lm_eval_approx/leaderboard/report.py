@@ -11,6 +11,11 @@ preferred when several random rows share k and recipe). Both ratios
 are invariant to the metric's direction (for a perplexity, lower is better, s_expert < s_θ0, and
 an approximation that moves toward the expert still gets a positive share), so only the sort
 order and the "best" mark use ``higher_is_better``. θ0 and the expert are reference rows.
+
+Beside each approximation row: Δ vs random, the row's metric minus that random row's on the same
+test documents, with its paired bootstrap 95% interval (``leaderboard/intervals.py``; seeds are
+averaged per document first). A row beats random when the interval excludes 0 on the better side.
+Cells scored before per-document values were kept have no interval.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 from lm_eval_approx.cache.atomic import write_text_atomic
 from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0
+from lm_eval_approx.leaderboard.intervals import Interval, paired_interval
 from lm_eval_approx.leaderboard.runner import CONFIG_SNAPSHOT, RESULTS_DIR, result_files
 
 MD_FILE, CSV_FILE = "leaderboard.md", "leaderboard.csv"
@@ -58,6 +64,8 @@ class Row:
     gap_theta0: float | None = None
     strategy: str | None = None
     recipe: str = ""
+    per_doc: list[dict[str, object]] = field(default_factory=list)
+    vs_random: Interval | None = None
 
     @property
     def mean(self) -> float:
@@ -140,10 +148,13 @@ def build_board(out: str | Path) -> Board:
         row.true_documents = _mean([e.get("true_documents") for _, e in members])
         row.strategy = members[0][1].get("strategy", label)  # results written before the key: the label
         row.recipe = _recipe_key(members[0][0])
+        runs = [e.get("per_doc", {}).get(metric) for _, e in members]
+        row.per_doc = runs if all(runs) else []
         rows.append(row)
     rank = {THETA0: 0, EXPERT: 1, APPROX: 2}
     rows.sort(key=lambda r: (rank[r.kind], order.index(r.label) if r.label in order else len(order), r.label, r.k or 0))
     _fill_gaps(rows)
+    _fill_intervals(rows, metric)
     return Board(snapshot.get("name", Path(out).name), target, metric, higher, extra_columns, rows,
                  [{**e, "score": task_metric(c, target, metric)[0]} for c, e in zip(cells, extras)])
 
@@ -183,13 +194,37 @@ def _fill_gaps(rows: list[Row]) -> None:
             row.gap_random = (row.mean - base) / (expert - base)
 
 
+def _fill_intervals(rows: list[Row], metric: str) -> None:
+    """Each approximation row minus the random row of its k and recipe (not random itself)."""
+    random: dict[tuple, Row] = {}
+    for r in sorted((r for r in rows if r.kind == APPROX and r.strategy == RANDOM), key=lambda r: r.label != RANDOM):
+        random.setdefault((r.k, r.recipe), r)
+    for row in rows:
+        base = random.get((row.k, row.recipe)) if row.kind == APPROX else None
+        if base is not None and base is not row and row.per_doc and base.per_doc:
+            row.vs_random = paired_interval(row.per_doc, base.per_doc, metric)
+
+
+def _signed(value: float | None, digits: int = DIGITS) -> str:
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
+def interval_text(interval: Interval | None, higher_is_better: bool) -> str:
+    """``+0.0320 [+0.0100, +0.0540] ✓`` (✓: the interval excludes 0 on the better side)."""
+    if interval is None:
+        return ""
+    wins = interval.low > 0 if higher_is_better else interval.high < 0
+    return (f"{_signed(interval.delta)} [{_signed(interval.low)}, {_signed(interval.high)}]"
+            + (" ✓" if wins else ""))
+
+
 def _fmt(value: float | None, digits: int = DIGITS) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
 def columns(board: Board) -> list[str]:
     return ["strategy", "k", "seeds", board.metric, f"{board.metric}_std", "gap_closed_vs_random",
-            "gap_closed_vs_theta0", *board.extra_columns, "selection_s", "training_s", *SIMILARITY_KEYS, "sources",
+            "gap_closed_vs_theta0", "delta_vs_random", "delta_vs_random_ci_low", "delta_vs_random_ci_high", *board.extra_columns, "selection_s", "training_s", *SIMILARITY_KEYS, "sources",
             "labels", "true_documents"]
 
 
@@ -197,6 +232,7 @@ def row_values(board: Board, row: Row) -> list[str]:
     """The CSV cells of a row (plain numbers, empty when unknown)."""
     return [row.label, "" if row.k is None else str(row.k), " ".join(map(str, row.seeds)), _fmt(row.mean),
             _fmt(row.std), _fmt(row.gap_random, 3), _fmt(row.gap_theta0, 3),
+            *[_fmt(getattr(row.vs_random, name, None)) for name in ("delta", "low", "high")],
             *[_fmt(row.extras.get(c)) for c in board.extra_columns], _fmt(row.selection_seconds, 1),
             _fmt(row.training_seconds, 1), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS],
             _fractions(row.sources, 3), _fractions(row.labels, 3), _fmt(row.true_documents, 1)]
@@ -217,8 +253,9 @@ def to_markdown(board: Board) -> str:
     direction = "higher" if board.higher_is_better else "lower"
     with_labels = any(row.labels for row in board.rows)
     with_true = any(row.true_documents for row in board.rows)
+    with_intervals = any(row.vs_random for row in board.rows)
     header = ["strategy", "k", "seeds", f"{board.target} {board.metric} ({direction} is better)",
-              "gap closed vs random", "gap closed vs θ0", *board.extra_columns, "selection s", "training s",
+              "gap closed vs random", *(["Δ vs random [95% CI]"] if with_intervals else []), "gap closed vs θ0", *board.extra_columns, "selection s", "training s",
               *SIMILARITY_KEYS, *(["pseudo-labels %"] if with_labels else []),
               *(["true training docs"] if with_true else [])]
     lines = [f"# {board.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -226,6 +263,7 @@ def to_markdown(board: Board) -> str:
         score = _fmt(row.mean) + ("" if row.std is None else f" ± {_fmt(row.std)}")
         pct = lambda v: "" if v is None else f"{round(100 * v, 1) + 0.0:.1f}%"  # noqa: E731  (+0.0: no "-0.0%")
         cells = [row.label, "" if row.k is None else str(row.k), str(len(row.seeds)), score, pct(row.gap_random),
+                 *([interval_text(row.vs_random, board.higher_is_better)] if with_intervals else []),
                  pct(row.gap_theta0), *[_fmt(row.extras.get(c)) for c in board.extra_columns],
                  _fmt(row.selection_seconds, 1), _fmt(row.training_seconds, 1),
                  *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS]]

@@ -36,6 +36,7 @@ from lm_eval_approx.cache.safe_paths import contained, safe_name
 from lm_eval_approx.cache.stages import DONE_FILE
 from lm_eval_approx.data.selection_file import read_selection
 from lm_eval_approx.data.similarity import dataset_similarity, source_fractions
+from lm_eval_approx.leaderboard.intervals import per_doc_values
 from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
 from lm_eval_approx.leaderboard.config import (
     APPROX,
@@ -229,8 +230,21 @@ def evaluate(config: LeaderboardConfig, lm, manager, on_phase: Callable[[str], N
     for limit, names in groups.items():
         on_phase("score " + "+".join(names))
         parts.append(lm_eval.simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager,
-                                             log_samples=False, bootstrap_iters=0))
+                                             log_samples=True, bootstrap_iters=0))
     return merge_results(parts)
+
+
+def per_doc_scores(samples: dict, task: str) -> dict[str, dict[str, object]]:
+    """The target task's value of every metric for each scored document, by lm-eval doc id (what
+    the paired intervals of ``leaderboard/intervals.py`` resample); the samples themselves are not
+    kept (they hold every document's text and every response)."""
+    out: dict[str, dict[str, object]] = {}
+    for sample in samples.get(task, []):
+        for metric in sample.get("metrics", []):
+            value = per_doc_values(sample, metric)
+            if value is not None:
+                out.setdefault(metric, {})[str(sample["doc_id"])] = value
+    return out
 
 
 def _stage_seconds(names: tuple[str, ...], keys: dict[str, str]) -> float:
@@ -311,11 +325,12 @@ def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, mana
     on_phase("select+train" if cell.kind == APPROX else "load")
     lm, model, args = build_lm(config, cell, expert)
     results = evaluate(config, lm, manager, on_phase)
-    results.pop("samples", None)
+    per_doc = per_doc_scores(results.pop("samples", None) or {}, config.task)
     results["config"]["model"] = model
     results["config"]["model_args"] = ",".join(f"{k}={v}" for k, v in args.items())
     results["config"]["leaderboard"] = {**cell_extras(config, cell, lm, truth, expert),
-                                        "wall_seconds": round(time.perf_counter() - started, 3)}
+                                        "wall_seconds": round(time.perf_counter() - started, 3),
+                                        "per_doc": per_doc}
     del lm
     gc.collect()
     path = results_path(out, cell)

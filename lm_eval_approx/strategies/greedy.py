@@ -248,11 +248,15 @@ def make_views(features: GradientFeatures | Sequence[GradientFeatures], use_fact
 
 def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: int, *,
                   batch_size: int | None = None, min_cosine: float | None = None,
-                  use_factors: bool = True, block_rows: int = BLOCK_ROWS) -> GreedyResult:
+                  use_factors: bool = True, block_rows: int = BLOCK_ROWS,
+                  eligible: np.ndarray | None = None, groups: np.ndarray | None = None,
+                  quotas: Sequence[int] | None = None) -> GreedyResult:
     """k exact greedy picks of argmax_{i∉S} mean_m cos(s_m + g_i^(m), t_m), ties to the lowest id.
 
     ``batch_size`` resets every s_m after each b picks; ``min_cosine`` stops before a pick whose
-    score falls below it (fewer than k picks, ``stopped_early``).
+    score falls below it (fewer than k picks, ``stopped_early``). Constraints: only ``eligible``
+    rows (a boolean mask) are picked, and at most ``quotas[c]`` rows of each group c of ``groups``
+    (an integer label per row); the picks stop early when no allowed row is left.
     """
     start = time.perf_counter()
     views = make_views(features, use_factors, block_rows)
@@ -262,7 +266,8 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
     if batch_size is not None and batch_size < 1:
         raise SelectionError(f"batch_size={batch_size} is not accepted: a positive integer")
     states = [_ViewState(v) for v in views]
-    taken = np.zeros(n_rows, dtype=bool)
+    taken = _initially_excluded(n_rows, eligible, groups, quotas)
+    left = None if quotas is None else np.asarray(quotas, dtype=np.int64).copy()
     picks, scores = [], []
     result = GreedyResult(np.zeros(0, dtype=np.int64), np.zeros(0))
     result.setup_seconds = time.perf_counter() - start
@@ -270,6 +275,9 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
         if step and _batch_ends(step, batch_size):
             for st in states:
                 st.reset()
+        if taken.all():
+            result.stopped_early = True
+            break
         cand = _window(states, taken)
         if len(cand) > MAX_RECHECK:
             for st in states:
@@ -286,6 +294,10 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
         picks.append(j)
         scores.append(float(exact[best]))
         taken[j] = True
+        if left is not None:
+            left[groups[j]] -= 1
+            if left[groups[j]] <= 0:
+                taken[groups == groups[j]] = True
         # The last pick of a batch is not added: s restarts from 0 at the next step, so its Gram
         # column (one pass over the features) would be discarded.
         if step + 1 < k and not _batch_ends(step + 1, batch_size):
@@ -295,6 +307,28 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
     result.scores = np.asarray(scores)
     result.pick_seconds = time.perf_counter() - start - result.setup_seconds
     return result
+
+
+def _initially_excluded(n_rows: int, eligible, groups, quotas) -> np.ndarray:
+    """The rows no pick may take: not ``eligible``, or in a group whose quota is 0."""
+    taken = np.zeros(n_rows, dtype=bool)
+    if eligible is not None:
+        eligible = np.asarray(eligible)
+        if eligible.shape != (n_rows,) or eligible.dtype != bool:
+            raise SelectionError(f"eligible must be a boolean mask of {n_rows} rows (got {eligible.dtype} "
+                                 f"{eligible.shape})")
+        taken |= ~eligible
+    if (groups is None) != (quotas is None):
+        raise SelectionError("groups and quotas go together: a group label per row and a quota per group")
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n_rows,) or not np.issubdtype(groups.dtype, np.integer) or groups.min(initial=0) < 0 \
+                or groups.max(initial=-1) >= len(quotas):
+            raise SelectionError(f"groups must hold one label in [0, {len(quotas)}) per row")
+        if any(q < 0 for q in quotas):
+            raise SelectionError(f"quotas must be ≥ 0 (got {list(quotas)})")
+        taken |= np.asarray(quotas)[groups] <= 0
+    return taken
 
 
 def _batch_ends(picked: int, batch_size: int | None) -> bool:

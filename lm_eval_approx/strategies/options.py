@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lm_eval_approx.validation import check_int, check_number, help_field
+from lm_eval_approx.validation import check_choice, check_int, check_number, help_field
 
 COSINE_RANGE = (-1.0, 1.0)
 
@@ -31,3 +31,31 @@ class BatchedOptions(GradientOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("select_batched.batch_size", self.batch_size, minimum=1)
+
+
+QUOTA_SHARES = ("uniform", "pool")
+
+
+@dataclass
+class QuotaOptions(GradientOptions):
+    """Options of select_quota."""
+
+    shares: str = help_field(
+        "per-pseudo-label quota of the k picks: uniform (k/C each) or pool (θf's label shares of the pool)",
+        "uniform",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("select_quota.shares", self.shares, QUOTA_SHARES)
+
+
+@dataclass
+class LikelyOptions(GradientOptions):
+    """Options of select_likely."""
+
+    keep: float = help_field("share of the pool, most likely under θf (lowest θf loss), SELECT may pick from", 0.5)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("select_likely.keep", self.keep, 0.0, 1.0, low_open=True)

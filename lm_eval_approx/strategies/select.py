@@ -13,7 +13,7 @@ from lm_eval_approx.strategies.base import FEATURES, CandidatePool, Selection, S
 from lm_eval_approx.strategies.options import BatchedOptions, GradientOptions
 
 
-def _selection(result: greedy.GreedyResult, min_cosine: float | None, **info) -> Selection:
+def greedy_selection(result: greedy.GreedyResult, min_cosine: float | None, **info) -> Selection:
     info.update({"picked": len(result.indices), "stopped_early": result.stopped_early,
                  "rechecked": result.rechecked, "exact_refreshes": result.refreshes})
     if min_cosine is not None:
@@ -30,7 +30,7 @@ class SelectStrategy(Strategy):
 
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
         result = greedy.greedy_select(pool.final_features, k, min_cosine=self.options.min_cosine)
-        return _selection(result, self.options.min_cosine)
+        return greedy_selection(result, self.options.min_cosine)
 
 
 class SelectBatchedStrategy(Strategy):
@@ -43,7 +43,7 @@ class SelectBatchedStrategy(Strategy):
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
         result = greedy.greedy_select(pool.final_features, k, batch_size=self.options.batch_size,
                                       min_cosine=self.options.min_cosine)
-        return _selection(result, self.options.min_cosine, batch_size=self.options.batch_size)
+        return greedy_selection(result, self.options.min_cosine, batch_size=self.options.batch_size)
 
 
 class SelectCheckpointsStrategy(Strategy):
@@ -56,4 +56,4 @@ class SelectCheckpointsStrategy(Strategy):
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
         feats = sorted(pool.features, key=lambda f: f.alpha)
         result = greedy.greedy_select(feats, k, min_cosine=self.options.min_cosine)
-        return _selection(result, self.options.min_cosine, checkpoints=[f.alpha for f in feats])
+        return greedy_selection(result, self.options.min_cosine, checkpoints=[f.alpha for f in feats])

@@ -1,0 +1,117 @@
+"""Paired bootstrap confidence intervals of a leaderboard row minus random, on the same documents.
+
+Why paired: two approximations scored on the same test documents share the documents' difficulty,
+so the difference of their scores varies far less than either score; an interval of the
+difference says whether a row beats random, which two unpaired ±SE bars cannot.
+
+Each scored cell keeps one value per test document (``per_doc``, see ``per_doc_values``): for a
+mean metric (``acc``) the document's 0/1 or value; for a perplexity-type metric the pair
+(log-likelihood, weight) that lm-eval's aggregation combines, so
+``word_perplexity`` = exp(−Σ ll / Σ words) is recomputed from the same pairs on every resample.
+A row with several seeds (and random with its seeds) is first averaged over seeds per document
+(for pairs: the seeds' log-likelihoods averaged, weights equal), which is the quantity the row's
+mean reports. Then, B times, n documents are drawn with replacement and the metric of the row
+minus the metric of random is computed on that draw; the interval is the 2.5th and 97.5th
+percentile of the B differences (the percentile bootstrap), with a fixed seed so a table is
+reproducible. "Beats random" means the interval excludes 0 in the metric's better direction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lm_eval_approx.errors import ConfigError
+
+DEFAULT_ITERATIONS = 2000
+DEFAULT_LEVEL = 0.95
+BOOTSTRAP_SEED = 0
+# lm-eval's aggregations over (log-likelihood, weight) pairs, as a function of (Σ ll, Σ weight).
+PAIR_AGGREGATES = {
+    "word_perplexity": lambda ll, w: math.exp(-ll / w),
+    "byte_perplexity": lambda ll, w: math.exp(-ll / w),
+    "bits_per_byte": lambda ll, w: -ll / (w * math.log(2)),
+}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Row minus reference on the same documents: the point difference and its bootstrap interval."""
+
+    delta: float
+    low: float
+    high: float
+    documents: int
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"delta": self.delta, "low": self.low, "high": self.high, "documents": self.documents}
+
+
+def per_doc_values(sample: dict, metric: str) -> float | list[float] | None:
+    """The value one lm-eval sample holds for ``metric``: a number, or a [ll, weight] pair for the
+    perplexity-type metrics; None when the sample lacks it."""
+    value = sample.get(metric)
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            return None
+        return [float(value[0]), float(value[1])]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _seed_average(runs: Sequence[dict[str, object]], ids: list[str]) -> np.ndarray:
+    """(documents,) or (documents, 2): each document's value averaged over the runs (seeds)."""
+    stacked = np.asarray([[run[i] for i in ids] for run in runs], dtype=np.float64)
+    return stacked.mean(axis=0)
+
+
+def _aggregate(values: np.ndarray, metric: str) -> float:
+    if values.ndim == 1:
+        return float(values.mean())
+    if metric not in PAIR_AGGREGATES:
+        raise ConfigError("metric", metric, "a mean metric or one of " + ", ".join(PAIR_AGGREGATES))
+    ll, weight = values.sum(axis=0)
+    return float(PAIR_AGGREGATES[metric](ll, weight))
+
+
+def _aggregate_draws(values: np.ndarray, draws: np.ndarray, metric: str) -> np.ndarray:
+    """The metric on each row of ``draws`` (index arrays), vectorised."""
+    if values.ndim == 1:
+        return values[draws].mean(axis=1)
+    ll, weight = values[draws, 0].sum(axis=1), values[draws, 1].sum(axis=1)
+    if metric in ("word_perplexity", "byte_perplexity"):
+        return np.exp(-ll / weight)
+    return -ll / (weight * math.log(2))
+
+
+def paired_interval(row: Sequence[dict[str, object]], reference: Sequence[dict[str, object]], metric: str,
+                    iterations: int = DEFAULT_ITERATIONS, level: float = DEFAULT_LEVEL,
+                    seed: int = BOOTSTRAP_SEED) -> Interval | None:
+    """Bootstrap interval of metric(row) − metric(reference) over the documents both were scored
+    on. ``row`` and ``reference`` are lists of runs (one per seed), each a mapping doc id → value
+    (``per_doc_values``). None when they share no document or a run lacks one of them."""
+    if not row or not reference:
+        return None
+    shared = set.intersection(*(set(run) for run in [*row, *reference]))
+    if not shared:
+        return None
+    ids = sorted(shared)
+    a, b = _seed_average(row, ids), _seed_average(reference, ids)
+    if a.shape != b.shape:
+        return None
+    delta = _aggregate(a, metric) - _aggregate(b, metric)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids), size=(iterations, len(ids)))
+    diffs = _aggregate_draws(a, draws, metric) - _aggregate_draws(b, draws, metric)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(diffs, [tail, 1.0 - tail])
+    return Interval(delta=float(delta), low=float(low), high=float(high), documents=len(ids))
