@@ -121,3 +121,23 @@ def test_the_board_shows_each_row_minus_random_with_its_paired_interval(tmp_path
     del cells[4]["config"]["leaderboard"]["per_doc"]
     (tmp_path / "results" / "4.json").write_text(json.dumps(cells[4]))
     assert {r.label: r for r in build_board(tmp_path).rows}["select"].vs_random is None
+
+
+def test_seed_retraining_seeds_each_cells_retraining(tiny_gpt2):
+    """With ``seed_retraining: true`` the seeds of a deterministic strategy (select) are three
+    retrainings, not three copies; the cell hash records the switch; a non-boolean is refused."""
+    from lm_eval_approx.errors import ApproxError
+    from lm_eval_approx.leaderboard.config import config_from_dict
+    from lm_eval_approx.leaderboard.runner import approx_model_args, cell_hash
+
+    raw = {"base": tiny_gpt2, "expert": {"adapter": tiny_gpt2}, "corpus": {"spec": "seed:wikitext2"},
+           "strategies": [{"name": "select", "seeds": [0, 1]}], "budgets": [4]}
+    plain, seeded = config_from_dict(raw), config_from_dict({**raw, "seed_retraining": True})
+    cells = [c for c in seeded.cells() if c.kind == "approx"]
+    seeds = [approx_model_args(seeded, c, tiny_gpt2)["train_seed"] for c in cells]
+    assert seeds == [0, 1]
+    assert [approx_model_args(plain, c, tiny_gpt2)["train_seed"] for c in cells] == [0, 0]
+    assert cell_hash(plain, cells[0]) != cell_hash(seeded, cells[0])
+    with pytest.raises(ApproxError) as caught:
+        config_from_dict({**raw, "seed_retraining": "yes"})
+    assert caught.value.field == "seed_retraining"

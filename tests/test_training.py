@@ -335,3 +335,43 @@ def test_smollm2_adapter_reloads_in_lm_eval_with_identical_loglikelihoods(tmp_pa
     lm = HFLM(pretrained=base, peft=str(out), device="cpu", batch_size=8)
     theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
     assert theirs == pytest.approx(ours, abs=1e-3)
+
+
+@pytest.mark.parametrize("spec", [AGNEWS, MSMARCO], ids=["classification", "lm"])
+def test_micro_batches_and_gradient_checkpointing_give_the_same_gradients(tiny_llama, spec):
+    """The memory options change how a batch's gradient is computed, not the gradient: slices of 3
+    (each trimmed to its own padding) and recomputed activations sum to the whole batch's."""
+    from accelerate import Accelerator
+
+    from lm_eval_approx.training.loop import _backward_in_parts
+    from lm_eval_approx.training.model import prepare_model
+
+    examples = toy_examples(8, weights=True)
+    if spec is MSMARCO:
+        examples = [SelectedExample(id=e.id, text=e.text + " extra words" * (i % 3), weight=e.weight)
+                    for i, e in enumerate(examples)]
+
+    def gradients(**extra):
+        recipe = TrainingRecipe(**dict(FAST, lora_dropout=0.0), **extra)
+        model, tokenizer = prepare_model(tiny_llama, recipe)
+        rows = normalise_weights(render_examples(tokenizer, spec, examples, 64))
+        batch = training_batch(rows, tokenizer.pad_token_id)
+        loss = _backward_in_parts(Accelerator(), model, batch, spec.kind, True, recipe.micro_batch_size)
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    whole_loss, whole = gradients()
+    for extra in ({"micro_batch_size": 3}, {"gradient_checkpointing": True}):
+        loss, grads = gradients(**extra)
+        assert loss == pytest.approx(whole_loss, rel=1e-5)
+        for name, grad in whole.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7, msg=f"{extra}: {name}")
+
+
+def test_memory_options_train_end_to_end_and_are_recipe_fields(tiny_llama, tmp_path):
+    recipe = TrainingRecipe(**FAST, epochs=1, micro_batch_size=3, gradient_checkpointing=True)
+    result = train_model(tiny_llama, AGNEWS, toy_examples(16), recipe, tmp_path / "w", progress=False)
+    assert result.history["epochs_run"] == 1 and result.history["train_loss"][0] > 0
+    assert TrainingRecipe(micro_batch_size=3).recipe_hash() != TrainingRecipe().recipe_hash()
+    assert TrainingRecipe.from_options({"gradient_checkpointing": "true"}).gradient_checkpointing is True
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        TrainingRecipe.from_options({"gradient_checkpointing": "maybe"})

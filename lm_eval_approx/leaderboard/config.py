@@ -17,6 +17,7 @@ Layout (every key but ``base``, ``expert`` and ``strategies`` has a default)::
                  {name: select, label: select_2ep, recipe: {epochs: 2}}]   # recipe: this row's retraining
     budgets: [300]
     seeds: [0]
+    seed_retraining: true          # a cell's seed also seeds its retraining (LoRA init, order, dropout)
     extra_tasks: [approx_wikitext, {name: hellaswag, limit: 100}]
     limit: 200                     # lm-eval --limit of every task (null: whole split)
     recipe: {epochs: 2}            # TrainingRecipe fields, for the expert and every approximation
@@ -53,7 +54,7 @@ from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.validation import check_int
 
 TOP_KEYS = ("name", "base", "task", "include_path", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
-            "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size")
+            "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size", "seed_retraining")
 # ApproxConfig fields a leaderboard sets itself (per cell), so `approx:` may not name them.
 CELL_FIELDS = ("base", "finetuned", "task", "corpus", "corpus_size", "corpus_seed", "strategy",
                "strategy_options", "k", "seed")
@@ -178,6 +179,7 @@ class LeaderboardConfig:
     device: str = "cpu"
     batch_size: int = 16
     include_path: list[str] = field(default_factory=list)
+    seed_retraining: bool = False
 
     def strategy(self, label: str) -> StrategyConfig:
         return next(s for s in self.strategies if s.label == label)
@@ -352,7 +354,10 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
         limit=data.get("limit"), recipe=_mapping("recipe", data.get("recipe")), approx=approx,
         similarity=_mapping("similarity", data.get("similarity")), device=str(data.get("device", "cpu")),
         batch_size=data.get("batch_size", 16), include_path=list(include),
+        seed_retraining=data.get("seed_retraining", False),
     )
+    if not isinstance(config.seed_retraining, bool):
+        raise field_error("seed_retraining", config.seed_retraining, "true or false")
     _check_recipes(config)
     _check_approx_values(config)
     for key in config.similarity:

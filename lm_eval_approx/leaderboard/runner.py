@@ -97,6 +97,8 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
     target = task_key(get_task_spec(config.task))
     if target != config.task:  # a task rendered by lm-eval: its prompt identity (built-in keys unchanged)
         inputs["target"] = target
+    if config.seed_retraining:
+        inputs["seed_retraining"] = True
     if cell.kind == APPROX:
         strategy = config.strategy(cell.label)
         inputs.update(corpus=config.corpus.__dict__, approx=config.approx, strategy=strategy.name,
@@ -185,6 +187,8 @@ def approx_model_args(config: LeaderboardConfig, cell: Cell, expert: str) -> dic
         "strategy": strategy.name, "k": cell.k, "seed": cell.seed, **config.approx, **strategy.approx,
     }
     recipe: TrainingRecipe = config.recipe_for(strategy.recipe)
+    if config.seed_retraining:  # seeds then measure retraining noise too, for deterministic strategies
+        recipe.seed = cell.seed
     for name, value in recipe.to_dict().items():
         args[f"train_{name}"] = "+".join(value) if name == "target_modules" else value
     for name, value in strategy.options.items():

@@ -34,7 +34,6 @@ import logging
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +45,6 @@ from lm_eval_approx.cache.atomic import replace_dir, write_json_atomic
 from lm_eval_approx.data.selection_file import SelectedExample, selection_hash
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import (
-    is_adapter,
-    load_model,
-    load_tokenizer,
     resolve_model,
 )
 from lm_eval_approx.tasks.specs import TaskSpec, task_key
@@ -61,7 +57,8 @@ from lm_eval_approx.training.data import (
 )
 from lm_eval_approx.training.loss import batch_example_losses, supports_head_positions
 from lm_eval_approx.training.probes import Probe, direction, improves, run_probes
-from lm_eval_approx.training.recipe import ALL_LINEAR, FULL, HEAD, TrainingRecipe
+from lm_eval_approx.training.model import prepare_model
+from lm_eval_approx.training.recipe import FULL, TrainingRecipe
 from lm_eval_approx.training.resume import (
     CHECKPOINT_FILE,
     read_checkpoint,
@@ -78,9 +75,6 @@ WORK_SUFFIX = ".partial"
 SHUFFLE_STRIDE = 1_000_003
 KEY_CHARS = 16
 MIN_SECONDS = 1e-9  # guards the examples/s division for an empty run
-# PEFT warns whenever a layer tied to the embeddings is targeted; for LoRA on the head that is the
-# intended, safe case (see the module docstring), so this one warning is silenced.
-TIED_WARNING = "Model has `tie_word_embeddings=True`"
 
 
 @dataclass
@@ -96,57 +90,6 @@ def training_key(base: str, spec: TaskSpec, examples: list[SelectedExample], rec
     """Hash of everything the trained weights depend on."""
     parts = [resolve_model(base), task_key(spec), selection_hash(examples), recipe.recipe_hash()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:KEY_CHARS]
-
-
-def resolve_target_modules(model, targets: tuple[str, ...]) -> list[str]:
-    """PEFT target names for the recipe's ``target_modules`` on this model (see recipe.py)."""
-    from transformers.pytorch_utils import Conv1D
-
-    head = model.get_output_embeddings()
-    modules = dict(model.named_modules())
-    head_name = next((n for n, m in modules.items() if m is head), None)
-    linear = {n for n, m in modules.items() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head}
-    full_names: set[str] = set()
-    for target in targets:
-        if target == ALL_LINEAR:
-            full_names |= linear
-        elif target == HEAD:
-            if head_name is None:
-                raise ConfigError("target_modules", target, "module names of a model with an output head")
-            full_names.add(head_name)
-        else:
-            matched = {n for n in modules if n == target or n.endswith("." + target)}
-            if not matched:
-                known = sorted({n.rsplit(".", 1)[-1] for n in linear | {head_name or ""}} - {""})
-                raise ConfigError("target_modules", target, f"{ALL_LINEAR}, {HEAD}, or one of {', '.join(known)}")
-            full_names |= matched
-    leaves = {n.rsplit(".", 1)[-1] for n in full_names}
-    same = {n for n in modules if n.rsplit(".", 1)[-1] in leaves} == full_names
-    return sorted(leaves if same else full_names)
-
-
-def prepare_model(base: str, recipe: TrainingRecipe):
-    """θ0 ready to train: LoRA-wrapped (only A, B trainable) or, for full finetuning, all weights."""
-    from accelerate.utils import set_seed
-
-    if is_adapter(resolve_model(base)):
-        raise ConfigError("base", base, "a full model (folder, hub id, .gguf or alias), not a PEFT adapter")
-    set_seed(recipe.seed)
-    model = load_model(base)
-    tokenizer = load_tokenizer(base)
-    if recipe.method == FULL:
-        return model.train(), tokenizer
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-        target_modules=resolve_target_modules(model, recipe.target_modules), task_type="CAUSAL_LM",
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=f".*{TIED_WARNING}.*")
-        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-        model = get_peft_model(model, config)
-    return model.train(), tokenizer
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -253,16 +196,15 @@ def train_model(
         epoch_loss, epoch_batches, began = 0.0, 0, time.perf_counter()
         for batch in train_loader:
             with accelerator.accumulate(model):
-                loss = (batch_example_losses(model, batch, spec.kind, head_positions) * batch["weight"]).mean()
-                accelerator.backward(loss)
+                loss = _backward_in_parts(accelerator, model, batch, spec.kind, head_positions, recipe.micro_batch_size)
                 if accelerator.sync_gradients and recipe.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            epoch_loss, epoch_batches = epoch_loss + loss.item(), epoch_batches + 1
+            epoch_loss, epoch_batches = epoch_loss + loss, epoch_batches + 1
             history["examples_seen"] += len(batch["weight"]) * accelerator.num_processes
-            history["steps"].append({"epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+            history["steps"].append({"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]})
             speed = history["examples_seen"] / (history["train_seconds"] + time.perf_counter() - began)
             bar.set_postfix({"loss": f"{epoch_loss / epoch_batches:.4f}", "ex/s": f"{speed:.1f}"})
             bar.update(1)
@@ -305,6 +247,26 @@ def train_model(
         history["best_epoch"] = history["epochs_run"]
     accelerator.free_memory()
     return TrainResult(model=model.eval(), tokenizer=tokenizer, history=history)
+
+
+def _backward_in_parts(accelerator, model, batch: dict, kind: str, head_positions: bool, part_size: int) -> float:
+    """Backpropagate the batch loss (1/|B|) Σ w̃_i L_i in slices of ``part_size`` examples (0: one
+    slice): each slice adds its share Σ_{i∈slice} w̃_i L_i / |B| to the gradients, so the update is
+    the whole batch's, while only one slice's activations are alive at a time. Returns the loss."""
+    size = len(batch["weight"])
+    if not 0 < part_size < size:
+        loss = (batch_example_losses(model, batch, kind, head_positions) * batch["weight"]).mean()
+        accelerator.backward(loss)
+        return loss.item()
+    total = 0.0
+    for lo in range(0, size, part_size):
+        part = {key: value[lo:lo + part_size] for key, value in batch.items()}
+        width = int(part["attention_mask"].sum(dim=1).max())  # right padding: drop the slice's extra columns
+        part = {key: value[:, :width] if value.dim() == 2 else value for key, value in part.items()}
+        loss = (batch_example_losses(model, part, kind, head_positions) * part["weight"]).sum() / size
+        accelerator.backward(loss)
+        total += loss.item()
+    return total
 
 
 def _record_probes(history: dict, probes: Sequence[Probe], model, tokenizer) -> None:

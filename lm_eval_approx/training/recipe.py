@@ -48,7 +48,8 @@ STOP_SIGNALS = (VALIDATION_LOSS, TEACHER_KL, TEACHER_AGREEMENT)
 TEACHER_SIGNALS = (TEACHER_KL, TEACHER_AGREEMENT)
 # Fields added after caches and results/cpu were keyed: left out of the hash while they hold these
 # values (which reproduce the older behaviour), so every existing recipe keeps its hash.
-LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256}
+LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_size": 0,
+                "gradient_checkpointing": False}
 HASH_CHARS = 16
 RECIPE_DEST = "recipe_"
 
@@ -70,6 +71,13 @@ class TrainingRecipe:
     warmup_ratio: float = help_field("fraction of optimizer steps spent warming up, in [0, 1)", 0.0)
     batch_size: int = help_field("examples per forward pass (per device)", 16)
     gradient_accumulation: int = help_field("forward passes per optimizer step", 1)
+    micro_batch_size: int = help_field(
+        "split each batch into forward/backward passes of this many examples, summed into the same "
+        "update (0: the whole batch at once); lowers activation memory, not the result", 0
+    )
+    gradient_checkpointing: bool = help_field(
+        "recompute activations in the backward pass instead of keeping them (less memory, ~30% slower)", False
+    )
     epochs: int = help_field("passes over the training examples (at most)", 1)
     max_length: int = help_field(
         "tokens per example; longer contexts are cut from the left, passages from the right", 128
@@ -100,6 +108,9 @@ class TrainingRecipe:
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("stop_on", self.stop_on, STOP_SIGNALS)
         check_int("monitor_size", self.monitor_size, minimum=1)
+        check_int("micro_batch_size", self.micro_batch_size, minimum=0)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError("gradient_checkpointing", self.gradient_checkpointing, "true or false")
         for name in ("lora_rank", "batch_size", "gradient_accumulation", "epochs"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("max_length", self.max_length, minimum=MIN_MAX_LENGTH)
@@ -220,4 +231,10 @@ def _convert(name: str, kind: str, value: Any) -> Any:
         raise ConfigError(name, value, f"a number ({kind})") from None
     if kind.startswith("tuple"):
         return parse_modules(text)
+    if kind == "bool":
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(name, value, "true or false")
     return text
