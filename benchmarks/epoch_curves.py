@@ -91,6 +91,11 @@ def run_cell(config, expert: str, cell: tuple[str, int, int, int], out: Path, de
         values = {name: history["probes"][name][-1] for name in history["probes"]}
         print(f"{cell_id} epoch {epoch}: validation_loss {history['validation_loss'][-1]:.4f} "
               + " ".join(f"{n} {v:.4f}" for n, v in values.items()), flush=True)
+        # The curves so far, so an interrupted cell still reports what it measured.
+        partial = {"cell": cell_id, "strategy": approx.strategy, "k": k, "seed": seed, "epochs_done": epoch,
+                   "curves": {"validation_loss": [history["initial_validation_loss"], *history["validation_loss"]],
+                              **history["probes"]}}
+        (out / f"{cell_id}.partial.json").write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
 
     began = time.perf_counter()
     result = train_model(approx.base, spec, selected.rows, recipe, out / ".work" / cell_id, progress=False,
@@ -106,6 +111,7 @@ def run_cell(config, expert: str, cell: tuple[str, int, int, int], out: Path, de
         "selection_label_counts": _label_counts(selected.rows, spec.num_classes),
     }
     (out / f"{cell_id}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (out / f"{cell_id}.partial.json").unlink(missing_ok=True)
     return record
 
 
@@ -123,7 +129,8 @@ def plot(out: Path, target: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("*.json"))]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("*.json"))
+               if not p.name.endswith(".partial.json")]
     if not records:
         raise SystemExit(f"no finished cells in {out}")
     fig, axes = plt.subplots(1, len(SIGNALS), figsize=(4.2 * len(SIGNALS), 3.6))

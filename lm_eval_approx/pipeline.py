@@ -76,6 +76,9 @@ class ApproxConfig:
     checkpoints: int = help_field("synthetic checkpoints M for gradient features (1: θf only)", 1)
     extract_batch_size: int = help_field("batch size of pseudo-labelling and feature extraction", 16)
     extract_max_length: int = help_field("tokens per example while labelling and extracting", 128)
+    add_bos_token: bool | None = help_field(
+        "lm-eval HFLM's add_bos_token (None: its default); labels, features and training encode with it, "
+        "as lm-eval will score", None)
 
     def __post_init__(self) -> None:
         if self.strategy_options is None:
@@ -93,6 +96,8 @@ class ApproxConfig:
             check_int(name, getattr(self, name), minimum=0)
         check_params(self.params)
         check_choice("projection", self.projection, PROJECTIONS)
+        if self.add_bos_token is not None and not isinstance(self.add_bos_token, bool):
+            raise ConfigError("add_bos_token", self.add_bos_token, "true, false or None")
         if not isinstance(self.strategy_options, dict) or not all(isinstance(o, str) for o in self.strategy_options):
             raise ConfigError("strategy_options", self.strategy_options, "a mapping of option names to values")
         strategy_registry().get(self.strategy)
@@ -146,18 +151,20 @@ def _label_stage(config, spec, corpus, models) -> StageRecord:
     def compute(folder: Path) -> dict:
         model, tokenizer = load_model(config.finetuned), load_tokenizer(config.base)
         if spec.kind == CLASSIFICATION:
-            result = pseudo_label(model, tokenizer, spec, corpus.texts, config.extract_batch_size, config.extract_max_length)
+            result = pseudo_label(model, tokenizer, spec, corpus.texts, config.extract_batch_size, config.extract_max_length,
+                                  add_bos_token=config.add_bos_token)
             labels, loss = result.labels, result.loss
         else:
             labels = np.full(len(corpus), -1, dtype=np.int64)
-            loss = example_losses(model, tokenizer, spec, corpus.texts, None, config.extract_batch_size, config.extract_max_length)
+            loss = example_losses(model, tokenizer, spec, corpus.texts, None, config.extract_batch_size,
+                                  config.extract_max_length, add_bos_token=config.add_bos_token)
         np.save(folder / LABELS_FILE, labels)
         np.save(folder / LOSS_FILE, loss)
         counts = np.bincount(labels[labels >= 0], minlength=spec.num_classes).tolist() if spec.num_classes else []
         return {"label_counts": counts}
 
     inputs = {"finetuned": models["finetuned"], "task": task_key(spec), "corpus": corpus.fingerprint(),
-              "max_length": config.extract_max_length}
+              "max_length": config.extract_max_length, **_bos_input(config)}
     return run_stage(LABEL_STAGE, inputs, compute)
 
 
@@ -168,15 +175,22 @@ def _base_loss_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
         labels = np.load(labels_stage.path / LABELS_FILE)
         given = labels if spec.kind == CLASSIFICATION else None
         loss = example_losses(load_model(config.base), load_tokenizer(config.base), spec, corpus.texts, given,
-                              config.extract_batch_size, config.extract_max_length)
+                              config.extract_batch_size, config.extract_max_length,
+                              add_bos_token=config.add_bos_token)
         np.save(folder / LOSS_FILE, loss)
         return {}
 
-    inputs = {"base": models["base"], "labels": labels_stage.key, "max_length": config.extract_max_length}
+    inputs = {"base": models["base"], "labels": labels_stage.key, "max_length": config.extract_max_length,
+              **_bos_input(config)}
     return run_stage(BASE_LOSS_STAGE, inputs, compute)
 
 
 STAGE_ALPHA_SEPARATOR = "@"
+
+
+def _bos_input(config: ApproxConfig) -> dict:
+    """``add_bos_token`` as a stage input when set (unset keeps the keys stages always had)."""
+    return {} if config.add_bos_token is None else {"add_bos_token": config.add_bos_token}
 
 
 def _feature_stages(config, spec, corpus, models, labels_stage) -> list[StageRecord]:
@@ -196,6 +210,7 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
         projection=config.projection, seed=config.projection_seed, checkpoints=alpha.denominator,
         checkpoint=checkpoint, batch_size=config.extract_batch_size, max_length=config.extract_max_length,
         corpus=config.corpus, corpus_limit=config.corpus_size, corpus_seed=config.corpus_seed,
+        add_bos_token=config.add_bos_token,
     )
 
     def compute(folder: Path) -> dict:
@@ -206,7 +221,7 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
 
     inputs = {**models, "labels": labels_stage.key, "params": config.params, "dim": config.dim,
               "projection": config.projection, "projection_seed": config.projection_seed,
-              "checkpoints": alpha.denominator, "max_length": config.extract_max_length}
+              "checkpoints": alpha.denominator, "max_length": config.extract_max_length, **_bos_input(config)}
     if checkpoint is not None:  # θf's own store keeps the key it had before stages were per α
         inputs["checkpoint"] = checkpoint
     return run_stage(FEATURE_STAGE, inputs, compute)
@@ -223,7 +238,7 @@ def _teacher_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRe
     texts = held_out_texts(corpus.texts, corpus.ids, {row.id for row in rows}, recipe.monitor_size, recipe.seed)
     teacher = load_model(config.finetuned)
     probe = teacher_probes(teacher, load_tokenizer(config.base), spec, texts, config.extract_batch_size,
-                           config.extract_max_length)
+                           config.extract_max_length, add_bos_token=config.add_bos_token)
     del teacher
     return [probe]
 
@@ -301,11 +316,12 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
 
     def compute_training(folder: Path) -> dict:
         probes = _teacher_probes(config, spec, corpus, rows, recipe) if recipe.uses_teacher else ()
-        train_adapter(config.base, spec, rows, recipe, folder / "adapter", probes=probes)
+        train_adapter(config.base, spec, rows, recipe, folder / "adapter", probes=probes,
+                      add_bos_token=config.add_bos_token)
         return {"examples": len(rows)}
 
     training_inputs = {"base": models["base"], "task": task_key(spec), "selection": selection_hash(rows),
-                       "recipe": recipe.recipe_hash()}
+                       "recipe": recipe.recipe_hash(), **_bos_input(config)}
     if recipe.uses_teacher:  # the kept epoch then depends on θf and on the held-out pool documents
         training_inputs["monitor"] = {"finetuned": models["finetuned"], "corpus": corpus.fingerprint()}
     stages.append(run_stage(TRAINING_STAGE, training_inputs, compute_training))

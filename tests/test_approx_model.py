@@ -203,3 +203,33 @@ def test_checkpoint_features_are_one_stage_per_alpha_shared_across_m(tiny_llama,
         np.testing.assert_allclose(np.asarray(mine.features, dtype=np.float32),
                                    np.asarray(oracle.features, dtype=np.float32), rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(mine.target, oracle.target, rtol=1e-5, atol=1e-7)
+
+
+def test_add_bos_token_reaches_every_stage_and_its_keys(tiny_llama, expert_and_corpus, tmp_path, monkeypatch):
+    """``--model_args ...,add_bos_token=True`` goes to HFLM *and* to the pipeline: every encoding
+    of labels, features, teacher probes and training uses it, and each stage's key records it (an
+    unset value keeps the keys stages always had)."""
+    from lm_eval_approx.features import encoding
+    from lm_eval_approx.harness.approx_model import split_model_args
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    expert, corpus = expert_and_corpus
+    config, _, rest = split_model_args({"base": tiny_llama, "finetuned": expert, "add_bos_token": "True"})
+    assert config.add_bos_token is True and rest["add_bos_token"] == "True"
+    with pytest.raises(ConfigError, match="add_bos_token"):
+        split_model_args({"base": tiny_llama, "finetuned": expert, "add_bos_token": "maybe"})
+    seen = []
+    real = encoding.tok_encode
+
+    def spy(tokenizer, text, add_bos_token=encoding.HFLM_ADD_BOS_TOKEN):
+        seen.append(add_bos_token)
+        return real(tokenizer, text, add_bos_token)
+
+    monkeypatch.setattr(encoding, "tok_encode", spy)
+    recipe = TrainingRecipe(epochs=1, batch_size=8, validation_fraction=0.0, stop_on="teacher_kl", monitor_size=8)
+    plain = run_approximation(_config(tiny_llama, expert, corpus), recipe)
+    assert seen and set(seen) == {None}
+    seen.clear()
+    with_bos = run_approximation(_config(tiny_llama, expert, corpus, add_bos_token=False), recipe)
+    assert seen and set(seen) == {False}
+    assert all(a.key != b.key for a, b in zip(plain.stages, with_bos.stages))

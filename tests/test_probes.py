@@ -143,3 +143,27 @@ def test_new_recipe_fields_keep_old_hashes_and_count_only_when_used():
     assert teacher.recipe_hash() != plain.recipe_hash()
     assert teacher.recipe_hash() != TrainingRecipe(stop_on="teacher_kl", monitor_size=99).recipe_hash()
     assert TrainingRecipe.from_dict(teacher.to_dict()) == teacher
+
+
+def test_a_run_stopped_on_a_teacher_signal_resumes_to_the_same_weights_and_curves(tiny_llama, tmp_path):
+    """Interrupted after epoch 1 and rerun, training on a teacher signal ends where an uninterrupted
+    run ends: same kept epoch, same probe curves, same weights (the curves live in the checkpoint)."""
+    teacher = load_model(tiny_llama)
+    probe = teacher_probes(teacher, load_tokenizer(tiny_llama), AGNEWS, TEXTS, 4)
+    recipe = TrainingRecipe(**FAST, epochs=3, patience=0, stop_on="teacher_agreement")
+    examples = toy_examples(24)
+    whole = train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / "whole", progress=False, probes=[probe])
+
+    def crash(epoch, history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / "cut", progress=False, probes=[probe],
+                    on_epoch_end=crash)
+    resumed = train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / "cut", progress=False, probes=[probe])
+    assert resumed.history["resumed_from_epoch"] == 1
+    assert resumed.history["probes"] == whole.history["probes"]
+    assert resumed.history["best_epoch"] == whole.history["best_epoch"]
+    for (name, a), (_, b) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), name

@@ -109,9 +109,10 @@ def _parameter_set(config: FeatureConfig, model0, model_f) -> list[str]:
     return names
 
 
-def _label_rank(tokenizer, spec) -> int:
+def _label_rank(tokenizer, spec, add_bos_token: bool | None) -> int:
     """r: the most label tokens any verbaliser takes after the task template (factors are padded to r)."""
-    return max(len(e.ids) - e.start for e in (encode_classification(tokenizer, spec, "", c, DEFAULT_MAX_LENGTH)
+    return max(len(e.ids) - e.start for e in (encode_classification(tokenizer, spec, "", c, DEFAULT_MAX_LENGTH,
+                                                                    add_bos_token)
                                               for c in range(spec.num_classes)))
 
 
@@ -158,7 +159,7 @@ class _Extractor:
         self.factor_shape = None
         if low_rank:
             d1, d2 = self.projector.blocks[self.names[0]]
-            self.factor_shape = (_label_rank(self.tokenizer, self.spec), d1, d2)
+            self.factor_shape = (_label_rank(self.tokenizer, self.spec, config.add_bos_token), d1, d2)
         self.meta = {"base": model_fingerprint(config.base), "finetuned": model_fingerprint(config.finetuned),
                      "task": config.task, "params": self.names, "params_spec": config.params,
                      "projection": config.projection, "requested_dim": config.dim, "seed": config.seed,
@@ -167,6 +168,8 @@ class _Extractor:
                      "corpus": config.corpus, "corpus_limit": config.corpus_limit, "corpus_seed": config.corpus_seed}
         if self.label_ids is not None:
             self.meta.update(projection=self.projector.kind, label_token_ids=self.label_ids)
+        if config.add_bos_token is not None:  # unset: the meta stores always had
+            self.meta["add_bos_token"] = config.add_bos_token
 
     def labels_for(self, texts, count: int, given) -> np.ndarray:
         """The label of each of ``count`` texts (any iterable): given, θf's pseudo-label, or NO_LABEL."""
@@ -175,7 +178,7 @@ class _Extractor:
         if given is not None:
             return np.asarray(given, dtype=np.int64)
         return pseudo_label(self.model_f, self.tokenizer, self.spec, texts, self.config.batch_size,
-                            self.config.max_length).labels
+                            self.config.max_length, add_bos_token=self.config.add_bos_token).labels
 
     def fill(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray, progress) -> None:
         """Compute and write the given rows of ``store`` (texts/labels indexed like the store), encoding
@@ -188,7 +191,8 @@ class _Extractor:
         """``fill`` for one chunk of rows, in batches sorted by length."""
         cfg = self.config
         encoded = encode_examples(self.tokenizer, self.spec, [texts[i] for i in rows],
-                                  None if self.spec.kind != CLASSIFICATION else labels[rows], cfg.max_length)
+                                  None if self.spec.kind != CLASSIFICATION else labels[rows], cfg.max_length,
+                                  cfg.add_bos_token)
         if self.label_ids is not None:
             encoded = first_label_encodings(encoded)
         order = np.argsort([len(e.ids) for e in encoded], kind="stable")

@@ -66,6 +66,8 @@ class FeatureConfig:
     corpus_seed: int = help_field("seed of the corpus_limit draw", 0)
     dtype: str = help_field("model dtype while extracting", "float32")
     device: str = help_field("cpu or cuda (each process takes cuda:LOCAL_RANK)", "cpu")
+    add_bos_token: bool | None = help_field("lm-eval HFLM's add_bos_token the examples are encoded with "
+                                            "(None: HFLM's default)", None)
 
     def __post_init__(self) -> None:
         for name in ("base", "finetuned"):
@@ -88,6 +90,8 @@ class FeatureConfig:
             raise ConfigError("device", self.device, "cpu or cuda")
         if self.params == HEAD_LABELS:
             check_label_task(spec)
+        if self.add_bos_token is not None and not isinstance(self.add_bos_token, bool):
+            raise ConfigError("add_bos_token", self.add_bos_token, "true, false or None")
 
     @property
     def alphas(self) -> list[float]:

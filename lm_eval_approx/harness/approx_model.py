@@ -42,7 +42,7 @@ STRATEGY_PREFIX = "strategy_"
 
 def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingRecipe, dict[str, Any]]:
     """Split ``--model_args`` into the pipeline config, the training recipe and HFLM's own args."""
-    config_fields = {f.name for f in dataclasses.fields(ApproxConfig)} - {"strategy_options"}
+    config_fields = {f.name for f in dataclasses.fields(ApproxConfig)} - {"strategy_options", "add_bos_token"}
     recipe_fields = {f.name for f in dataclasses.fields(TrainingRecipe)}
     config, recipe, options, rest = {}, {}, {}, {}
     recipe_file = kwargs.pop("recipe", None)
@@ -61,10 +61,26 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
     for name in ("base", "finetuned"):
         if name not in config:
             raise ConfigError(name, None, f"--model_args {name}=MODEL (required by --model approx)")
+    if "add_bos_token" in rest:  # HFLM's own argument: the pipeline must encode as HFLM will score
+        config["add_bos_token"] = _as_bool("add_bos_token", rest["add_bos_token"])
     base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else {}
     if "target_modules" in base_recipe:
         base_recipe["target_modules"] = ",".join(base_recipe["target_modules"])
     return ApproxConfig(**config, strategy_options=options), TrainingRecipe.from_options({**base_recipe, **recipe}), rest
+
+
+def _as_bool(name: str, value: Any) -> bool | None:
+    """A model-arg boolean as lm-eval writes it (True/False, true/false) or None."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    if text == "none":
+        return None
+    raise ConfigError(name, value, "True or False")
 
 
 class ApproxLM(FastHFLM):

@@ -86,9 +86,13 @@ class TrainResult:
     history: dict[str, Any] = field(default_factory=dict)
 
 
-def training_key(base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe) -> str:
-    """Hash of everything the trained weights depend on."""
+def training_key(base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe,
+                 add_bos_token: bool | None = None) -> str:
+    """Hash of everything the trained weights depend on (``add_bos_token`` only when set, so keys
+    made before it existed stay valid)."""
     parts = [resolve_model(base), task_key(spec), selection_hash(examples), recipe.recipe_hash()]
+    if add_bos_token is not None:
+        parts.append(f"add_bos_token={add_bos_token}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:KEY_CHARS]
 
 
@@ -128,7 +132,7 @@ def _loader(rows, batch_size: int, pad_id: int, sampler=None):
 def train_model(
     base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, work_dir: str | Path,
     *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, full_logits: bool = False,
-    probes: Sequence[Probe] = (),
+    probes: Sequence[Probe] = (), add_bos_token: bool | None = None,
 ) -> TrainResult:
     """Train θ0 (``base``) on ``examples``; checkpoints go to ``work_dir`` (resumed when they match).
 
@@ -146,14 +150,14 @@ def train_model(
 
     if not examples:
         raise ConfigError("examples", examples, "at least one training example")
-    work_dir, key = Path(work_dir), training_key(base, spec, examples, recipe)
+    work_dir, key = Path(work_dir), training_key(base, spec, examples, recipe, add_bos_token)
     on_signal = recipe.uses_teacher
     higher_better = direction(probes, recipe.stop_on) if on_signal else False
     model, tokenizer = prepare_model(base, recipe)
     head_positions = not full_logits and supports_head_positions(model)
     train_rows, val_rows = split_validation(examples, recipe.validation_fraction, recipe.seed)
-    train_data = normalise_weights(render_examples(tokenizer, spec, train_rows, recipe.max_length))
-    val_data = render_examples(tokenizer, spec, val_rows, recipe.max_length)
+    train_data = normalise_weights(render_examples(tokenizer, spec, train_rows, recipe.max_length, add_bos_token))
+    val_data = render_examples(tokenizer, spec, val_rows, recipe.max_length, add_bos_token)
     sampler = EpochShuffle(len(train_data), recipe.seed, SHUFFLE_STRIDE)
     train_loader = _loader(train_data, recipe.batch_size, tokenizer.pad_token_id, sampler)
     val_loader = _loader(val_data, recipe.batch_size, tokenizer.pad_token_id) if val_data else None
@@ -312,16 +316,17 @@ def is_complete(out_dir: str | Path, key: str | None = None) -> bool:
 def train_adapter(
     base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, out_dir: str | Path,
     *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, probes: Sequence[Probe] = (),
+    add_bos_token: bool | None = None,
 ) -> Path:
     """Train and save to ``out_dir`` (see the module docstring); a finished folder of the same
     inputs is returned as it is."""
     out_dir = Path(out_dir).expanduser().resolve()
-    if is_complete(out_dir, training_key(base, spec, examples, recipe)):
+    if is_complete(out_dir, training_key(base, spec, examples, recipe, add_bos_token)):
         logger.info("%s already holds this training; reusing it", out_dir)
         return out_dir
     work_dir = work_dir_for(out_dir)
     result = train_model(base, spec, examples, recipe, work_dir, progress=progress, on_epoch_end=on_epoch_end,
-                         probes=probes)
+                         probes=probes, add_bos_token=add_bos_token)
     save_training(result, base, spec, examples, recipe, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir

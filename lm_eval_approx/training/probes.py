@@ -50,7 +50,7 @@ def improves(higher_is_better: bool, value: float, best: float | None) -> bool:
 
 
 def choice_log_distribution(model, tokenizer, spec: TaskSpec, texts: Sequence[str], batch_size: int,
-                            max_length: int) -> np.ndarray:
+                            max_length: int, add_bos_token: bool | None = None) -> np.ndarray:
     """log p(c|x) for every text x and choice c, normalised over the task's choices (float64)."""
     import torch
 
@@ -61,7 +61,8 @@ def choice_log_distribution(model, tokenizer, spec: TaskSpec, texts: Sequence[st
     was_training = model.training
     model.eval()
     try:
-        logprobs = pseudo_label(model, tokenizer, spec, list(texts), batch_size, max_length).logprobs
+        logprobs = pseudo_label(model, tokenizer, spec, list(texts), batch_size, max_length,
+                                add_bos_token=add_bos_token).logprobs
     finally:
         model.train(was_training)
     scores = torch.from_numpy(logprobs.astype(np.float64))
@@ -87,14 +88,14 @@ def _check_texts(texts: Sequence[str], what: str) -> list[str]:
 
 
 def teacher_probes(teacher, tokenizer, spec: TaskSpec, texts: Sequence[str], batch_size: int = 16,
-                   max_length: int = 128) -> list[Probe]:
+                   max_length: int = 128, add_bos_token: bool | None = None) -> Probe:
     """``teacher_kl`` and ``teacher_agreement`` against ``teacher`` (θf) on ``texts``, from one
     pass per epoch; θf's distributions are computed here, once, so θf need not stay in memory."""
     texts = _check_texts(texts, "monitor documents")
-    target = choice_log_distribution(teacher, tokenizer, spec, texts, batch_size, max_length)
+    target = choice_log_distribution(teacher, tokenizer, spec, texts, batch_size, max_length, add_bos_token)
 
     def measure(model, tok) -> dict[str, float]:
-        log_q = choice_log_distribution(model, tok, spec, texts, batch_size, max_length)
+        log_q = choice_log_distribution(model, tok, spec, texts, batch_size, max_length, add_bos_token)
         return {TEACHER_KL: kl_divergence(target, log_q), TEACHER_AGREEMENT: agreement(target, log_q)}
 
     return Probe(measure, {TEACHER_KL: False, TEACHER_AGREEMENT: True})
