@@ -36,10 +36,15 @@ def task_manager(include_path=None, **kwargs):
     return TaskManager(include_path=paths, **kwargs)
 
 
-@lru_cache(maxsize=1)
 def shared_task_manager():
-    """One lm-eval TaskManager per process, with our model types registered: indexing every lm-eval
-    task takes many seconds."""
+    """One lm-eval TaskManager per process and set of task folders, with our model types
+    registered: indexing every lm-eval task takes many seconds, but a folder included later (a
+    leaderboard config's ``include_path``) must be seen."""
+    return _shared_task_manager(tuple(map(str, task_folders())))
+
+
+@lru_cache(maxsize=4)
+def _shared_task_manager(folders: tuple[str, ...]):
     prepare_lm_eval()
     return task_manager()
 
