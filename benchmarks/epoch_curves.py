@@ -9,7 +9,10 @@ these are recorded:
 * ``teacher_kl`` / ``teacher_agreement``: against θf on held-out, unselected pool documents
   (``training/probes.py``; the signals a user can compute);
 * ``dev_accuracy``: true-label accuracy on development documents of the task's *training* data
-  that the expert never saw (for classification configs whose expert is made from true data).
+  that the expert never saw (for classification configs whose expert is made from true data);
+* ``dev_teacher_kl`` / ``dev_teacher_agreement``: the teacher signals on those development
+  documents (their texts only), i.e. on the task's own distribution instead of the pool's, from the
+  same pass as ``dev_accuracy``.
   The test split is never touched: the retraining rule is chosen from these curves and only then
   scored on test by the leaderboard.
 
@@ -36,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_name, "1")
 
-SIGNALS = ("validation_loss", "teacher_kl", "teacher_agreement", "dev_accuracy")
+SIGNALS = ("validation_loss", "teacher_kl", "teacher_agreement", "dev_teacher_kl", "dev_teacher_agreement",
+           "dev_accuracy")
 
 
 def parse_cell(text: str) -> tuple[str, int, int, int]:
@@ -69,7 +73,7 @@ def run_cell(config, expert: str, cell: tuple[str, int, int, int], out: Path, de
     from lm_eval_approx.models.loading import load_model, load_tokenizer
     from lm_eval_approx.pipeline import run_selection
     from lm_eval_approx.training.loop import train_model
-    from lm_eval_approx.training.probes import accuracy_probe, held_out_texts, teacher_probes
+    from lm_eval_approx.training.probes import held_out_texts, teacher_probes
 
     label, k, seed, epochs = cell
     cell_id = f"{label}-k{k}-s{seed}"
@@ -83,9 +87,11 @@ def run_cell(config, expert: str, cell: tuple[str, int, int, int], out: Path, de
                              monitor_size, recipe.seed)
     teacher = load_model(approx.finetuned)
     probes = [teacher_probes(teacher, tokenizer, spec, monitor, batch_size, approx.extract_max_length)]
-    del teacher
     if dev is not None:
-        probes.append(accuracy_probe(spec, dev[0], dev[1], batch_size, approx.extract_max_length, "dev_accuracy"))
+        probes.append(teacher_probes(teacher, tokenizer, spec, dev[0], batch_size, approx.extract_max_length,
+                                     names=("dev_teacher_kl", "dev_teacher_agreement"), labels=dev[1],
+                                     accuracy_name="dev_accuracy"))
+    del teacher
 
     def report(epoch: int, history: dict) -> None:
         values = {name: history["probes"][name][-1] for name in history["probes"]}

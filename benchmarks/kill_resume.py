@@ -1,7 +1,8 @@
 """SIGKILL at random points of every stage, rerun, and check nothing was lost or silently wrong.
 
 A tiny but real run (tiny random Llama θ0, a local JSONL candidate corpus) goes through the cached
-pipeline — pseudo-labelling, gradient features, selection, training — and, in ``--mode leaderboard``,
+pipeline — pseudo-labelling, gradient features, selection, training (stopped on the teacher-KL
+probe, measured after every epoch) — and, in ``--mode leaderboard``,
 through lm-eval scoring inside a one-strategy leaderboard (needs the data mirror, LM_EVAL_APPROX_DATA).
 
 1. An uninterrupted baseline run records when each stage starts and how long it takes.
@@ -69,7 +70,10 @@ def _child(args) -> int:
         config = ApproxConfig(base=str(args.work / "base"), finetuned=str(args.work / "finetuned"),
                               corpus=str(args.work / "candidates.jsonl"), strategy="select", k=8, dim=64,
                               extract_batch_size=8, extract_max_length=64)
-        run_approximation(config, TrainingRecipe(epochs=2, batch_size=4, validation_fraction=0.0))
+        # stop_on=teacher_kl: the training stage also measures θf's held-out probe after every
+        # epoch, so a kill can land inside a probe and the kept epoch must survive it.
+        run_approximation(config, TrainingRecipe(epochs=2, batch_size=4, validation_fraction=0.0,
+                                                 stop_on="teacher_kl", monitor_size=8))
     else:
         from lm_eval_approx.cli import main
         from lm_eval_approx.leaderboard import runner

@@ -24,6 +24,7 @@ from lm_eval_approx.features.encoding import (
     encode_classification,
     encode_examples,
     encode_lm,
+    flatten,
     encode_pair,
     prefix_token_id,
     tok_encode,
@@ -86,11 +87,11 @@ def hflm_cache():
     return {}
 
 
-def _hflm(cache, folder: str, add_bos_token) -> HFLM:
+def _hflm(cache, folder: str, add_bos_token, max_length: int = MAX_LENGTH) -> HFLM:
     """HFLM on ``folder`` as lm-eval builds it from ``--model_args`` (one per setting and module)."""
-    key = (folder, add_bos_token)
+    key = (folder, add_bos_token, max_length)
     if key not in cache:
-        cache[key] = HFLM(pretrained=folder, device="cpu", batch_size=4, max_length=MAX_LENGTH,
+        cache[key] = HFLM(pretrained=folder, device="cpu", batch_size=4, max_length=max_length,
                           add_bos_token=add_bos_token)
     return cache[key]
 
@@ -161,10 +162,44 @@ def test_task_encodings_and_training_rows_are_hflms(folder, hflm_cache, add_bos_
     texts = _rolling_texts(tokenizer)
     rolling = _captured(lm, "loglikelihood_rolling", [Instance("loglikelihood_rolling", {}, (t,), i)
                                                       for i, t in enumerate(texts)])
-    assert [_split(encode_lm(tokenizer, MSMARCO, t, MAX_LENGTH, add_bos_token).ids, 1) for t in texts] == rolling
+    assert [[_split(w.ids, w.start) for w in encode_lm(tokenizer, MSMARCO, t, MAX_LENGTH, add_bos_token)]
+            for t in texts] == [[pair] for pair in rolling]
     rows = render_examples(tokenizer, MSMARCO, [SelectedExample(id=str(i), text=t) for i, t in enumerate(texts)],
                            MAX_LENGTH, add_bos_token)
     assert [_split(r.input_ids, 1) for r in rows] == rolling
+
+
+# Ids per window here; HFLM's max_length is one less (``encoding.py``). Every long text spans windows.
+WINDOW = 9
+LONG_TEXTS = [" ".join(TEXTS), TEXTS[3] + " " + TEXTS[0], "x"]
+
+
+@pytest.mark.parametrize("add_bos_token", ADD_BOS, ids=["unset", "true", "false"])
+def test_long_texts_are_hflms_rolling_windows(folder, hflm_cache, add_bos_token):
+    """A text longer than the window: our windows are the requests HFLM's ``loglikelihood_rolling``
+    makes at max_length − 1, the training rows carry the same splits, and the loss (features and
+    training alike) is lm-eval's −rolling loglikelihood / n."""
+    lm, tokenizer = _hflm(hflm_cache, folder, add_bos_token, WINDOW - 1), load_tokenizer(folder)
+    instances = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(LONG_TEXTS)]
+    theirs = _captured(lm, "loglikelihood_rolling", instances)
+    documents = [encode_lm(tokenizer, MSMARCO, t, WINDOW, add_bos_token) for t in LONG_TEXTS]
+    assert [len(d) for d in documents][:2] > [2, 2] and len(documents[2]) == 1
+    assert [_split(w.ids, w.start) for d in documents for w in d] == theirs
+    assert max(len(w.ids) for d in documents for w in d) == WINDOW
+    examples = [SelectedExample(id=str(i), text=t) for i, t in enumerate(LONG_TEXTS)]
+    rows = render_examples(tokenizer, MSMARCO, examples, WINDOW, add_bos_token)
+    assert [_split(r.input_ids, r.labels.count(IGNORE_INDEX)) for r in rows] == theirs
+
+    model = load_model(folder)
+    counts = [len(tok_encode(tokenizer, t, add_bos_token)) for t in LONG_TEXTS]
+    want = [-ll / n for ll, n in zip(lm.loglikelihood_rolling(instances, disable_tqdm=True), counts)]
+    ours = example_losses(model, tokenizer, MSMARCO, LONG_TEXTS, max_length=WINDOW, add_bos_token=add_bos_token)
+    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        per_row = full_example_losses(model, training_batch(rows, tokenizer.pad_token_id), MSMARCO.kind)
+    owner = np.repeat(np.arange(len(documents)), [len(d) for d in documents])
+    trained = np.bincount(owner, weights=(per_row * torch.tensor([r.weight for r in rows])).numpy())
+    np.testing.assert_allclose(trained, want, rtol=1e-4, atol=1e-5)
 
 
 def test_the_bos_tokenizer_really_adds_bos(tiny_bos_llama, tiny_llama):
@@ -173,8 +208,8 @@ def test_the_bos_tokenizer_really_adds_bos(tiny_bos_llama, tiny_llama):
     bos, plain = load_tokenizer(tiny_bos_llama), load_tokenizer(tiny_llama)
     enc = encode_classification(bos, AGNEWS, TEXTS[0], 0, MAX_LENGTH)
     assert enc.ids[0] == bos.bos_token_id != enc.ids[1]
-    assert encode_lm(bos, MSMARCO, TEXTS[0], MAX_LENGTH).ids[:3].count(bos.bos_token_id) == 2
-    assert encode_lm(bos, MSMARCO, TEXTS[0], MAX_LENGTH, add_bos_token=False).ids[1] != bos.bos_token_id
+    assert encode_lm(bos, MSMARCO, TEXTS[0], MAX_LENGTH)[0].ids[:3].count(bos.bos_token_id) == 2
+    assert encode_lm(bos, MSMARCO, TEXTS[0], MAX_LENGTH, add_bos_token=False)[0].ids[1] != bos.bos_token_id
     assert encode_classification(plain, AGNEWS, TEXTS[0], 0, MAX_LENGTH).ids[0] != plain.bos_token_id
     assert encode_classification(plain, AGNEWS, TEXTS[0], 0, MAX_LENGTH, add_bos_token=True).ids[0] == 0
 
@@ -187,7 +222,7 @@ def test_feature_loss_is_the_training_loss(folder, spec_name):
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     labels = LABELS if spec.kind == AGNEWS.kind else None
     features = example_losses(model, tokenizer, spec, TEXTS, labels, batch_size=3, max_length=MAX_LENGTH)
-    encoded = encode_examples(tokenizer, spec, TEXTS, labels, MAX_LENGTH)
+    encoded, _ = flatten(encode_examples(tokenizer, spec, TEXTS, labels, MAX_LENGTH))
     head_loss, _ = head_factors(model, collate(encoded, tokenizer.pad_token_id), head_name(model))
     examples = [SelectedExample(id=str(i), text=t, label=None if labels is None else labels[i])
                 for i, t in enumerate(TEXTS)]

@@ -24,7 +24,7 @@ from lm_eval_approx.features.build import (
     open_feature_stores,
 )
 from lm_eval_approx.models.layers import linear_modules, oriented_weight, weight_delta
-from lm_eval_approx.features.encoding import encode_examples
+from lm_eval_approx.features.encoding import encode_examples, flatten
 from lm_eval_approx.models.loading import load_model, load_tokenizer
 from lm_eval_approx.features.projection import make_projector
 from lm_eval_approx.features.store import FeatureStore
@@ -49,6 +49,28 @@ def tuned_gpt2(tmp_path_factory):
 
 def _config(base, tuned, **kw):
     return FeatureConfig(base=base, finetuned=tuned, task="approx_agnews", batch_size=3, max_length=48, **kw)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_long_passages_are_stored_as_their_windows_sum(tiny_gpt2, tuned_gpt2, tmp_path, batch_size):
+    """Language modelling at max_length 8: every passage spans several rolling windows, and its row
+    is the gradient, loss and exact ‖G‖² of the whole passage (the windows' plain backwards added),
+    whatever the batch size (a document never spans two batches)."""
+    from _specs import MSMARCO
+
+    config = FeatureConfig(base=tiny_gpt2, finetuned=tuned_gpt2, task="approx_msmarco", batch_size=batch_size,
+                           max_length=8, projection="identity", params="head")
+    store = build_feature_stores(config, _corpus(), None, tmp_path / "out")[0]
+    assert store.meta["lm_text"] == "rolling-windows"
+    model_f, tokenizer = load_model(tuned_gpt2), load_tokenizer(tiny_gpt2)
+    documents = encode_examples(tokenizer, MSMARCO, TEXTS, None, 8)
+    assert min(len(d) for d in documents) > 1
+    for i, windows in enumerate(documents):
+        oracle = _oracle(model_f, windows, ["lm_head"])
+        grad = sum(g["lm_head"] for _, g in oracle)
+        assert store.loss[i] == pytest.approx(sum(loss for loss, _ in oracle), rel=1e-5)
+        assert store.sqnorm[i] == pytest.approx(grad.pow(2).sum().item(), rel=1e-4)
+        np.testing.assert_allclose(store.features[i].astype(np.float32), grad.reshape(-1), **F16)
 
 
 def test_config_validates_and_round_trips():
@@ -76,7 +98,7 @@ def test_head_features_match_oracle_at_theta_f_and_checkpoint(tiny_gpt2, tuned_g
         for p0, pm in zip(model0.parameters(), middle.parameters()):
             pm.copy_(p0 + 0.5 * (pm - p0))
     np.testing.assert_array_equal(stores[0].labels, stores[1].labels)
-    encoded = encode_examples(tokenizer, AGNEWS, TEXTS, stores[1].labels, 48)
+    encoded, _ = flatten(encode_examples(tokenizer, AGNEWS, TEXTS, stores[1].labels, 48))
     for store, model in zip(stores, (middle, model_f)):
         np.testing.assert_allclose(store.target, want_target.numpy(), rtol=1e-6)
         for i, (loss, grads) in enumerate(_oracle(model, encoded, ["lm_head"])):

@@ -18,8 +18,8 @@ from lm_eval_approx.models.layers import (
     oriented_weight,
     weight_delta,
 )
-from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
-from lm_eval_approx.features.encoding import collate, encode_examples
+from lm_eval_approx.features.gradients import head_factors, layer_factors, merge_windows, total_sqnorm
+from lm_eval_approx.features.encoding import collate, encode_examples, flatten
 from _specs import AGNEWS, MSMARCO
 
 TEXTS = ["The team won the final match.", "Stocks fell as the central bank raised rates again today.",
@@ -59,7 +59,8 @@ def _oracle(model, encoded, names):
 def _setup(kind, spec, tokenizer):
     model = build_tiny_model(kind, len(tokenizer), seed=3)
     labels = LABELS if spec is AGNEWS else None
-    encoded = encode_examples(tokenizer, spec, TEXTS, labels, max_length=48)
+    encoded, counts = flatten(encode_examples(tokenizer, spec, TEXTS, labels, max_length=48))
+    assert counts == [1] * len(TEXTS), "48 tokens hold every text in one window"
     return model, encoded, collate(encoded, tokenizer.pad_token_id)
 
 
@@ -92,6 +93,32 @@ def test_layer_factors_equal_per_example_backward(kind, spec, tiny_tokenizer):
             torch.testing.assert_close(factors[name].gradient()[i], want[name], atol=ATOL, rtol=1e-4)
             assert factors[name].sqnorm()[i].item() == pytest.approx(want[name].pow(2).sum().item(),
                                                                       rel=1e-3, abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_rolling_windows_merge_into_the_documents_gradient(kind, tiny_tokenizer):
+    """A long passage in several rolling windows: the merged factors are one example whose loss,
+    gradient and exact ‖G‖² are those of the whole document (the sum over its windows, each by a
+    plain backward), for the head path and the backward path alike."""
+    model = build_tiny_model(kind, len(tiny_tokenizer), seed=3)
+    documents = encode_examples(tiny_tokenizer, MSMARCO, TEXTS, None, max_length=8)
+    encoded, counts = flatten(documents)
+    assert max(counts) > 2 and min(counts) >= 1 and len(set(counts)) > 1
+    batch = collate(encoded, tiny_tokenizer.pad_token_id)
+    names = list(linear_modules(model))
+    oracle = _oracle(model, encoded, names)
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    want = [(sum(oracle[j][0] for j in range(a, a + c)), {n: sum(oracle[j][1][n] for j in range(a, a + c))
+                                                          for n in names}) for a, c in zip(starts, counts)]
+    head = head_name(model)
+    for loss, factors, checked in (merge_windows(*head_factors(model, batch, head), counts) + ([head],),
+                                   merge_windows(*layer_factors(model, batch, names), counts) + (names,)):
+        total = total_sqnorm(factors)
+        for i, (want_loss, grads) in enumerate(want):
+            assert loss[i].item() == pytest.approx(want_loss, rel=1e-5)
+            for name in checked:
+                torch.testing.assert_close(factors[name].gradient()[i], grads[name], atol=ATOL, rtol=1e-4)
+            assert total[i].item() == pytest.approx(sum(grads[n].pow(2).sum().item() for n in checked), rel=1e-4)
 
 
 def test_head_via_backward_equals_head_via_forward(tiny_tokenizer):

@@ -22,7 +22,7 @@ from lm_eval_approx.features.label_head import (
     label_head_factors,
     label_token_ids,
 )
-from lm_eval_approx.features.encoding import collate, encode_classification, encode_examples
+from lm_eval_approx.features.encoding import collate, encode_classification, encode_examples, flatten
 from lm_eval_approx.models.loading import load_model, load_tokenizer
 from lm_eval_approx.strategies.pool import build_pool
 from lm_eval_approx.strategies.registry import select
@@ -109,7 +109,7 @@ def test_factors_equal_per_example_backward_and_slow_twin(tiny_llama, llama_lora
     tuned, tokenizer = load_model(llama_lora), load_tokenizer(tiny_llama)
     rows = label_token_ids(tokenizer, AGNEWS)
     labels = [1, 2, 0, 3, 2, 1]
-    encoded = first_label_encodings(encode_examples(tokenizer, AGNEWS, TEXTS[:6], labels, MAX_LENGTH))
+    encoded = first_label_encodings(flatten(encode_examples(tokenizer, AGNEWS, TEXTS[:6], labels, MAX_LENGTH))[0])
     assert len({len(e.ids) for e in encoded}) > 1, "the batch must contain padding"
     batch = collate(encoded, tokenizer.pad_token_id)
     head = head_name(tuned)

@@ -83,8 +83,10 @@ def test_left_clipping_keeps_the_continuation(tiny_tokenizer):
     enc = encode_classification(tiny_tokenizer, AGNEWS, long_text, 3, max_length=20)
     full = encode_classification(tiny_tokenizer, AGNEWS, long_text, 3, max_length=4096)
     assert len(enc.ids) == 20 and enc.ids == full.ids[-20:] and len(enc.ids) - enc.start == 3
-    lm = encode_lm(tiny_tokenizer, MSMARCO, long_text, max_length=16)
-    assert len(lm.ids) == 16 and lm.start == 1 and lm.weight == pytest.approx(1 / 15)
+    windows = encode_lm(tiny_tokenizer, MSMARCO, long_text, max_length=16)
+    n = len(tiny_tokenizer(MSMARCO.context(long_text))["input_ids"])
+    assert len(windows[0].ids) == 16 and windows[0].start == 1 and all(len(w.ids) <= 16 for w in windows)
+    assert sum(len(w.ids) - w.start for w in windows) == n and all(w.weight == pytest.approx(1 / n) for w in windows)
 
 
 def test_trailing_space_moves_to_the_continuation(tiny_tokenizer):

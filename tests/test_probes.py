@@ -67,6 +67,13 @@ def test_choice_distribution_kl_and_agreement_match_their_definitions(tiny_llama
     assert own == {"teacher_kl": pytest.approx(0.0, abs=1e-9), "teacher_agreement": 1.0}
     truth = [int(np.argmax(slow_s[i])) for i in range(len(TEXTS))]
     assert accuracy_probe(AGNEWS, TEXTS, truth, 2).measure(student, tokenizer) == {"accuracy": 1.0}
+    labels = [t if i % 2 else (t + 1) % 4 for i, t in enumerate(truth)]
+    renamed = teacher_probes(teacher, tokenizer, AGNEWS, TEXTS, 2, names=("dev_kl", "dev_agree"), labels=labels,
+                             accuracy_name="dev_acc")
+    assert renamed.higher_is_better == {"dev_kl": False, "dev_agree": True, "dev_acc": True}
+    assert renamed.measure(student, tokenizer) == {
+        "dev_kl": pytest.approx(by_definition, rel=1e-3), "dev_agree": same,
+        "dev_acc": np.mean([a == b for a, b in zip(labels, truth)])}
 
 
 def test_held_out_texts_never_return_a_selected_document():

@@ -1,8 +1,10 @@
 """Any lm-eval task as an approximation target: specs rendered by the task's own functions.
 
 The oracle is lm-eval itself: for the documents of a user's task, the (context, continuation)
-pairs of our spec equal the ``Instance.args`` that lm-eval's ``build_all_requests`` constructs.
-Every task here is a YAML file in a temporary folder over local JSONL files; no model is loaded.
+pairs of our spec equal the ``Instance.args`` that lm-eval's ``build_all_requests`` constructs, and
+the token ids we featurise and train on equal those HFLM hands its model for those instances.
+Every task here is a YAML file in a temporary folder over local JSONL files; only the token-id
+oracle loads a (tiny random) model.
 """
 
 from __future__ import annotations
@@ -118,6 +120,55 @@ def test_multiple_choice_pairs_equal_lm_evals_requests(user_tasks, name):
         assert ours == requests[doc_id]
 
 
+def _hflm_tokens(folder: str, instances, call: str, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """The (context ids, continuation ids) HFLM passes to ``_loglikelihood_tokens`` for ``instances``."""
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=folder, device="cpu", batch_size=4, max_length=max_length)
+    seen = []
+
+    def record(requests, **_kwargs):
+        seen.extend((list(ctx), list(cont)) for _key, ctx, cont in requests)
+        return [(0.0, False)] * len(requests)
+
+    lm._loglikelihood_tokens = record
+    getattr(lm, call)(instances, disable_tqdm=True)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["user_sentiment", "user_sentiment_fn", "user_passages"])
+def test_token_ids_we_train_and_featurise_are_hflms_for_lm_evals_instances(user_tasks, tiny_llama,
+                                                                            one_torch_thread, name):
+    """lm-eval builds the instances of a user's task; HFLM tokenises them. The ids of our encoding
+    (features, losses, pseudo-labels) and of our training rows, for the same documents under every
+    label, are those ids; passages longer than the window are HFLM's rolling windows."""
+    from lm_eval_approx.data.selection_file import SelectedExample
+    from lm_eval_approx.features.encoding import encode_classification, encode_lm
+    from lm_eval_approx.models.loading import load_tokenizer
+    from lm_eval_approx.training.data import IGNORE_INDEX, render_examples
+
+    spec, task = get_task_spec(name, include_path=user_tasks), _lm_eval_task(user_tasks, name)
+    task.build_all_requests(limit=None, rank=0, world_size=1)
+    instances = sorted(task.instances, key=lambda i: (i.doc_id, i.idx))
+    tokenizer, field = load_tokenizer(tiny_llama), spec.text_field
+    texts = [doc[field] for doc in task.eval_docs]
+    if spec.kind == specs.CLASSIFICATION:
+        theirs = _hflm_tokens(tiny_llama, instances, "loglikelihood", 256)
+        ours = [encode_classification(tokenizer, spec, t, y, 256) for t in texts for y in range(spec.num_classes)]
+        examples = [SelectedExample(id=f"{i}:{y}", text=t, label=y) for i, t in enumerate(texts)
+                    for y in range(spec.num_classes)]
+        max_length = 256
+    else:
+        max_length = 9  # HFLM's 8 + 1 (features/encoding.py): every passage spans several windows
+        theirs = _hflm_tokens(tiny_llama, instances, "loglikelihood_rolling", max_length - 1)
+        ours = [w for t in texts for w in encode_lm(tokenizer, spec, t, max_length)]
+        examples = [SelectedExample(id=str(i), text=t) for i, t in enumerate(texts)]
+        assert len(ours) > len(texts)
+    assert len(theirs) == len(ours) and [(e.ids[:e.start], e.ids[e.start:]) for e in ours] == theirs
+    rows = render_examples(tokenizer, spec, examples, max_length)
+    assert [(r.input_ids[:r.labels.count(IGNORE_INDEX)], r.labels[r.labels.count(IGNORE_INDEX):]) for r in rows] == theirs
+
+
 def test_template_and_description_render_through_the_task(user_tasks):
     assert get_task_spec("user_sentiment", user_tasks).template == "Review: {text}\nSentiment:"
     fn = get_task_spec("user_sentiment_fn", user_tasks)
@@ -177,14 +228,14 @@ def test_shipped_agnews_yaml_renders_what_the_python_spec_rendered(tmp_path, mon
     lm_eval_tasks.reset_task_caches()
 
 
-def test_shipped_msmarco_yamls_render_the_whole_passage_and_keep_their_key(tmp_path, monkeypatch):
+def test_shipped_msmarco_yamls_render_the_whole_passage_and_share_one_key(tmp_path, monkeypatch):
     _mirror_of(tmp_path, monkeypatch, "msmarco", [{"pid": i, "text": t} for i, t in enumerate(ODD_TEXTS)])
     for name in ("approx_msmarco", "approx_msmarco_last"):
         spec = get_task_spec(name)
         assert spec.kind == MSMARCO.kind
         for text in ODD_TEXTS:
             assert spec.context(text) == MSMARCO.context(text), (name, text)
-        assert specs.task_key(spec) == "approx_msmarco"
+        assert specs.task_key(spec) == f"approx_msmarco+{specs.LM_TEXT_RULE}"
     lm_eval_tasks.reset_task_caches()
 
 

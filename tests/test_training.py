@@ -66,7 +66,7 @@ def _per_example_loglikelihoods(model, tokenizer, spec, examples) -> list[float]
     out = []
     with torch.no_grad():
         for ex in examples:
-            row = render_example(tokenizer, spec, ex, max_length=10_000)
+            [row] = render_example(tokenizer, spec, ex, max_length=10_000)
             logits = model(input_ids=torch.tensor([row.input_ids])).logits[0].float()
             logprobs = torch.log_softmax(logits[:-1], dim=-1)
             out.append(sum(logprobs[t - 1, tok].item() for t, tok in enumerate(row.labels) if tok != IGNORE_INDEX))
@@ -235,7 +235,7 @@ def test_batched_weighted_loss_agrees_with_a_per_example_loop(tiny_gpt2):
         singles = []
         for ex in examples:
             ll = _per_example_loglikelihoods(model, tokenizer, spec, [ex])[0]
-            n_targets = sum(t != IGNORE_INDEX for t in render_example(tokenizer, spec, ex, 64).labels)
+            n_targets = sum(t != IGNORE_INDEX for t in render_example(tokenizer, spec, ex, 64)[0].labels)
             singles.append(-ll if spec is AGNEWS else -ll / n_targets)
         weights = [e.weight for e in examples]
         slow = sum(w * l for w, l in zip(weights, singles)) / sum(weights)
@@ -243,17 +243,21 @@ def test_batched_weighted_loss_agrees_with_a_per_example_loop(tiny_gpt2):
 
 
 def test_rendering_masks_the_context_and_checks_labels(tiny_tokenizer):
-    row = render_example(tiny_tokenizer, AGNEWS, SelectedExample(id="a", text="team match", label=1), 64)
+    [row] = render_example(tiny_tokenizer, AGNEWS, SelectedExample(id="a", text="team match", label=1), 64)
     targets = [t for t in row.labels if t != IGNORE_INDEX]
     assert tiny_tokenizer.decode(targets) == " Sports" and row.labels[0] == IGNORE_INDEX
     assert row.input_ids[-len(targets):] == targets
-    short = render_example(tiny_tokenizer, AGNEWS, SelectedExample(id="a", text="team match " * 30, label=3), 8)
+    [short] = render_example(tiny_tokenizer, AGNEWS, SelectedExample(id="a", text="team match " * 30, label=3), 8)
     assert len(short.input_ids) == 8 and tiny_tokenizer.decode([t for t in short.labels if t >= 0]) == " Sci/Tech"
     for bad in (None, 4, -1):
         with pytest.raises(TrainingDataError, match="label"):
             render_example(tiny_tokenizer, AGNEWS, SelectedExample(id="a", text="x", label=bad), 64)
-    passage = render_example(tiny_tokenizer, MSMARCO, SelectedExample(id="p", text="the quick brown fox"), 4)
+    windows = render_example(tiny_tokenizer, MSMARCO, SelectedExample(id="p", text="the quick brown fox", weight=2.0), 4)
+    passage = windows[0]
     assert len(passage.input_ids) == 4 and passage.labels[1:] == passage.input_ids[1:]
+    n = len(tiny_tokenizer("the quick brown fox")["input_ids"])
+    assert len(windows) > 1 and sum(sum(t != IGNORE_INDEX for t in w.labels) for w in windows) == n
+    assert sum(w.weight for w in windows) == pytest.approx(2.0)
 
 
 def test_validation_split_is_seeded_disjoint_and_optional():

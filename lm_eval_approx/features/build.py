@@ -33,7 +33,7 @@ from lm_eval_approx.features.encoding import (
     encode_classification,
     encode_examples,
 )
-from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
+from lm_eval_approx.features.gradients import head_factors, layer_factors, merge_windows, total_sqnorm
 from lm_eval_approx.features.label_head import (
     first_label_encodings,
     label_head_factors,
@@ -60,7 +60,7 @@ from lm_eval_approx.models.parameter_sets import (
     HEAD_LABELS,
     HEAD_SETS,
 )
-from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+from lm_eval_approx.tasks.specs import CLASSIFICATION, LM_TEXT_RULE, get_task_spec
 
 SHARD_DIR = "shards"
 ALPHA_DIR = "alpha-{:.4f}"
@@ -116,6 +116,21 @@ def _label_rank(tokenizer, spec, add_bos_token: bool | None) -> int:
                                               for c in range(spec.num_classes)))
 
 
+def document_batches(order, windows: list[int], batch_size: int) -> list[np.ndarray]:
+    """Consecutive documents of ``order`` in batches of at most ``batch_size`` windows (a document
+    with more windows than that is a batch of its own): a document never spans two batches."""
+    batches, current, size = [], [], 0
+    for j in order:
+        if current and size + windows[j] > batch_size:
+            batches.append(np.asarray(current))
+            current, size = [], 0
+        current.append(j)
+        size += windows[j]
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+
+
 def store_paths(out_dir, alphas: list[float]) -> list[Path]:
     """Where the store of each α lives: ``out_dir`` itself for one α, else ``out_dir/alpha-X``."""
     out = Path(out_dir)
@@ -168,6 +183,8 @@ class _Extractor:
                      "corpus": config.corpus, "corpus_limit": config.corpus_limit, "corpus_seed": config.corpus_seed}
         if self.label_ids is not None:
             self.meta.update(projection=self.projector.kind, label_token_ids=self.label_ids)
+        if self.spec.kind != CLASSIFICATION:
+            self.meta["lm_text"] = LM_TEXT_RULE
         if config.add_bos_token is not None:  # unset: the meta stores always had
             self.meta["add_bos_token"] = config.add_bos_token
 
@@ -188,18 +205,19 @@ class _Extractor:
 
     def _fill_chunk(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray,
                     progress) -> None:
-        """``fill`` for one chunk of rows, in batches sorted by length."""
+        """``fill`` for one chunk of rows, in batches sorted by length; a document's rolling windows
+        (language modelling) share a batch and merge into its one row."""
         cfg = self.config
-        encoded = encode_examples(self.tokenizer, self.spec, [texts[i] for i in rows],
-                                  None if self.spec.kind != CLASSIFICATION else labels[rows], cfg.max_length,
-                                  cfg.add_bos_token)
+        documents = encode_examples(self.tokenizer, self.spec, [texts[i] for i in rows],
+                                    None if self.spec.kind != CLASSIFICATION else labels[rows], cfg.max_length,
+                                    cfg.add_bos_token)
         if self.label_ids is not None:
-            encoded = first_label_encodings(encoded)
-        order = np.argsort([len(e.ids) for e in encoded], kind="stable")
+            documents = [first_label_encodings(windows) for windows in documents]
+        order = np.argsort([sum(len(e.ids) for e in windows) for windows in documents], kind="stable")
         device = self.projector.device
-        for lo in range(0, len(order), cfg.batch_size):
-            part = order[lo : lo + cfg.batch_size]
-            batch = collate([encoded[j] for j in part], self.tokenizer.pad_token_id, device)
+        for part in document_batches(order, [len(windows) for windows in documents], cfg.batch_size):
+            counts = [len(documents[j]) for j in part]
+            batch = collate([e for j in part for e in documents[j]], self.tokenizer.pad_token_id, device)
             if self.label_ids is not None:
                 loss, factors = label_head_factors(self.model_f, batch, self.names[0], self.label_ids,
                                                    labels[rows[part]])
@@ -207,6 +225,7 @@ class _Extractor:
                 loss, factors = head_factors(self.model_f, batch, self.names[0])
             else:
                 loss, factors = layer_factors(self.model_f, batch, self.names)
+            loss, factors = merge_windows(loss, factors, counts)
             projected = self.projector.project(factors)
             sqnorm = (total_sqnorm(factors) if self.exact_sqnorm else projected.pow(2).sum(dim=1)).cpu().numpy()
             feats = projected.cpu().numpy()

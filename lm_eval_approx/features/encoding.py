@@ -19,10 +19,16 @@ with its default None; pass the value HFLM gets.
 - A language-modelling text (``HFLM.loglikelihood_rolling``): every token of tok_encode(text) is
   predicted, the first one from the prefix token. With a BOS-adding tokenizer and
   ``add_bos_token`` unset that input starts BOS BOS and BOS itself is a scored token; so it is here.
+  A text longer than ``max_length − 1`` tokens is cut into HFLM's rolling windows
+  (``lm_eval.utils.get_rolling_token_windows`` with context 1, made disjoint) at a window length of
+  ``max_length − 1``: every token is predicted exactly once, each window is one model input of at
+  most ``max_length`` ids, and the document is the list of its windows. Its loss is the mean NLL of
+  all its tokens, so each window token weighs 1/n (n = the document's tokens): window losses and
+  per-window gradients add up to the document's. These are HFLM's windows when HFLM runs with
+  ``max_length − 1``; at a larger HFLM max_length the later windows see more context there.
 
-Clipping is ours (HFLM keeps up to its own, larger, max_length and rolls windows over long texts):
-a pair whose ids exceed ``max_length`` loses the beginning of its context, a text keeps its first
-``max_length − 1`` tokens after the prefix. Inputs within ``max_length`` are HFLM's exactly.
+A classification pair whose ids exceed ``max_length`` loses the beginning of its context (HFLM
+truncates the same way at its own, larger, max_length). Inputs within ``max_length`` are HFLM's exactly.
 
 The logit at position t predicts token t+1: a loss token at position p is scored by the logits of
 position p − 1. Sequences are right-padded with an attention mask; each row records the positions
@@ -123,15 +129,24 @@ def encode_classification(tokenizer, spec: TaskSpec, text: str, label: int, max_
 
 
 def encode_lm(tokenizer, spec: TaskSpec, text: str, max_length: int,
-              add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> Encoded:
-    """Prefix token + the text's first ``max_length − 1`` tokens; loss weight 1/n (mean NLL)."""
-    tokens = tok_encode(tokenizer, spec.context(text), add_bos_token)[: max_length - 1]
-    return Encoded([prefix_token_id(tokenizer)] + tokens, 1, 1.0 / max(len(tokens), 1))
+              add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> list[Encoded]:
+    """The rolling windows of one text (module docstring): the first is the prefix token + the
+    text's first ``max_length − 1`` tokens; every window token has loss weight 1/n (mean NLL)."""
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    tokens = tok_encode(tokenizer, spec.context(text), add_bos_token)
+    prefix = prefix_token_id(tokenizer)
+    if not tokens:
+        return [Encoded([prefix], 1, 1.0)]
+    weight = 1.0 / len(tokens)
+    windows = (make_disjoint_window(w) for w in get_rolling_token_windows(tokens, prefix, max_length - 1, 1))
+    return [Encoded(context + continuation, len(context), weight) for context, continuation in windows]
 
 
 def encode_examples(tokenizer, spec: TaskSpec, texts: list[str], labels, max_length: int,
-                    add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> list[Encoded]:
-    """The model input of each example under the task loss (labels required for classification)."""
+                    add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> list[list[Encoded]]:
+    """The model inputs of each example under the task loss, one list per text: one input for
+    classification (labels required), the rolling windows for language modelling."""
     check_int("max_length", max_length, minimum=MIN_MAX_LENGTH)
     if spec.kind != CLASSIFICATION:
         return [encode_lm(tokenizer, spec, text, max_length, add_bos_token) for text in texts]
@@ -143,7 +158,13 @@ def encode_examples(tokenizer, spec: TaskSpec, texts: list[str], labels, max_len
     bad = [x for x in labels if not 0 <= x < spec.num_classes]
     if bad:
         raise ConfigError("labels", bad[0], f"0 ≤ label < {spec.num_classes} for task {spec.name!r}")
-    return [encode_classification(tokenizer, spec, t, y, max_length, add_bos_token) for t, y in zip(texts, labels)]
+    return [[encode_classification(tokenizer, spec, t, y, max_length, add_bos_token)]
+            for t, y in zip(texts, labels)]
+
+
+def flatten(documents: list[list[Encoded]]) -> tuple[list[Encoded], list[int]]:
+    """Every window of every document in order, and how many windows each document has."""
+    return [window for windows in documents for window in windows], [len(windows) for windows in documents]
 
 
 def collate(encoded: list[Encoded], pad_id: int, device="cpu") -> Batch:

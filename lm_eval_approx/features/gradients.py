@@ -9,6 +9,9 @@ A linear layer y_t = W x_t (W: out×in) has per-example gradient ∇W = Σ_t δ_
   position t (the released code of the paper pairs t with t+1: an off-by-one avoided here).
   The head gradient is the one of the head's use only, also when the head is tied to the input
   embedding (SmolLM2, GPT-2).
+- A document cut into several rolling windows (language modelling, ``encoding.py``) has the
+  gradient Σ_windows Σ_t δ_t x_tᵀ: ``merge_windows`` concatenates its windows' factor rows into one
+  example, which is exact for the projection and for ‖G‖² alike.
 - ``changed`` / explicit names: one forward and one backward with every weight frozen; forward
   hooks keep each layer's input x_t and the backward returns δ_t = ∂(Σ_i L_i)/∂y_t, which is
   example i's own δ because examples do not interact. Padded positions (right padding, causal
@@ -55,12 +58,43 @@ def total_sqnorm(factors: dict[str, LayerFactors]) -> torch.Tensor:
     grams: dict[int, torch.Tensor] = {}
     total = None
     for f in factors.values():
-        key = (f.x.data_ptr(), tuple(f.x.shape), f.x.stride())
+        key = tensor_key(f.x)
         if key not in grams:
             grams[key] = f.x @ f.x.transpose(1, 2)
         term = (grams[key] * (f.delta @ f.delta.transpose(1, 2))).sum(dim=(1, 2))
         total = term if total is None else total + term
     return total
+
+
+def tensor_key(tensor: torch.Tensor) -> tuple:
+    """Identifies a tensor's data (hooks hand out a new tensor object per call for the same data;
+    layers fed one input share it)."""
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.stride()
+
+
+def merge_windows(loss: torch.Tensor, factors: dict[str, LayerFactors],
+                  counts: list[int]) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+    """Per-document loss and factors from per-window ones, ``counts[i]`` consecutive windows per
+    document: losses add, factor rows concatenate (zero rows pad the shorter documents). Layers that
+    shared an input tensor still share the merged one."""
+    if all(c == 1 for c in counts):
+        return loss, factors
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=loss.device),
+                                    torch.as_tensor(counts, device=loss.device))
+    merged_loss = torch.zeros(len(counts), dtype=loss.dtype, device=loss.device).index_add(0, owner, loss)
+
+    def merge(t: torch.Tensor) -> torch.Tensor:
+        docs = [part.reshape(-1, t.shape[-1]) for part in torch.split(t, counts)]
+        return torch.nn.utils.rnn.pad_sequence(docs, batch_first=True)
+
+    shared: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, f in factors.items():
+        key = tensor_key(f.x)
+        if key not in shared:
+            shared[key] = merge(f.x)
+        out[name] = LayerFactors(merge(f.delta), shared[key])
+    return merged_loss, out
 
 
 @torch.no_grad()

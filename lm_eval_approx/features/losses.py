@@ -2,8 +2,9 @@
 
 - classification: L_i(c) = −Σ_j log p(v_{c,j} | context_i, v_{c,<j}), the *summed* NLL of all
   tokens of the label continuation v_c = delimiter + choice (" Sci/Tech" may be several tokens);
-- language modelling: L_i = −(1/n) Σ_{j=1..n} log p(w_j | prefix, w_{<j}), the mean token NLL of
-  the clipped text, BOS included where lm-eval scores it.
+- language modelling: L_i = −(1/n) Σ_{j=1..n} log p(w_j | context, w_{<j}), the mean token NLL of
+  the text over its rolling windows (``encoding.py``; the sum of the windows' losses), BOS
+  included where lm-eval scores it.
 
 The tokens are those of ``features/encoding.py``, lm-eval HFLM's rule, and these are the losses
 training minimises (``training/loss.py`` on ``training/data.py`` rows): weight 1 on each label
@@ -30,6 +31,7 @@ from lm_eval_approx.features.encoding import (
     Encoded,
     collate,
     encode_examples,
+    flatten,
     gather_positions,
 )
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
@@ -52,19 +54,23 @@ def model_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def _losses_of(model, tokenizer, encoded: list[Encoded], batch_size: int) -> np.ndarray:
-    """Loss of every encoding, in batches sorted by length (less padding), returned in input order."""
+def _losses_of(model, tokenizer, documents: list[list[Encoded]], batch_size: int) -> np.ndarray:
+    """Loss of every document (the sum over its windows), windows batched sorted by length (less
+    padding), returned in input order."""
     if batch_size < 1:
         raise ConfigError("batch_size", batch_size, "an integer ≥ 1")
+    encoded, counts = flatten(documents)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-    out = np.zeros(len(encoded), dtype=np.float32)
+    windows = np.zeros(len(encoded), dtype=np.float64)
     device = model_device(model)
     for lo in range(0, len(order), batch_size):
         rows = order[lo : lo + batch_size]
         batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id, device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        out[rows] = batch_losses(gather_positions(logits, batch.positions), batch).cpu().numpy()
-    return out
+        windows[rows] = batch_losses(gather_positions(logits, batch.positions), batch).cpu().numpy()
+    out = np.zeros(len(documents), dtype=np.float64)
+    np.add.at(out, np.repeat(np.arange(len(documents)), counts), windows)
+    return out.astype(np.float32)
 
 
 def _chunk_size(chunk_size: int | None) -> int:

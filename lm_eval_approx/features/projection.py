@@ -27,7 +27,7 @@ import torch
 
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.features.config import DEFAULT_DIM
-from lm_eval_approx.features.gradients import LayerFactors
+from lm_eval_approx.features.gradients import LayerFactors, tensor_key
 from lm_eval_approx.models.layers import WeightDelta
 from lm_eval_approx.validation import check_int
 
@@ -46,11 +46,6 @@ def rademacher(rows: int, cols: int, seed: int, device="cpu") -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     signs = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int8)
     return (signs.float() * 2 - 1).div_(math.sqrt(rows)).to(device)
-
-
-def tensor_key(tensor: torch.Tensor) -> tuple:
-    """Identifies a tensor's data (hooks hand out a new tensor object per call for the same data)."""
-    return tensor.data_ptr(), tuple(tensor.shape), tensor.stride()
 
 
 def split_dim(dim: int, layers: int) -> list[int]:

@@ -105,7 +105,7 @@ def _chunk_labels(model, tokenizer, spec: TaskSpec, texts: list[str], batch_size
     if shared_context:
         logprobs = _choice_logprobs(model, tokenizer, per_text, batch_size)
     else:
-        flat = [enc for encodings in per_text for enc in encodings]
+        flat = [[enc] for encodings in per_text for enc in encodings]
         logprobs = -_losses_of(model, tokenizer, flat, batch_size).reshape(len(texts), spec.num_classes)
         logprobs = logprobs.astype(np.float64)
     labels = np.argmax(logprobs, axis=1).astype(np.int64)

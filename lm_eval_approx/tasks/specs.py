@@ -66,17 +66,24 @@ LEGACY_KEYS: dict[tuple[str, str], str] = {
     ("approx_msmarco_last", "438d1e7cec95817d"): "approx_msmarco",
 }
 
+# How a language-modelling text longer than a stage's max_length becomes model inputs: HFLM's
+# rolling windows (features/encoding.py). Until 2026-12 such texts were cut at max_length, so every
+# key of a language-modelling task records the rule and nothing computed under the cut is reused.
+LM_TEXT_RULE = "rolling-windows"
+
 
 def task_key(spec) -> str:
     """What a cache key records of a task: ``name@prompt identity`` for a task rendered by lm-eval,
     so editing its YAML recomputes everything that depends on its prompt; a shipped task whose
     prompt is unchanged keeps the name it was keyed by (``LEGACY_KEYS``); an in-code ``TaskSpec``
-    is its name."""
+    is its name. A language-modelling task's key adds ``LM_TEXT_RULE``."""
     identity = getattr(spec, "prompt_identity", None)
     if identity is None:
-        return spec.name
-    value = identity()
-    return LEGACY_KEYS.get((spec.name, value), f"{spec.name}@{value}")
+        key = spec.name
+    else:
+        value = identity()
+        key = LEGACY_KEYS.get((spec.name, value), f"{spec.name}@{value}")
+    return key if spec.kind == CLASSIFICATION else f"{key}+{LM_TEXT_RULE}"
 
 
 def get_task_spec(name: str, include_path=None, text_field: str | None = None):

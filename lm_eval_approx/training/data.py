@@ -4,8 +4,10 @@ That rule is lm-eval HFLM's (see its module docstring), so training supervises e
 lm-eval scores and the gradient features differentiate. Classification: input = context ids +
 continuation ids of the label, only the continuation is supervised, every context token gets the
 ignore label -100, a context too long for ``max_length`` loses its beginning. Language modelling:
-the passage's first ``max_length − 1`` tokens are the targets, predicted from the prefix token.
-Losses of these rows live in ``training/loss.py``.
+every token of the passage is a target, in lm-eval's rolling windows of at most ``max_length`` ids
+(the first predicted from the prefix token); each window is a row whose weight is the example's
+times its share n_j / n of the passage's tokens, so the rows' mean-NLL losses add up to the passage's
+mean NLL. Losses of these rows live in ``training/loss.py``.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ class RenderedExample:
 
 
 def render_example(tokenizer, spec: TaskSpec, example: SelectedExample, max_length: int,
-                   add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> RenderedExample:
-    """Token ids and supervised labels of one example (see the module docstring); ``add_bos_token``
-    as given to lm-eval's HFLM."""
+                   add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> list[RenderedExample]:
+    """The training rows of one example (see the module docstring): one for classification, one
+    per rolling window for language modelling; ``add_bos_token`` as given to lm-eval's HFLM."""
     if spec.kind == CLASSIFICATION:
         label = example.label
         if not is_int(label, numbers.Integral) or not 0 <= label < spec.num_classes:
@@ -55,22 +57,25 @@ def render_example(tokenizer, spec: TaskSpec, example: SelectedExample, max_leng
                 f"example {example.id!r}: label={label!r} is not accepted for task {spec.name!r}: "
                 f"an integer in [0, {spec.num_classes - 1}] ({', '.join(spec.choices)})"
             )
-        encoded = encode_classification(tokenizer, spec, example.text, label, max_length, add_bos_token)
+        windows = [encode_classification(tokenizer, spec, example.text, label, max_length, add_bos_token)]
     elif spec.kind == LANGUAGE_MODELLING:
-        encoded = encode_lm(tokenizer, spec, example.text, max_length, add_bos_token)
+        windows = encode_lm(tokenizer, spec, example.text, max_length, add_bos_token)
     else:
         raise TrainingDataError(
             f"task {spec.name!r}: kind={spec.kind!r} is not accepted: {CLASSIFICATION} or {LANGUAGE_MODELLING}"
         )
-    if encoded.start >= len(encoded.ids):
+    if windows[0].start >= len(windows[0].ids):
         raise TrainingDataError(f"example {example.id!r} has no target tokens within max_length={max_length}")
-    labels = [IGNORE_INDEX] * encoded.start + encoded.ids[encoded.start:]
-    return RenderedExample(example.id, encoded.ids, labels, float(example.weight))
+    total = sum(len(e.ids) - e.start for e in windows)
+    return [RenderedExample(example.id, e.ids, [IGNORE_INDEX] * e.start + e.ids[e.start:],
+                            float(example.weight) * (len(e.ids) - e.start) / total) for e in windows]
 
 
 def render_examples(tokenizer, spec: TaskSpec, examples: list[SelectedExample], max_length: int,
                     add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> list[RenderedExample]:
-    return [render_example(tokenizer, spec, example, max_length, add_bos_token) for example in examples]
+    """Every training row of every example, in order (a passage's windows are consecutive)."""
+    return [row for example in examples for row in render_example(tokenizer, spec, example, max_length,
+                                                                   add_bos_token)]
 
 
 def split_validation(examples: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -14,6 +14,10 @@ of the candidate corpus that were not selected, so they are never trained on and
 * ``accuracy``: the share of labelled documents whose argmax choice equals the true label. For
   measuring curves on a development split only; a recipe cannot stop on it.
 
+The teacher signals can also be measured on documents of the target task itself (texts of a
+non-test split, their labels unused): ``teacher_probes(..., names=...)`` under other names, which
+``benchmarks/epoch_curves.py`` records beside the pool's to compare the two as stop signals.
+
 θf's distributions are computed once, when the probe is built; each epoch then costs one
 pseudo-labelling pass over the held-out texts under the current weights (in eval mode, no dropout).
 """
@@ -88,26 +92,43 @@ def _check_texts(texts: Sequence[str], what: str) -> list[str]:
 
 
 def teacher_probes(teacher, tokenizer, spec: TaskSpec, texts: Sequence[str], batch_size: int = 16,
-                   max_length: int = 128, add_bos_token: bool | None = None) -> Probe:
-    """``teacher_kl`` and ``teacher_agreement`` against ``teacher`` (θf) on ``texts``, from one
-    pass per epoch; θf's distributions are computed here, once, so θf need not stay in memory."""
+                   max_length: int = 128, add_bos_token: bool | None = None, *,
+                   names: tuple[str, str] = (TEACHER_KL, TEACHER_AGREEMENT), labels: Sequence[int] | None = None,
+                   accuracy_name: str = ACCURACY) -> Probe:
+    """``teacher_kl`` and ``teacher_agreement`` (or the two ``names`` given) against ``teacher`` (θf)
+    on ``texts``, from one pass per epoch; θf's distributions are computed here, once, so θf need
+    not stay in memory. With ``labels`` (development documents only), the same pass also measures
+    accuracy as ``accuracy_name``."""
     texts = _check_texts(texts, "monitor documents")
+    truth = None if labels is None else _check_labels(spec, texts, labels)
     target = choice_log_distribution(teacher, tokenizer, spec, texts, batch_size, max_length, add_bos_token)
+    kl_name, agreement_name = names
 
     def measure(model, tok) -> dict[str, float]:
         log_q = choice_log_distribution(model, tok, spec, texts, batch_size, max_length, add_bos_token)
-        return {TEACHER_KL: kl_divergence(target, log_q), TEACHER_AGREEMENT: agreement(target, log_q)}
+        values = {kl_name: kl_divergence(target, log_q), agreement_name: agreement(target, log_q)}
+        if truth is not None:
+            values[accuracy_name] = float(np.mean(np.argmax(log_q, axis=1) == truth))
+        return values
 
-    return Probe(measure, {TEACHER_KL: False, TEACHER_AGREEMENT: True})
+    directions = {kl_name: False, agreement_name: True}
+    if truth is not None:
+        directions[accuracy_name] = True
+    return Probe(measure, directions)
+
+
+def _check_labels(spec: TaskSpec, texts: list[str], labels: Sequence[int]) -> np.ndarray:
+    truth = np.asarray(labels, dtype=np.int64)
+    if truth.shape != (len(texts),) or truth.min() < 0 or truth.max() >= spec.num_classes:
+        raise ConfigError("labels", list(labels)[:5], f"one label in [0, {spec.num_classes}) per document")
+    return truth
 
 
 def accuracy_probe(spec: TaskSpec, texts: Sequence[str], labels: Sequence[int], batch_size: int = 16,
                    max_length: int = 128, name: str = ACCURACY) -> Probe:
     """The share of ``texts`` whose argmax choice is their true label."""
     texts = _check_texts(texts, "labelled documents")
-    truth = np.asarray(labels, dtype=np.int64)
-    if truth.shape != (len(texts),) or truth.min() < 0 or truth.max() >= spec.num_classes:
-        raise ConfigError("labels", list(labels)[:5], f"one label in [0, {spec.num_classes}) per document")
+    truth = _check_labels(spec, texts, labels)
 
     def measure(model, tok) -> dict[str, float]:
         log_q = choice_log_distribution(model, tok, spec, texts, batch_size, max_length)
