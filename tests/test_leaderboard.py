@@ -113,7 +113,7 @@ def test_tiny_preset_end_to_end(tiny_run, capsys):
     assert capsys.readouterr().out == (out / "leaderboard.md").read_text()
 
 
-def test_resume_after_kill_redoes_only_the_unfinished_cell(tiny_run, monkeypatch):
+def test_resume_after_kill_redoes_only_the_unfinished_cell(tiny_run, monkeypatch, capsys):
     out, base, cache = tiny_run
     monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(_mirror()))
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", cache)
@@ -125,8 +125,14 @@ def test_resume_after_kill_redoes_only_the_unfinished_cell(tiny_run, monkeypatch
     ran = []
     original = runner.run_cell
     monkeypatch.setattr(runner, "run_cell", lambda config, cell, *a, **k: ran.append(cell.id) or original(config, cell, *a, **k))
+    capsys.readouterr()
     code = main(["leaderboard", "--preset", "tiny", "--set", f"base={base}", "--out", str(out), "--resume", "--no-progress"])
     assert code == 0 and ran == ["topk-k4-s0"]
+    printed = capsys.readouterr()
+    assert printed.out == (out / "leaderboard.md").read_text()  # the guide goes to stderr, the table alone to stdout
+    for part in (str(out / "leaderboard.html"), "leaderboard.csv", "gap_closed.png", "gap closed vs random",
+                 "95% CI", "beats random when", "Next: ", "Bring your own task"):
+        assert part in printed.err, part
     after = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     assert {n: t for n, t in after.items() if n != killed.name} == {n: t for n, t in before.items() if n != killed.name}
     new = json.loads(killed.read_text())

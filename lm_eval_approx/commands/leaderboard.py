@@ -19,9 +19,9 @@ import sys
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.leaderboard.estimate import describe
-from lm_eval_approx.leaderboard.html import write_html
+from lm_eval_approx.leaderboard.html import HTML_FILE, write_html
 from lm_eval_approx.leaderboard.plots import write_plots
-from lm_eval_approx.leaderboard.report import build_board, to_markdown, write_tables
+from lm_eval_approx.leaderboard.report import CSV_FILE, MD_FILE, build_board, to_markdown, write_tables
 from lm_eval_approx.leaderboard.runner import finished_cells, run_leaderboard
 from lm_eval_approx.leaderboard.sources import load_config
 
@@ -47,11 +47,40 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=leaderboard_command)
 
 
+# What a person who just ran a leaderboard needs next: where the outputs are, how to read the
+# two columns that carry the claim, and what to run after it.
+READING = """\
+How to read it: "gap closed vs random" is (row − random) / (expert − random) at the same k and
+recipe: 0% is no better than random documents of the pool, 100% recreates the expert. "Δ vs random
+[95% CI]" is the row minus random on the same test documents with a paired bootstrap interval:
+the row beats random when the whole interval is above 0 (below 0 for a perplexity)."""
+NEXT = {
+    "cpu-small": "lm-eval-approx leaderboard --preset cpu --out out/cpu --resume   (the larger grid; "
+                 "add --dry-run first for its estimate)",
+}
+NEXT_DEFAULT = ("approximate a finetune of your own task: README, \"Bring your own task\" "
+                "(finetune --task T, then --model approx with --include_path)")
+
+
 def write_outputs(out) -> str:
     """Tables, plots and the HTML page from the results in ``out``; returns the Markdown table."""
     board = write_tables(out)
     write_html(board, write_plots(board, out), out)
     return to_markdown(board)
+
+
+def reading_guide(out, name: str) -> str:
+    """Where the outputs of ``out`` are, how to read the claim columns, and the next command."""
+    from pathlib import Path
+
+    folder = Path(out)
+    plots = sorted(p.name for p in folder.glob("*.png"))
+    lines = [f"Wrote {folder / HTML_FILE} (open it in a browser), {folder / MD_FILE}, {folder / CSV_FILE}"
+             + (f" and the plots {', '.join(plots)}" if plots else "") + f"; per-cell lm-eval results in {folder / 'results'}.",
+             READING, f"Next: {NEXT.get(name, NEXT_DEFAULT)}"]
+    if name in NEXT:
+        lines.append(f"  or {NEXT_DEFAULT}")
+    return "\n".join(lines) + "\n"
 
 
 def leaderboard_command(args: argparse.Namespace) -> int:
@@ -67,4 +96,5 @@ def leaderboard_command(args: argparse.Namespace) -> int:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")
     run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress, only=args.only)
     print(write_outputs(args.out), end="", file=sys.stdout)
+    print("\n" + reading_guide(args.out, config.name), end="", file=sys.stderr)
     return 0
