@@ -22,6 +22,12 @@ Every cell writes ``OUT/<label>-k<k>-s<seed>.json`` when done; training checkpoi
     python benchmarks/epoch_curves.py --config results/cpu/agnews.yaml --out results/cpu/agnews/epochs \\
         --cell select_2ep:300:0:8 --cell random_2ep:300:0:8
     python benchmarks/epoch_curves.py --out results/cpu/agnews/epochs --plot results/cpu/agnews/epochs.png
+    python benchmarks/epoch_curves.py --out results/cpu/agnews/epochs --rules     # what each rule would keep
+
+``--rules`` replays the training loop's stopping rule (``training/loop.py``: strict improvement,
+patience counted from the best epoch, θ0 a candidate only under a teacher signal) on every recorded
+curve, finished or partial, for each signal and patience, at the cap the curve was run with, and
+prints the epoch each rule keeps and that epoch's development accuracy.
 """
 
 from __future__ import annotations
@@ -155,6 +161,50 @@ def plot(out: Path, target: Path) -> None:
     print(f"wrote {target}")
 
 
+# (signal, higher is better, θ0 is a candidate): the stop signals a recipe can use, and the same
+# teacher signals on development documents for comparison.
+RULE_SIGNALS = (("validation_loss", False, False), ("teacher_kl", False, True), ("teacher_agreement", True, True),
+                ("dev_teacher_kl", False, True), ("dev_teacher_agreement", True, True))
+PATIENCES = (1, 2, 3, 0)
+
+
+def kept_epoch(values: list[float], higher_better: bool, theta0_candidate: bool, patience: int) -> int:
+    """The epoch (0 = θ0) the training loop keeps on a curve ``values`` (index = epoch), as it would
+    have stopped with ``patience`` (0: never early)."""
+    from lm_eval_approx.training.probes import improves
+
+    best_epoch, best = (0, values[0]) if theta0_candidate else (0, None)
+    for epoch in range(1, len(values)):
+        if improves(higher_better, values[epoch], best):
+            best_epoch, best = epoch, values[epoch]
+        elif patience and epoch - best_epoch >= patience:
+            break
+    return best_epoch
+
+
+def rule_table(out: Path) -> str:
+    """Markdown: per curve and rule, the kept epoch and its development accuracy."""
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("*.json"))]
+    lines = ["| cell | epochs | signal | " + " | ".join(f"patience {p or '∞'}" for p in PATIENCES) + " | best dev acc |",
+             "|---|---|---|" + "---|" * len(PATIENCES) + "---|"]
+    for rec in records:
+        curves, dev = rec["curves"], rec["curves"].get("dev_accuracy")
+        if not dev:
+            continue
+        n = len(dev)
+        top = max(range(n), key=lambda e: dev[e])
+        for name, higher, theta0 in RULE_SIGNALS:
+            values = curves.get(name)
+            if not values or len(values) != n:
+                continue
+            cells = []
+            for patience in PATIENCES:
+                epoch = kept_epoch(values, higher, theta0, patience)
+                cells.append(f"{epoch}: {dev[epoch]:.3f}")
+            lines.append(f"| {rec['cell']} | {n - 1} | {name} | " + " | ".join(cells) + f" | {top}: {dev[top]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="leaderboard config whose stages and expert the cells use")
@@ -165,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--monitor-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--plot", help="write the curves of every finished cell in --out to this PNG")
+    parser.add_argument("--rules", action="store_true", help="print what each stop rule keeps on every curve in --out")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{record['cell']}: {record['wall_seconds']:.0f} s")
     if args.plot:
         plot(out, Path(args.plot))
+    if args.rules:
+        print(rule_table(out), end="")
     return 0
 
 

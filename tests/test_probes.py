@@ -117,6 +117,28 @@ def test_a_teacher_signal_picks_the_kept_epoch_and_counts_patience(tiny_llama, t
     assert history["best_epoch"] == 1 and history["best_signal"] == 0.2
     assert history["stopped_early"] and history["epochs_run"] == 3
     assert len(history["validation_loss"]) == 3 and history["best_validation_loss"] == min(history["validation_loss"])
+    # The rule replay of benchmarks/epoch_curves.py --rules keeps what the loop kept, on the full curve.
+    assert _epoch_curves().kept_epoch([0.5, 0.2, 0.3, 0.4, 0.1], False, True, 2) == history["best_epoch"]
+    assert _epoch_curves().kept_epoch([0.5, 0.2, 0.3, 0.4, 0.1], False, True, 0) == 4
+
+
+def _epoch_curves():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "epoch_curves.py"
+    spec = importlib.util.spec_from_file_location("epoch_curves", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_rule_replay_keeps_the_loops_epoch_under_validation_loss(tiny_llama, tmp_path):
+    """Validation loss: θ0 is never kept (the loop starts with no best); the replay agrees."""
+    recipe = TrainingRecipe(**FAST, epochs=3, patience=1)
+    history = train_model(tiny_llama, AGNEWS, toy_examples(24), recipe, tmp_path / "w", progress=False).history
+    curve = [history["initial_validation_loss"], *history["validation_loss"]]
+    assert _epoch_curves().kept_epoch(curve, False, False, 1) == history["best_epoch"] >= 1
 
 
 def test_theta0_is_kept_when_no_epoch_beats_it(tiny_llama, tmp_path):
@@ -126,7 +148,7 @@ def test_theta0_is_kept_when_no_epoch_beats_it(tiny_llama, tmp_path):
     probe = probes_module.Probe(lambda model, tok: {"teacher_agreement": next(script)}, {"teacher_agreement": True})
     recipe = TrainingRecipe(**FAST, epochs=2, patience=0, stop_on="teacher_agreement")
     result = train_model(tiny_llama, AGNEWS, toy_examples(24), recipe, tmp_path / "w", progress=False, probes=[probe])
-    assert result.history["best_epoch"] == 0
+    assert result.history["best_epoch"] == 0 == _epoch_curves().kept_epoch([0.9, 0.5, 0.4], True, True, 0)
     theta0 = load_model(tiny_llama)
     merged = result.model.merge_and_unload()
     for name, value in theta0.state_dict().items():
