@@ -4,7 +4,8 @@ Each variant trains θ0 (default: SmolLM2-135M) for one epoch on the same N AG N
 in its own child process, and the child's peak resident set size is read from ``os.wait4`` (the
 kernel's ru_maxrss, what ``/usr/bin/time -v`` reports). Variants: the default recipe (batch 16 in
 one pass), ``micro_batch_size`` 4 and 2 (same gradients, fewer live activations), gradient
-checkpointing, and both. Printed: each variant's peak RSS, seconds, and its ratios to the default,
+checkpointing, and both; and two cheaper recipes, which train a different model (not the same
+gradients): LoRA on the top 4 blocks + head (``lora_layers=4``) and on the head only. Printed: each variant's peak RSS, seconds, and its ratios to the default,
 as ``<variant> / default peak RSS: 0.52x`` lines. Language-modelling examples (``--task lm``,
 full-vocabulary logits at every position) are the heavier case.
 
@@ -29,6 +30,8 @@ VARIANTS = {
     "micro_batch_size=2": {"micro_batch_size": 2},
     "gradient_checkpointing": {"gradient_checkpointing": True},
     "micro_batch_size=4+checkpointing": {"micro_batch_size": 4, "gradient_checkpointing": True},
+    "lora_layers=4": {"lora_layers": 4},
+    "head_only": {"target_modules": ["head"]},
 }
 CHILD = r"""
 import json, sys, tempfile, time

@@ -379,3 +379,30 @@ def test_memory_options_train_end_to_end_and_are_recipe_fields(tiny_llama, tmp_p
     assert TrainingRecipe.from_options({"gradient_checkpointing": "true"}).gradient_checkpointing is True
     with pytest.raises(ConfigError, match="gradient_checkpointing"):
         TrainingRecipe.from_options({"gradient_checkpointing": "maybe"})
+
+
+@pytest.mark.parametrize("base_name, top", [("tiny_llama", "model.layers.1."), ("tiny_gpt2", "transformer.h.1.")])
+def test_lora_layers_adapts_only_the_top_blocks_and_the_head(request, tmp_path, base_name, top):
+    """lora_layers=1 on a 2-block model: LoRA on the top block's projections and the head only; the
+    lower block keeps its weights and gets no gradient; the default (0) keeps every recipe hash."""
+    from lm_eval_approx.training.model import block_index, prepare_model
+
+    base = request.getfixturevalue(base_name)
+    recipe = TrainingRecipe(**FAST, epochs=1, lora_layers=1)
+    model, _ = prepare_model(base, recipe)
+    adapted = {n.split(".lora_")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert adapted and all(top in n or "lm_head" in n for n in adapted), adapted
+    assert any("lm_head" in n for n in adapted) and any(top in n for n in adapted)
+    result = train_model(base, AGNEWS, toy_examples(16), recipe, tmp_path / "w", progress=False)
+    theta0 = load_model(base).state_dict()
+    merged = result.model.merge_and_unload().state_dict()
+    lower = [n for n in theta0 if block_index(n) == 0]
+    assert lower and all(torch.equal(merged[n], theta0[n]) for n in lower)
+    assert any(not torch.equal(merged[n], theta0[n]) for n in theta0 if block_index(n) == 1)
+    assert TrainingRecipe(**FAST).recipe_hash() == TrainingRecipe(**FAST, lora_layers=0).recipe_hash()
+    assert TrainingRecipe(**FAST).recipe_hash() != recipe.recipe_hash()
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ConfigError, match="lora_layers"):
+            TrainingRecipe(lora_layers=bad)
+    with pytest.raises(ConfigError, match="lora_layers"):
+        TrainingRecipe(method="full", lora_layers=2)

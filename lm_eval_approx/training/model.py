@@ -3,6 +3,7 @@ for full finetuning), with gradient checkpointing when the recipe asks for it.""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -16,8 +17,16 @@ from lm_eval_approx.training.recipe import ALL_LINEAR, FULL, HEAD, TrainingRecip
 TIED_WARNING = "Model has `tie_word_embeddings=True`"
 
 
-def resolve_target_modules(model, targets: tuple[str, ...]) -> list[str]:
-    """PEFT target names for the recipe's ``target_modules`` on this model (see recipe.py)."""
+def block_index(name: str) -> int | None:
+    """The transformer block a module belongs to: the first numbered segment of its name
+    (``model.layers.29.mlp.up_proj`` → 29, ``transformer.h.3.attn.c_attn`` → 3), else None."""
+    match = re.search(r"\.(\d+)\.", f".{name}.")
+    return None if match is None else int(match.group(1))
+
+
+def resolve_target_modules(model, targets: tuple[str, ...], top_blocks: int = 0) -> list[str]:
+    """PEFT target names for the recipe's ``target_modules`` on this model (see recipe.py); with
+    ``top_blocks`` = L > 0, only those in the top L blocks and the head."""
     from transformers.pytorch_utils import Conv1D
 
     head = model.get_output_embeddings()
@@ -38,6 +47,16 @@ def resolve_target_modules(model, targets: tuple[str, ...]) -> list[str]:
                 known = sorted({n.rsplit(".", 1)[-1] for n in linear | {head_name or ""}} - {""})
                 raise ConfigError("target_modules", target, f"{ALL_LINEAR}, {HEAD}, or one of {', '.join(known)}")
             full_names |= matched
+    if top_blocks:
+        blocks = {block_index(n) for n in linear} - {None}
+        if not blocks:
+            raise ConfigError("lora_layers", top_blocks, "0 for a model whose layers are not in numbered blocks")
+        lowest = max(blocks) + 1 - top_blocks
+        full_names = {n for n in full_names
+                      if n == head_name or (block_index(n) is not None and block_index(n) >= lowest)}
+        if not full_names:
+            raise ConfigError("lora_layers", top_blocks, "a value that leaves target modules to adapt")
+        return sorted(full_names)
     leaves = {n.rsplit(".", 1)[-1] for n in full_names}
     same = {n for n in modules if n.rsplit(".", 1)[-1] in leaves} == full_names
     return sorted(leaves if same else full_names)
@@ -63,7 +82,7 @@ def prepare_model(base: str, recipe: TrainingRecipe):
 
     config = LoraConfig(
         r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-        target_modules=resolve_target_modules(model, recipe.target_modules), task_type="CAUSAL_LM",
+        target_modules=resolve_target_modules(model, recipe.target_modules, recipe.lora_layers), task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=f".*{TIED_WARNING}.*")

@@ -7,7 +7,9 @@ in their data. ``recipe_hash()`` names the recipe in caches and in the adapter f
 Target modules: the tokens ``all-linear`` (every Linear/Conv1D projection of the transformer
 blocks: attention and MLP) and ``head`` (the output head, whatever the architecture calls it) are
 resolved against the model at training time; any other entry is a module name as PEFT matches it
-(``q_proj``, ``c_attn``, ...).
+(``q_proj``, ``c_attn``, ...). ``lora_layers`` = L > 0 keeps, of those, only the ones in the top L
+transformer blocks (plus the head): the backward pass then stops at the lowest adapted block, so
+training is cheaper in time and memory (the body below runs forward only, keeping no activations).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ TEACHER_SIGNALS = (TEACHER_KL, TEACHER_AGREEMENT)
 # Fields added after caches and results/cpu were keyed: left out of the hash while they hold these
 # values (which reproduce the older behaviour), so every existing recipe keeps its hash.
 LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_size": 0,
-                "gradient_checkpointing": False}
+                "gradient_checkpointing": False, "lora_layers": 0}
 HASH_CHARS = 16
 RECIPE_DEST = "recipe_"
 
@@ -65,6 +67,9 @@ class TrainingRecipe:
     target_modules: tuple[str, ...] = help_field(
         f"LoRA target modules, comma-separated: {ALL_LINEAR!r} (every attention and MLP projection), "
         f"{HEAD!r} (the output head), or module names such as q_proj", DEFAULT_TARGET_MODULES
+    )
+    lora_layers: int = help_field(
+        "adapt only the target modules of the top N transformer blocks (and the head); 0: every block", 0
     )
     learning_rate: float = help_field("AdamW peak learning rate", 2e-4)
     scheduler: str = help_field(f"learning-rate schedule after warm-up: {' | '.join(SCHEDULERS)}", "linear")
@@ -108,6 +113,9 @@ class TrainingRecipe:
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("stop_on", self.stop_on, STOP_SIGNALS)
         check_int("monitor_size", self.monitor_size, minimum=1)
+        check_int("lora_layers", self.lora_layers, minimum=0)
+        if self.lora_layers and self.method != LORA:
+            raise ConfigError("lora_layers", self.lora_layers, f"0 with method={self.method!r} (it selects LoRA blocks)")
         check_int("micro_batch_size", self.micro_batch_size, minimum=0)
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError("gradient_checkpointing", self.gradient_checkpointing, "true or false")
