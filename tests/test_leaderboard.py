@@ -367,6 +367,16 @@ def test_estimate_costs_each_stage_at_its_measured_rate():
     assert both == pytest.approx(three)  # α = 1 is one store, shared by select and select_checkpoints
 
 
+def test_scoring_is_costed_by_how_lm_eval_scores_each_task():
+    """Whole passages in rolling windows at the text rate; multiple choice and the one-request
+    last-word task at the choice rate."""
+    from lm_eval_approx.leaderboard.estimate import CPU_RATES, _scoring_rate
+
+    assert _scoring_rate(CPU_RATES, "approx_msmarco") == CPU_RATES["score_text"]
+    assert _scoring_rate(CPU_RATES, "approx_msmarco_last") == CPU_RATES["score_choice"]
+    assert _scoring_rate(CPU_RATES, "approx_agnews") == CPU_RATES["score_choice"]
+
+
 def test_true_documents_counts_selected_documents_the_expert_trained_on(tiny_run, tmp_path, monkeypatch):
     from lm_eval_approx.leaderboard.config import APPROX
     from lm_eval_approx.data.selection_file import SelectedExample, write_selection

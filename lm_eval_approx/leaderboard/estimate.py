@@ -8,6 +8,9 @@ need (a store is extracted once and shared: α = 1 by select and every M of sele
 which adds α = j/M for j < M), and epochs the recipe's maximum (early
 stopping only shortens it). Pseudo-labels of a classification task cost one forward per choice, so
 they run at the multiple-choice scoring rate; a language-modelling task's labels are one forward.
+Scoring a task runs at the text rate when lm-eval scores whole texts in rolling windows
+(``loglikelihood_rolling``) and at the choice rate otherwise (multiple choice, or one short
+``loglikelihood`` request per document, such as the last-word and last-token tasks).
 The CPU rates are what the ``results/cpu`` grids measured with SmolLM2-135M on two quiet cores
 (stage seconds in each cell's results JSON): head features 5.3 candidates/s, ``changed`` features
 2.6/s, pseudo-labels 6/s (MS MARCO) and ~3/s (AG News, 4 choices), θ0 losses ~8/s, LoRA training
@@ -63,6 +66,21 @@ def _is_choice_task(name: str) -> bool:
         return False
 
 
+def _scoring_rate(rates: dict[str, float], name: str) -> float:
+    """Documents per second lm-eval scores of task ``name``: a whole text in rolling windows at the
+    text rate; a multiple-choice or single-loglikelihood document (a short request per choice) at
+    the choice rate."""
+    from lm_eval_approx.tasks.lm_eval_tasks import task_output_type
+
+    try:
+        kind = task_output_type(name)
+    except ApproxError:
+        kind = None
+    if kind is None:
+        return rates["score_choice"] if _is_choice_task(name) else rates["score_text"]
+    return rates["score_text"] if kind == "loglikelihood_rolling" else rates["score_choice"]
+
+
 def _feature_rate(rates: dict[str, float], params: str) -> float:
     """Head features need a forward only; ``changed`` or named layers need a backward as well."""
     return rates["features_head"] if params in HEAD_PARAMS else rates["features_changed"]
@@ -108,8 +126,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             if task.limit is None:
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")
                 continue
-            rate = rates["score_choice"] if _is_choice_task(task.name) else rates["score_text"]
-            seconds["scoring"] += task.limit / rate
+            seconds["scoring"] += task.limit / _scoring_rate(rates, task.name)
     return Estimate([c.id for c in cells], seconds, unknown)
 
 

@@ -103,7 +103,20 @@ def lm_eval_task_spec(name: str, include_path=None, text_field: str | None = Non
     return _cached_spec(name, search_paths(include_path), text_field)
 
 
+@lru_cache(maxsize=64)
+def _cached_output_type(name: str, paths: tuple[str, ...]) -> str | None:
+    manager = _manager_with(name, paths)
+    return None if manager is None else _load(manager, name).OUTPUT_TYPE
+
+
+def task_output_type(name: str, include_path=None) -> str | None:
+    """lm-eval's ``output_type`` of task ``name`` (any task, approximable or not), None when no
+    index knows the name; a named error when it is a group or fails to load."""
+    return _cached_output_type(name, search_paths(include_path))
+
+
 def reset_task_caches() -> None:
     """Forget indexed folders and built specs (after a task YAML or plugin changed)."""
     task_manager.cache_clear()
     _cached_spec.cache_clear()
+    _cached_output_type.cache_clear()
