@@ -367,6 +367,19 @@ def test_estimate_costs_each_stage_at_its_measured_rate():
     assert both == pytest.approx(three)  # α = 1 is one store, shared by select and select_checkpoints
 
 
+def test_cheaper_lora_recipes_are_costed_at_their_measured_time_ratio():
+    from lm_eval_approx.leaderboard.estimate import HEAD_ONLY_TIME, TOP_BLOCKS_TIME, estimate
+
+    def retraining(*overrides):
+        seconds = estimate(load_config(None, "cpu-small", list(overrides))).seconds
+        return seconds["retraining"], seconds["expert"]
+
+    default = retraining()
+    assert retraining("recipe={epochs: 2, lora_layers: 4}") == pytest.approx([t * TOP_BLOCKS_TIME for t in default])
+    assert retraining("recipe={epochs: 2, target_modules: [head]}") == pytest.approx([t * HEAD_ONLY_TIME for t in default])
+    assert retraining("recipe={epochs: 2, method: full}") == pytest.approx(default)
+
+
 def test_scoring_is_costed_by_how_lm_eval_scores_each_task():
     """Whole passages in rolling windows at the text rate; multiple choice and the one-request
     last-word task at the choice rate."""

@@ -14,7 +14,8 @@ Scoring a task runs at the text rate when lm-eval scores whole texts in rolling 
 The CPU rates are what the ``results/cpu`` grids measured with SmolLM2-135M on two quiet cores
 (stage seconds in each cell's results JSON): head features 5.3 candidates/s, ``changed`` features
 2.6/s, pseudo-labels 6/s (MS MARCO) and ~3/s (AG News, 4 choices), θ0 losses ~8/s, LoRA training
-2.0 examples/s. The GPU rates are an assumed speed-up, so the GPU figure is an order of magnitude,
+2.0 examples/s (LoRA on the head only or on the top blocks: the default's rate over the time
+ratio ``benchmarks/memory.py`` measured for it). The GPU rates are an assumed speed-up, so the GPU figure is an order of magnitude,
 not a promise.
 
 With ``--only PATTERN`` only the matching cells are planned (and only the feature sets their
@@ -38,6 +39,10 @@ CPU_RATES = {"train": 2.0, "label_text": 6.0, "loss": 8.0, "features_head": 5.3,
              "score_choice": 3.0, "score_text": 1.0}
 HEAD_PARAMS = ("head", "head_labels")
 GPU_SPEEDUP = 40.0
+# Training time of the cheaper LoRA recipes relative to the default, side by side in one run of
+# benchmarks/memory.py (SmolLM2-135M, 2026-12-02): the head alone, and the top 4 of 30 blocks + head
+# (used for any lora_layers > 0: rough, the cost grows with the number of adapted blocks).
+HEAD_ONLY_TIME, TOP_BLOCKS_TIME = 0.38, 0.49
 
 
 @dataclass
@@ -81,6 +86,16 @@ def _scoring_rate(rates: dict[str, float], name: str) -> float:
     return rates["score_text"] if kind == "loglikelihood_rolling" else rates["score_choice"]
 
 
+def _train_rate(rates: dict[str, float], recipe) -> float:
+    """Examples per second of ``recipe``: the default LoRA rate, faster when the backward pass
+    stops early (LoRA on the head only, or on the top ``lora_layers`` blocks)."""
+    if recipe.method != "lora":
+        return rates["train"]
+    if tuple(recipe.target_modules) == ("head",):
+        return rates["train"] / HEAD_ONLY_TIME
+    return rates["train"] / TOP_BLOCKS_TIME if recipe.lora_layers else rates["train"]
+
+
 def _feature_rate(rates: dict[str, float], params: str) -> float:
     """Head features need a forward only; ``changed`` or named layers need a backward as well."""
     return rates["features_head"] if params in HEAD_PARAMS else rates["features_changed"]
@@ -97,8 +112,8 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
         if config.expert.size is None:
             unknown.append("expert training (expert.size is null: the whole corpus)")
         else:
-            epochs = config.recipe_for(config.expert.recipe).epochs
-            seconds["expert"] = config.expert.size * epochs / rates["train"]
+            recipe = config.recipe_for(config.expert.recipe)
+            seconds["expert"] = config.expert.size * recipe.epochs / _train_rate(rates, recipe)
     cells = config.chosen_cells(only)
     labels = {cell.label for cell in cells if cell.kind == APPROX and cell.id not in done}
     strategies = [s for s in config.strategies if s.label in labels]
@@ -120,8 +135,8 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
         if cell.id in done:
             continue
         if cell.kind == APPROX:
-            epochs = config.recipe_for(config.strategy(cell.label).recipe).epochs
-            seconds["retraining"] += cell.k * epochs / rates["train"]
+            recipe = config.recipe_for(config.strategy(cell.label).recipe)
+            seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe)
         for task in config.tasks():
             if task.limit is None:
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")
