@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.errors import ApproxError, ConfigError
+from lm_eval_approx.models.loading import load_model
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import read_selection
 
@@ -267,3 +268,39 @@ def test_a_home_folder_of_an_unknown_user_is_a_named_error(name):
         resolve_model(name)
     with pytest.raises(ApproxError):
         load_corpus(name)
+
+
+TARGET_CHOICES = ["all-linear", "lm_head", "q_proj", "v_proj", "c_attn", "c_fc", "up_proj", "no_such_module"]
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(data=st.data())
+def test_lora_layers_resolve_to_the_top_blocks_or_a_named_error(data, tiny_llama, tiny_gpt2):
+    """Any ``lora_layers`` (0 … beyond the model's depth) with any target list: the resolved modules
+    are exactly the targeted ones in the top L blocks plus a targeted head, or a named error."""
+    from lm_eval_approx.training.model import block_index, resolve_target_modules
+
+    models = {path: load_model(path) for path in (tiny_llama, tiny_gpt2)}
+    model = models[data.draw(st.sampled_from(sorted(models)))]
+    targets = tuple(data.draw(st.lists(st.sampled_from(TARGET_CHOICES), min_size=1, max_size=3, unique=True)))
+    depth = 1 + max(block_index(n) for n, _ in model.named_modules() if block_index(n) is not None)
+    top = data.draw(st.integers(0, depth + 2))
+    try:
+        everything = set(resolve_target_modules(model, targets, 0))
+        chosen = resolve_target_modules(model, targets, top)
+    except ConfigError as exc:
+        _named(exc)
+        assert exc.field in ("target_modules", "lora_layers")
+        return
+    if top == 0:
+        assert set(chosen) == everything
+        return
+    names = dict(model.named_modules())
+    assert chosen and all(n in names for n in chosen)
+    blocks = {block_index(n) for n in chosen} - {None}
+    assert all(b >= depth - top for b in blocks)
+    head = model.get_output_embeddings()
+    expanded = {n for n in names if n in everything or n.rsplit(".", 1)[-1] in everything}
+    expected = {n for n in expanded if (block_index(n) is not None and block_index(n) >= depth - top)
+                or names[n] is head}
+    assert set(chosen) == expected
