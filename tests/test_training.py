@@ -406,3 +406,35 @@ def test_lora_layers_adapts_only_the_top_blocks_and_the_head(request, tmp_path, 
             TrainingRecipe(lora_layers=bad)
     with pytest.raises(ConfigError, match="lora_layers"):
         TrainingRecipe(method="full", lora_layers=2)
+
+
+def test_class_balance_weights_each_label_equally_and_trains_as_explicit_weights(tiny_llama, tmp_path):
+    """``class_balance=balanced`` on skewed labels gives every label the same total weight (by the
+    definition w · n / (C · n_y)) and trains exactly like the plain recipe on examples whose weights
+    were multiplied by hand; a language-modelling task refuses it by name."""
+    from dataclasses import replace
+
+    from lm_eval_approx.training.data import balance_classes
+
+    skewed = [replace(e, label=0 if i % 3 else e.label) for i, e in enumerate(toy_examples(24, weights=True))]
+    balanced = balance_classes(skewed)
+    counts = {y: sum(e.label == y for e in skewed) for y in {e.label for e in skewed}}
+    for before, after in zip(skewed, balanced):
+        assert after.weight == pytest.approx(before.weight * len(skewed) / (len(counts) * counts[before.label]))
+        assert (after.id, after.text, after.label) == (before.id, before.text, before.label)
+    share = {y: sum(e.weight / b.weight for e, b in zip(balanced, skewed) if e.label == y) for y in counts}
+    assert all(s == pytest.approx(len(skewed) / len(counts)) for s in share.values())
+
+    recipe = TrainingRecipe(**FAST, epochs=1, class_balance="balanced")
+    assert recipe.recipe_hash() != TrainingRecipe(**FAST, epochs=1).recipe_hash()
+    assert TrainingRecipe(**FAST).recipe_hash() == TrainingRecipe(**FAST, class_balance="none").recipe_hash()
+    by_recipe = train_model(tiny_llama, AGNEWS, skewed, recipe, tmp_path / "a", progress=False)
+    by_hand = train_model(tiny_llama, AGNEWS, balanced, TrainingRecipe(**FAST, epochs=1), tmp_path / "b", progress=False)
+    assert by_recipe.history["train_loss"] == pytest.approx(by_hand.history["train_loss"], rel=1e-6)
+    first, second = by_recipe.model.state_dict(), by_hand.model.state_dict()
+    assert all(torch.allclose(first[n], second[n], atol=1e-6) for n in first)
+    with pytest.raises(ConfigError, match="class_balance"):
+        train_model(tiny_llama, MSMARCO, [SelectedExample(id="p", text="a passage")], recipe, tmp_path / "c",
+                    progress=False)
+    with pytest.raises(ConfigError, match="class_balance"):
+        TrainingRecipe(class_balance="per-class")

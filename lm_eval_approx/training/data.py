@@ -12,14 +12,16 @@ mean NLL. Losses of these rows live in ``training/loss.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 from lm_eval_approx.data.selection_file import SelectedExample
-from lm_eval_approx.errors import ApproxError
+from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.features.encoding import (
     HFLM_ADD_BOS_TOKEN,
     encode_classification,
@@ -86,6 +88,18 @@ def split_validation(examples: list, fraction: float, seed: int) -> tuple[list, 
     train = [e for i, e in enumerate(examples) if i not in held_out]
     validation = [e for i, e in enumerate(examples) if i in held_out]
     return train, validation
+
+
+def balance_classes(examples: list) -> list:
+    """Examples reweighted so that every label present carries the same total weight:
+    w_i ← w_i · n / (C · n_y) for an example of label y, with n examples, C labels present and n_y of
+    label y (mean weight stays 1 when the weights were 1). Training on pseudo-labels otherwise teaches
+    the pool's label shares as a prior, which a task whose classes are balanced does not have."""
+    counts = Counter(e.label for e in examples)
+    if None in counts:
+        raise ConfigError("class_balance", "balanced", "examples that all carry a class label")
+    scale = {label: len(examples) / (len(counts) * count) for label, count in counts.items()}
+    return [dataclasses.replace(e, weight=e.weight * scale[e.label]) for e in examples]
 
 
 def normalise_weights(rows: list[RenderedExample]) -> list[RenderedExample]:

@@ -47,9 +47,10 @@ from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import (
     resolve_model,
 )
-from lm_eval_approx.tasks.specs import TaskSpec, task_key
+from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec, task_key
 from lm_eval_approx.training.data import (
     EpochShuffle,
+    balance_classes,
     normalise_weights,
     render_examples,
     split_validation,
@@ -58,7 +59,7 @@ from lm_eval_approx.training.data import (
 from lm_eval_approx.training.loss import batch_example_losses, supports_head_positions
 from lm_eval_approx.training.probes import Probe, direction, improves, run_probes
 from lm_eval_approx.training.model import prepare_model
-from lm_eval_approx.training.recipe import FULL, TrainingRecipe
+from lm_eval_approx.training.recipe import BALANCED, FULL, NO_BALANCE, TrainingRecipe
 from lm_eval_approx.training.resume import (
     CHECKPOINT_FILE,
     read_checkpoint,
@@ -155,6 +156,10 @@ def train_model(
     higher_better = direction(probes, recipe.stop_on) if on_signal else False
     model, tokenizer = prepare_model(base, recipe)
     head_positions = not full_logits and supports_head_positions(model)
+    if recipe.class_balance == BALANCED:
+        if spec.kind != CLASSIFICATION:
+            raise ConfigError("class_balance", recipe.class_balance, f"{NO_BALANCE!r} for the {spec.kind} task {spec.name}")
+        examples = balance_classes(examples)
     train_rows, val_rows = split_validation(examples, recipe.validation_fraction, recipe.seed)
     train_data = normalise_weights(render_examples(tokenizer, spec, train_rows, recipe.max_length, add_bos_token))
     val_data = render_examples(tokenizer, spec, val_rows, recipe.max_length, add_bos_token)

@@ -47,11 +47,14 @@ VALIDATION_LOSS = "validation_loss"
 TEACHER_KL = "teacher_kl"
 TEACHER_AGREEMENT = "teacher_agreement"
 STOP_SIGNALS = (VALIDATION_LOSS, TEACHER_KL, TEACHER_AGREEMENT)
+NO_BALANCE = "none"
+BALANCED = "balanced"
+CLASS_BALANCE = (NO_BALANCE, BALANCED)
 TEACHER_SIGNALS = (TEACHER_KL, TEACHER_AGREEMENT)
 # Fields added after caches and results/cpu were keyed: left out of the hash while they hold these
 # values (which reproduce the older behaviour), so every existing recipe keeps its hash.
 LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_size": 0,
-                "gradient_checkpointing": False, "lora_layers": 0}
+                "gradient_checkpointing": False, "lora_layers": 0, "class_balance": NO_BALANCE}
 HASH_CHARS = 16
 RECIPE_DEST = "recipe_"
 
@@ -102,6 +105,11 @@ class TrainingRecipe:
         "compare with θf on held-out, unselected pool documents; training/probes.py)", VALIDATION_LOSS
     )
     monitor_size: int = help_field("held-out pool documents the teacher signals are measured on", 256)
+    class_balance: str = help_field(
+        f"classification only: {' | '.join(CLASS_BALANCE)} ({BALANCED}: every label present gets the same "
+        "total weight, so a pool whose pseudo-labels are mostly one class does not teach that class's prior)",
+        NO_BALANCE,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -112,6 +120,7 @@ class TrainingRecipe:
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("stop_on", self.stop_on, STOP_SIGNALS)
+        check_choice("class_balance", self.class_balance, CLASS_BALANCE)
         check_int("monitor_size", self.monitor_size, minimum=1)
         check_int("lora_layers", self.lora_layers, minimum=0)
         if self.lora_layers and self.method != LORA:
