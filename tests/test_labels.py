@@ -109,3 +109,38 @@ def test_bad_inputs_raise(llama, tiny_tokenizer):
     with pytest.raises(ConfigError, match="max_length"):
         encode_classification(tiny_tokenizer, AGNEWS, "a", 3, max_length=3)
     assert example_losses(llama, tiny_tokenizer, AGNEWS, [], []).shape == (0,)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_packed_rows_score_every_choice_in_one_row_like_the_definition(tiny_tokenizer, arch):
+    """The packed path (all choices of a document in one block-causal row) is the one used, runs one
+    row per document, and equals the unpadded definition, across several chunks."""
+    from lm_eval_approx.features import pseudo_labels as labels_module
+    from lm_eval_approx.models.packing import pack_rows, packing_unsupported_reason
+
+    model = build_tiny_model(arch, len(tiny_tokenizer), seed=3)
+    assert packing_unsupported_reason(model) is None
+    per_text = [[encode_classification(tiny_tokenizer, AGNEWS, t, c, 64) for c in range(4)] for t in TEXTS]
+    rows, _ = pack_rows([(None, e.ids[: e.start], e.ids[e.start:]) for enc in per_text for e in enc], 64)
+    assert len(rows) == len(TEXTS)
+    packed = labels_module._packed_choice_logprobs(model, tiny_tokenizer, per_text, 4, 64)
+    want = np.array([[_logprob(model, tiny_tokenizer, AGNEWS.context(t), cont) for cont in AGNEWS.continuations()]
+                     for t in TEXTS])
+    np.testing.assert_allclose(packed, want, rtol=1e-5, atol=1e-5)
+    result = pseudo_label(model, tiny_tokenizer, AGNEWS, TEXTS, batch_size=3, chunk_size=2)
+    np.testing.assert_allclose(result.logprobs, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_packing_that_disagrees_falls_back_to_carrier_rows(llama, tiny_tokenizer, monkeypatch, caplog):
+    """A mask that lets continuations see each other fails the self-check: the labels are still
+    the definition's (carrier rows), and the fallback is logged."""
+    from lm_eval_approx.models import packing
+
+    plain_causal = packing.block_causal_mask
+    monkeypatch.setattr(packing, "block_causal_mask",
+                        lambda segments: plain_causal(torch.where(segments > 0, torch.zeros_like(segments), segments)))
+    result = pseudo_label(llama, tiny_tokenizer, AGNEWS, TEXTS, batch_size=4)
+    want = np.array([[_logprob(llama, tiny_tokenizer, AGNEWS.context(t), cont) for cont in AGNEWS.continuations()]
+                     for t in TEXTS])
+    np.testing.assert_allclose(result.logprobs, want, rtol=1e-5, atol=1e-5)
+    assert "scoring without packing" in caplog.text

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
-from lm_eval_approx.harness import fast_hflm as scoring
+from lm_eval_approx.models import packing
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.harness.fast_hflm import FastHFLM, block_causal_mask, pack_rows
+from lm_eval_approx.harness.fast_hflm import FastHFLM
+from lm_eval_approx.models.packing import block_causal_mask, pack_rows
 
 # Documents of the SmolLM2 check: enough for several batches of 4-way groups, quick in CI.
 SLOW_DOCS = 24
@@ -145,12 +146,12 @@ def test_rolling_and_generation_are_hflm_unchanged(tiny_llama):
 
 def test_disagreeing_packing_falls_back_to_hflm(tiny_llama, monkeypatch):
     """A mask that lets continuations see each other fails the self-check; scores stay HFLM's."""
-    plain_causal = scoring.block_causal_mask
+    plain_causal = packing.block_causal_mask
 
     def leaky_mask(segments):
         return plain_causal(torch.where(segments > 0, torch.zeros_like(segments), segments))
 
-    monkeypatch.setattr(scoring, "block_causal_mask", leaky_mask)
+    monkeypatch.setattr(packing, "block_causal_mask", leaky_mask)
     ref, fast = model_pair(tiny_llama, batch_size=4)
     requests = mc_requests(CONTEXTS[:2], MULTI_TOKEN)
     assert_same_scores(ref.loglikelihood(requests, disable_tqdm=True), fast.loglikelihood(requests, disable_tqdm=True))

@@ -6,6 +6,7 @@ of ``losses.py`` (summed NLL of the continuation delimiter + choice c).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,7 +27,14 @@ from lm_eval_approx.features.losses import (
     model_device,
     text_chunks,
 )
+from lm_eval_approx.models.packing import pack_rows, packing_unsupported_reason, score_packed_rows
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+# The packing self-check: documents compared, and the largest accepted |packed − carrier| log-prob.
+PACKING_CHECK_TEXTS = 4
+PACKING_ATOL = 1e-3
 
 
 @dataclass
@@ -97,12 +105,45 @@ def _choice_logprobs(model, tokenizer, per_text: list[list[Encoded]], batch_size
     return out
 
 
+@torch.no_grad()
+def _packed_choice_logprobs(model, tokenizer, per_text: list[list[Encoded]], batch_size: int,
+                            max_length: int) -> np.ndarray:
+    """log p(choice | context) for every text and choice, all choices of a text in one packed row
+    (``models/packing.py``): one forward per document whatever the number of multi-token choices."""
+    requests = [(None, enc.ids[: enc.start], enc.ids[enc.start:]) for encodings in per_text for enc in encodings]
+    rows, request_items = pack_rows(requests, max_length)
+    answers: dict[int, tuple[float, bool]] = {}
+    for lo in range(0, len(rows), batch_size):
+        answers.update(score_packed_rows(model, rows[lo: lo + batch_size], tokenizer.pad_token_id, model_device(model)))
+    flat = np.array([answers[item][0] for item in request_items], dtype=np.float64)
+    return flat.reshape(len(per_text), len(per_text[0]) if per_text else 0)
+
+
+def _packing_agrees(model, tokenizer, per_text: list[list[Encoded]], batch_size: int, max_length: int) -> bool:
+    """Packed against carrier-row log-probs on the first few documents: a position or attention
+    scheme the packing does not model (``models/packing.py``) shows up as a disagreement."""
+    sample = per_text[:PACKING_CHECK_TEXTS]
+    packed = _packed_choice_logprobs(model, tokenizer, sample, batch_size, max_length)
+    reference = _choice_logprobs(model, tokenizer, sample, batch_size)
+    worst = float(np.max(np.abs(packed - reference))) if packed.size else 0.0
+    if worst > PACKING_ATOL:
+        logger.warning("pseudo-labels: packed log-probs differ from unpacked ones by %.3g (> %.3g) on %s; "
+                       "scoring without packing", worst, PACKING_ATOL, type(model).__name__)
+    return worst <= PACKING_ATOL
+
+
 def _chunk_labels(model, tokenizer, spec: TaskSpec, texts: list[str], batch_size: int, max_length: int,
-                  shared_context: bool, add_bos_token: bool | None) -> LabelResult:
-    """``pseudo_label`` of one chunk of texts (log-probs summed in float64, stored as float32)."""
+                  shared_context: bool, add_bos_token: bool | None, packing: dict) -> LabelResult:
+    """``pseudo_label`` of one chunk of texts (log-probs summed in float64, stored as float32).
+    ``packing`` carries the verdict of the packing self-check across chunks."""
     per_text = [[encode_classification(tokenizer, spec, text, label, max_length, add_bos_token)
                  for label in range(spec.num_classes)] for text in texts]
-    if shared_context:
+    if shared_context and packing.get("ok") is None:
+        packing["ok"] = packing_unsupported_reason(model) is None and _packing_agrees(
+            model, tokenizer, per_text, batch_size, max_length)
+    if shared_context and packing["ok"]:
+        logprobs = _packed_choice_logprobs(model, tokenizer, per_text, batch_size, max_length)
+    elif shared_context:
         logprobs = _choice_logprobs(model, tokenizer, per_text, batch_size)
     else:
         flat = [[enc] for encodings in per_text for enc in encodings]
@@ -118,16 +159,20 @@ def pseudo_label(model, tokenizer, spec: TaskSpec, texts: Iterable[str], batch_s
                  chunk_size: int | None = None, add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN) -> LabelResult:
     """θf's choice for each text: argmax over labels of the summed log-prob of the verbaliser.
 
-    ``shared_context`` (default) scores all one-token choices of a document from one forward row
-    (AG News: one row per document instead of four); False runs one row per (document, choice),
-    the slow twin the tests compare against. ``texts`` may be any iterable; it is encoded
+    ``shared_context`` (default) scores all choices of a document from one packed forward row
+    (block-causal attention, ``models/packing.py``; AG News: one row per document instead of four,
+    DBpedia's 14 mostly multi-token names: one instead of fourteen), checked against carrier rows
+    (one-token choices read at the context's last position, each multi-token choice its own row) on
+    the first documents, which it falls back to for models the packing cannot serve; False runs one
+    row per (document, choice), the slow twin the tests compare against. ``texts`` may be any iterable; it is encoded
     ``chunk_size`` documents at a time (default ``STREAM_CHUNK``), so memory stays bounded.
     ``add_bos_token`` is the value lm-eval's HFLM gets (``encoding.py``).
     """
     if spec.kind != CLASSIFICATION:
         raise ConfigError("task", spec.name, "a classification task (language-modelling tasks need no labels)")
-    size = _chunk_size(chunk_size)
-    parts = [_chunk_labels(model, tokenizer, spec, chunk, batch_size, max_length, shared_context, add_bos_token)
+    size, packing = _chunk_size(chunk_size), {}
+    parts = [_chunk_labels(model, tokenizer, spec, chunk, batch_size, max_length, shared_context, add_bos_token,
+                           packing)
              for chunk in text_chunks(texts, size)]
     if not parts:
         return LabelResult(labels=np.zeros(0, dtype=np.int64), loss=np.zeros(0, dtype=np.float32),
