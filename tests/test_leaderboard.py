@@ -133,6 +133,9 @@ def test_resume_after_kill_redoes_only_the_unfinished_cell(tiny_run, monkeypatch
     for part in (str(out / "leaderboard.html"), "leaderboard.csv", "gap_closed.png", "gap closed vs random",
                  "95% CI", "beats random when", "Next: ", "Bring your own task"):
         assert part in printed.err, part
+    upfront = next(line for line in printed.err.splitlines() if " cells to run, estimated " in line)
+    assert upfront.startswith("leaderboard 'tiny': 1 of "), upfront  # only the killed cell is left
+    assert printed.err.index(upfront) < printed.err.index("Wrote ")
     after = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     assert {n: t for n, t in after.items() if n != killed.name} == {n: t for n, t in before.items() if n != killed.name}
     new = json.loads(killed.read_text())
@@ -188,7 +191,7 @@ def test_a_strategy_recipe_changes_only_its_own_rows_retraining(monkeypatch):
 
 
 def test_every_preset_validates_and_dry_runs(capsys):
-    for preset, cells in (("gpu", 2 + 10 * 4 * 3), ("cpu", 2 + 3 * 3 + 3 + 8), ("cpu-small", 6), ("cpu-msmarco", 2 + 3 + 4)):
+    for preset, cells in (("gpu", 2 + 10 * 4 * 3), ("cpu", 2 + 3 * 3 + 3 + 8), ("cpu-small", 5), ("cpu-msmarco", 2 + 3 + 4)):
         assert main(["leaderboard", "--preset", preset, "--dry-run"]) == 0
         text = capsys.readouterr().out
         assert f"{cells} cells" in text and "total:" in text, preset

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.leaderboard.estimate import describe
+from lm_eval_approx.leaderboard.estimate import describe, estimate
 from lm_eval_approx.leaderboard.html import HTML_FILE, write_html
 from lm_eval_approx.leaderboard.plots import write_plots
 from lm_eval_approx.leaderboard.report import CSV_FILE, MD_FILE, build_board, to_markdown, write_tables
@@ -83,6 +83,17 @@ def reading_guide(out, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def upfront_cost(config, args: argparse.Namespace) -> str:
+    """One line said before anything runs: the cells left and their estimated wall time."""
+    done = finished_cells(args.out, config, args.only) if args.resume else frozenset()
+    est = estimate(config, done, args.only)
+    left = [cell for cell in est.cells if cell not in done]
+    unknown = " + parts it cannot estimate" if est.unknown else ""
+    return (f"leaderboard {config.name!r}: {len(left)} of {len(est.cells)} cells to run, estimated "
+            f"{est.total / 60:.0f} min{unknown} at the rates measured for device {config.device} "
+            f"(a 2-core machine for cpu); --dry-run shows the parts")
+
+
 def leaderboard_command(args: argparse.Namespace) -> int:
     if args.show:
         print(to_markdown(build_board(args.show)), end="", file=sys.stdout)
@@ -94,6 +105,7 @@ def leaderboard_command(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")
+    print(upfront_cost(config, args), file=sys.stderr, flush=True)
     run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress, only=args.only)
     print(write_outputs(args.out), end="", file=sys.stdout)
     print("\n" + reading_guide(args.out, config.name), end="", file=sys.stderr)
