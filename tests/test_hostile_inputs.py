@@ -304,3 +304,20 @@ def test_lora_layers_resolve_to_the_top_blocks_or_a_named_error(data, tiny_llama
     expected = {n for n in expanded if (block_index(n) is not None and block_index(n) >= depth - top)
                 or names[n] is head}
     assert set(chosen) == expected
+
+
+@pytest.mark.parametrize("folder", ["\x00", "\ud800lone", "out\x00/x"])
+def test_an_unencodable_results_folder_is_a_named_error(folder, capsys):
+    """Found by test_cli_argument_validation: ``leaderboard --show`` (and every folder that goes
+    through ``contained``) with a NUL byte or a lone surrogate said ValueError/UnicodeEncodeError."""
+    from lm_eval_approx.cache.safe_paths import contained
+    from lm_eval_approx.cli import main
+
+    with pytest.raises(ConfigError) as raised:
+        contained(folder, "results", field="leaderboard results folder")
+    _named(raised.value)
+    try:
+        code = main(["leaderboard", "--show", folder])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2 and "leaderboard results folder" in capsys.readouterr().err

@@ -9,9 +9,10 @@ folder is therefore refused with ``PathEscapeError`` instead of being written th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from lm_eval_approx.errors import ApproxError
+from lm_eval_approx.errors import ApproxError, ConfigError
 
 RESERVED_NAMES = frozenset({"", ".", ".."})
 FORBIDDEN_CHARS = ("/", "\\", "\x00")
@@ -39,10 +40,23 @@ def is_within(path: Path, root: Path) -> bool:
     return real == real_root or real_root in real.parents
 
 
+def encodable_path(field: str, value: str | Path) -> Path:
+    """``value`` as a Path when the file system can take its name: no NUL byte, and no character
+    the file system encoding cannot write (a lone surrogate, say); else a named ``ConfigError``."""
+    try:
+        encoded = os.fsencode(value)
+    except UnicodeEncodeError:
+        raise ConfigError(field, str(value), "a path whose characters the file system encoding can write "
+                          "(no lone surrogates)") from None
+    if b"\x00" in encoded:
+        raise ConfigError(field, str(value), "a path without NUL bytes")
+    return Path(value)
+
+
 def contained(root: str | Path, *parts: str, field: str = "path") -> Path:
     """``root/part/...`` after checking each part with ``safe_name`` and the whole, symlinks
     followed, against ``root``; the returned path keeps ``root`` as the caller spelled it."""
-    root = Path(root)
+    root = encodable_path(field, root)
     for part in parts:
         safe_name(field, part)
     path = root.joinpath(*parts)
