@@ -23,9 +23,21 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu"
 
 
 def test_recipe_hashes_are_unchanged():
-    assert TrainingRecipe().recipe_hash() == "4ebcc1be9804088f"
-    custom = TrainingRecipe(epochs=2, lora_rank=8, learning_rate=1e-4, batch_size=8, max_length=64)
+    """Micro-batches of 2 became the default after these were pinned: a recipe that spells out one
+    pass per batch (``micro_batch_size=0``) keeps its old hash, the new default has its own."""
+    assert TrainingRecipe(micro_batch_size=0).recipe_hash() == "4ebcc1be9804088f"
+    custom = TrainingRecipe(epochs=2, lora_rank=8, learning_rate=1e-4, batch_size=8, max_length=64,
+                            micro_batch_size=0)
     assert custom.recipe_hash() == "50c11ba02b690353"
+    assert TrainingRecipe().recipe_hash() != "4ebcc1be9804088f"
+
+
+def test_a_micro_batch_that_splits_no_batch_is_one_pass():
+    """Slices as large as the batch change nothing the loop computes, so nothing cached re-keys."""
+    one_pass = TrainingRecipe(batch_size=4, micro_batch_size=0).recipe_hash()
+    assert TrainingRecipe(batch_size=4, micro_batch_size=4).recipe_hash() == one_pass
+    assert TrainingRecipe(batch_size=4, micro_batch_size=9).recipe_hash() == one_pass
+    assert TrainingRecipe(batch_size=4, micro_batch_size=2).recipe_hash() != one_pass
 
 
 def test_stage_and_selection_keys_are_unchanged():
@@ -41,13 +53,24 @@ def test_corpus_fingerprint_is_unchanged(mirror):
     assert corpus.fingerprint() == "ef8c7e9332d7cbf1"
 
 
-@pytest.mark.parametrize("name", ["agnews"])
+@pytest.mark.parametrize("name", ["agnews", "dbpedia", "sst2", "demo_candidate", "demo_search/b4/config",
+                                  "demo_search/bal/config"])
 def test_published_cpu_results_stay_finished(mirror, name):
-    """Every results JSON of results/cpu/<name> whose cell is still in the config counts as finished."""
+    """Every results JSON of results/cpu/<name> whose cell is still in the config counts as finished
+    (these configs pin ``micro_batch_size: 0``, the one pass their cells were trained with)."""
     config = load_config(str(RESULTS / f"{name}.yaml"))
-    recorded = {p.stem for p in (RESULTS / name / RESULTS_DIR).glob("*.json")}
+    out = RESULTS / name.removesuffix("/config")
+    recorded = {p.stem for p in (out / RESULTS_DIR).glob("*.json")}
     expected = {cell.id for cell in config.cells()} & recorded
-    assert expected and finished_cells(RESULTS / name, config) == expected
+    assert expected and finished_cells(out, config) == expected
+
+
+def test_cells_trained_in_slices_are_not_the_one_pass_cells(mirror):
+    """Without the pin, the default's micro-batches split the batches of 16 these cells were trained
+    with in one pass: ``--resume`` must recompute them, not keep scores of another computation."""
+    config = load_config(str(RESULTS / "dbpedia.yaml"))
+    config.recipe.pop("micro_batch_size")
+    assert finished_cells(RESULTS / "dbpedia", config) == {"theta0"}
 
 
 @pytest.mark.parametrize("name", ["msmarco", "msmarco_indomain"])

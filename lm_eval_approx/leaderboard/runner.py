@@ -90,8 +90,9 @@ def result_files(out: str | Path) -> list[Path]:
 
 def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
     """Hash of every config value the cell's scores depend on (not the other cells)."""
+    expert = dict(config.expert.__dict__, recipe=_as_keyed(config.expert.recipe))
     inputs: dict[str, Any] = {
-        "cell": cell.id, "base": config.base, "expert": config.expert.__dict__, "recipe": config.recipe,
+        "cell": cell.id, "base": config.base, "expert": expert, "recipe": _as_keyed(config.recipe),
         "tasks": [t.__dict__ for t in config.tasks()],
     }
     target = task_key(get_task_spec(config.task))
@@ -104,9 +105,23 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
         inputs.update(corpus=config.corpus.__dict__, approx=config.approx, strategy=strategy.name,
                       options=strategy.options, strategy_approx=strategy.approx, k=cell.k, seed=cell.seed)
         if strategy.recipe:
-            inputs.update(strategy_recipe=strategy.recipe)
+            inputs.update(strategy_recipe=_as_keyed(strategy.recipe))
+    if cell.kind != THETA0:
+        trained = {} if config.expert.adapter is not None else {"expert": config.recipe_for(config.expert.recipe)}
+        if cell.kind == APPROX:
+            trained["retraining"] = config.recipe_for(config.strategy(cell.label).recipe)
+        splits = {name: r.micro_batch_size for name, r in trained.items() if 0 < r.micro_batch_size < r.batch_size}
+        if splits:
+            inputs["micro_batches"] = splits
     text = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def _as_keyed(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A config's recipe mapping as cell hashes saw it before micro-batches became the default: an
+    explicit ``micro_batch_size: 0`` restates what those cells ran, so it leaves their hash alone
+    (whether a batch is split is hashed from the resolved recipe, ``micro_batches`` above)."""
+    return {key: value for key, value in recipe.items() if not (key == "micro_batch_size" and value == 0)}
 
 
 def task_versions(names: tuple[str, ...]) -> dict[str, object]:
