@@ -135,6 +135,7 @@ def test_resume_after_kill_redoes_only_the_unfinished_cell(tiny_run, monkeypatch
         assert part in printed.err, part
     upfront = next(line for line in printed.err.splitlines() if " cells to run, estimated " in line)
     assert upfront.startswith("leaderboard 'tiny': 1 of "), upfront  # only the killed cell is left
+    assert "up to 2x" in upfront, upfront  # the rates' machine, and how far a slower one is off
     assert printed.err.index(upfront) < printed.err.index("Wrote ")
     after = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     assert {n: t for n, t in after.items() if n != killed.name} == {n: t for n, t in before.items() if n != killed.name}

@@ -83,15 +83,21 @@ def reading_guide(out, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Two 2-core CPU machines ran the same `make demo` in 13 and 26 minutes (README, "Timings from a
+# fresh clone"): the rates are the faster one's, so the estimate says how far off it can be.
+MACHINE_NOTE = {"cpu": "the faster of two 2-core machines measured; the slower took up to 2x as long"}
+
+
 def upfront_cost(config, args: argparse.Namespace) -> str:
     """One line said before anything runs: the cells left and their estimated wall time."""
     done = finished_cells(args.out, config, args.only) if args.resume else frozenset()
     est = estimate(config, done, args.only)
     left = [cell for cell in est.cells if cell not in done]
     unknown = " + parts it cannot estimate" if est.unknown else ""
+    where = MACHINE_NOTE.get(config.device, "a GPU speed-up assumed, not measured")
     return (f"leaderboard {config.name!r}: {len(left)} of {len(est.cells)} cells to run, estimated "
-            f"{est.total / 60:.0f} min{unknown} at the rates measured for device {config.device} "
-            f"(a 2-core machine for cpu); --dry-run shows the parts")
+            f"{est.total / 60:.0f} min{unknown} at the rates for device {config.device} ({where}); "
+            "--dry-run shows the parts")
 
 
 def leaderboard_command(args: argparse.Namespace) -> int:
