@@ -17,6 +17,8 @@ from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.data.selection_file import SelectedExample, selection_hash
 from lm_eval_approx.leaderboard.runner import RESULTS_DIR, finished_cells
 from lm_eval_approx.leaderboard.sources import load_config
+from lm_eval_approx.cache.paths import cache_path
+from lm_eval_approx.models.loading import DIGESTS_DIR, MODELS_DIR, _file_key
 from lm_eval_approx.training.recipe import TrainingRecipe
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu"
@@ -30,6 +32,27 @@ def test_recipe_hashes_are_unchanged():
                             micro_batch_size=0)
     assert custom.recipe_hash() == "50c11ba02b690353"
     assert TrainingRecipe().recipe_hash() != "4ebcc1be9804088f"
+
+
+def test_a_gguf_file_is_keyed_by_its_bytes_not_its_place(tmp_path):
+    """The converted folder (and so every stage keyed by it) follows the file's content: the same
+    GGUF in a second venv or checkout reuses the conversion; other bytes never do."""
+    first, second, other = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf", tmp_path / "c.gguf"
+    for path, data in ((first, b"GGUF-one"), (second, b"GGUF-one"), (other, b"GGUF-two")):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    key = _file_key(first)
+    assert len(key) == 12 and _file_key(second) == key and _file_key(other) != key
+    assert _file_key(first) == key  # from the remembered digest, as the first time
+
+
+def test_a_damaged_digest_memo_is_recomputed(tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF-one")
+    key = _file_key(path)
+    for memo in cache_path(MODELS_DIR, DIGESTS_DIR).iterdir():
+        memo.write_text("not a digest")
+    assert _file_key(path) == key
 
 
 def test_a_micro_batch_that_splits_no_batch_is_one_pass():

@@ -110,7 +110,7 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
         trained = {} if config.expert.adapter is not None else {"expert": config.recipe_for(config.expert.recipe)}
         if cell.kind == APPROX:
             trained["retraining"] = config.recipe_for(config.strategy(cell.label).recipe)
-        splits = {name: r.micro_batch_size for name, r in trained.items() if 0 < r.micro_batch_size < r.batch_size}
+        splits = {name: r.micro_batch_size for name, r in trained.items() if r.splits_batches}
         if splits:
             inputs["micro_batches"] = splits
     text = json.dumps(inputs, sort_keys=True, default=str)

@@ -3,7 +3,8 @@
 Every command and every ``--model_args pretrained=...`` goes through ``resolve_model``, which
 returns something ``from_pretrained`` loads offline. A GGUF-loaded model cannot be saved, so a
 GGUF file is converted once (rebuilt from its config, state dict copied, safetensors written) into
-``$LM_EVAL_APPROX_CACHE/models/`` and loaded from there afterwards; a cached conversion without a
+``$LM_EVAL_APPROX_CACHE/models/<name>-<content digest>/`` and loaded from there afterwards (the
+same file in another venv or checkout finds that folder); a cached conversion without a
 safetensors file is rebuilt, never loaded. Weights load from safetensors only; pickle-based
 checkpoints need ``allow_pickle=True`` and are then read with ``weights_only=True`` (safe_weights.py).
 ``trust_remote_code`` is always False here.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from lm_eval_approx.cache.atomic import write_text_atomic
 from lm_eval_approx.cache.paths import cache_path
 from lm_eval_approx.cache.safe_paths import expand_user, safe_name
 from lm_eval_approx.data.mirror import hub_offline
@@ -41,6 +43,8 @@ ALIASES = {SMOLLM2_ALIAS: SMOLLM2_PACKAGE}
 ADAPTER_CONFIG = "adapter_config.json"
 CONVERTED_MARKER = ".converted"
 MODELS_DIR = "models"
+DIGESTS_DIR = ".digests"
+FILE_KEY_CHARS = 12
 NO_REMOTE_CODE = {TRUST_REMOTE_CODE_ARG: False}
 
 
@@ -59,8 +63,26 @@ def gguf_from_package(package: str) -> Path:
 
 
 def _file_key(path: Path) -> str:
+    """The file's content digest, so the same bytes under another path (another venv, checkout or
+    reinstall) reuse one conversion, and with it every stage cached from that model's folder.
+    Hashing ~270 MB takes about a second: the digest is remembered per (path, size, mtime)."""
     stat = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    stamp = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    memo = cache_path(MODELS_DIR, DIGESTS_DIR, stamp)
+    try:
+        known = memo.read_text().strip()
+    except OSError:
+        known = ""
+    if len(known) == FILE_KEY_CHARS and all(c in "0123456789abcdef" for c in known):
+        return known
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    key = digest.hexdigest()[:FILE_KEY_CHARS]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(memo, key)
+    return key
 
 
 def convert_gguf(gguf: Path, name: str | None = None) -> Path:

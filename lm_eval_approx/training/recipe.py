@@ -205,6 +205,12 @@ class TrainingRecipe:
         return cls.from_json(text)
 
     @property
+    def splits_batches(self) -> bool:
+        """True when a batch runs as several forward/backward passes (``micro_batch_size`` below
+        ``batch_size``); otherwise every batch is one pass, whatever ``micro_batch_size`` says."""
+        return 0 < self.micro_batch_size < self.batch_size
+
+    @property
     def uses_teacher(self) -> bool:
         """True when training stops on a teacher signal (it then needs θf and held-out pool texts)."""
         return self.stop_on in TEACHER_SIGNALS
@@ -213,7 +219,7 @@ class TrainingRecipe:
         """A short content hash of every field that matters: equal hashes mean equal recipes
         (``monitor_size`` matters only under a teacher signal; see ``LATER_FIELDS``)."""
         record = self.to_dict()
-        if record["micro_batch_size"] >= record["batch_size"]:
+        if not self.splits_batches:
             record["micro_batch_size"] = 0  # no batch is ever split: one pass, the same computation
         if not self.uses_teacher:
             record.pop("monitor_size")
