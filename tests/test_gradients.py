@@ -16,9 +16,11 @@ from lm_eval_approx.models.layers import (
     head_name,
     linear_modules,
     oriented_weight,
+    resolve_modules,
     weight_delta,
 )
 from lm_eval_approx.features.gradients import head_factors, layer_factors, merge_windows, total_sqnorm
+from lm_eval_approx.models.head_positions import supports_head_positions
 from lm_eval_approx.features.encoding import collate, encode_examples, flatten
 from _specs import AGNEWS, MSMARCO
 
@@ -64,18 +66,41 @@ def _setup(kind, spec, tokenizer):
     return model, encoded, collate(encoded, tokenizer.pad_token_id)
 
 
+@pytest.mark.parametrize("full_logits", [False, True], ids=["head-at-positions", "full-logits"])
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 @pytest.mark.parametrize("spec", [AGNEWS, MSMARCO], ids=["classification", "lm"])
-def test_head_factors_equal_per_example_backward(kind, spec, tiny_tokenizer):
+def test_head_factors_equal_per_example_backward(kind, spec, full_logits, tiny_tokenizer):
     model, encoded, batch = _setup(kind, spec, tiny_tokenizer)
     assert len({len(e.ids) for e in encoded}) > 1, "the batch must contain padding"
     head = head_name(model)
-    loss, factors = head_factors(model, batch, head)
+    loss, factors = head_factors(model, batch, head, full_logits=full_logits)
     grads = factors[head].gradient()
     for i, (want_loss, want) in enumerate(_oracle(model, encoded, [head])):
         assert loss[i].item() == pytest.approx(want_loss, rel=1e-5)
         torch.testing.assert_close(grads[i], want[head], atol=ATOL, rtol=1e-4)
         assert factors[head].sqnorm()[i].item() == pytest.approx(want[head].pow(2).sum().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("spec", [AGNEWS, MSMARCO], ids=["classification", "lm"])
+def test_the_head_runs_only_at_loss_positions_where_the_model_allows(kind, spec, tiny_tokenizer):
+    """Both tiny architectures take ``logits_to_keep`` positions, so the head sees R rows per
+    example instead of T, and the factors equal the full-logits twin's."""
+    model, _, batch = _setup(kind, spec, tiny_tokenizer)
+    head = head_name(model)
+    assert supports_head_positions(model)
+    seen: list[tuple[int, ...]] = []
+    handle = resolve_modules(model, [head])[head].register_forward_hook(
+        lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+    try:
+        loss, fast = head_factors(model, batch, head)
+    finally:
+        handle.remove()
+    assert seen[0][:2] == tuple(batch.positions.shape)
+    want_loss, slow = head_factors(model, batch, head, full_logits=True)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast[head].delta, slow[head].delta, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast[head].x, slow[head].x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

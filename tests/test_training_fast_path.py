@@ -13,13 +13,12 @@ from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample
 from _specs import AGNEWS, MSMARCO
 from lm_eval_approx.training.data import IGNORE_INDEX, normalise_weights, render_examples, training_batch
+from lm_eval_approx.models.head_positions import HeadPositionsError, supports_head_positions
 from lm_eval_approx.training.loss import (
-    HeadPositionsError,
     batch_example_losses,
     full_example_losses,
     head_example_losses,
     head_position_mask,
-    supports_head_positions,
 )
 from lm_eval_approx.training.loop import prepare_model, save_training, train_model
 
@@ -129,7 +128,10 @@ def test_models_without_a_boolean_logits_to_keep_are_detected(tiny_tokenizer):
 def test_two_epochs_train_the_same_adapter_via_both_paths(request, tmp_path, base_name):
     base = request.getfixturevalue(base_name)
     examples = varied_examples(12)
-    recipe = TrainingRecipe(epochs=2, patience=0, **NO_DROPOUT)
+    # One pass per batch: micro-batches sum each gradient in another order, and 12 Adam steps blow
+    # that rounding up to ~4e-4 relative on lora_B (seen on an AVX-512 machine); that micro-batches
+    # give the batch's gradient is the one-step test in test_training.py.
+    recipe = TrainingRecipe(epochs=2, patience=0, micro_batch_size=0, **NO_DROPOUT)
     runs = {}
     for full_logits in (False, True):
         result = train_model(base, AGNEWS, examples, recipe, tmp_path / f"work{full_logits}", progress=False,

@@ -56,7 +56,8 @@ from lm_eval_approx.training.data import (
     split_validation,
     training_batch,
 )
-from lm_eval_approx.training.loss import batch_example_losses, supports_head_positions
+from lm_eval_approx.models.head_positions import supports_head_positions
+from lm_eval_approx.training.loss import batch_example_losses
 from lm_eval_approx.training.probes import Probe, direction, improves, run_probes
 from lm_eval_approx.training.model import prepare_model
 from lm_eval_approx.training.recipe import BALANCED, FULL, NO_BALANCE, TrainingRecipe

@@ -30,43 +30,11 @@ Language modelling supervises every position, so it keeps the full path.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from lm_eval_approx.errors import ApproxError
+from lm_eval_approx.models.head_positions import HeadPositionsError, causal_lm
 from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING
 from lm_eval_approx.training.data import IGNORE_INDEX
-
-KEEP_ARGUMENT = "logits_to_keep"
-# transformers' helper that understands a boolean (B, T) ``logits_to_keep``; a model class whose
-# module does not use it may slice positions its own way, so it gets the full path.
-SLICE_HELPER = "slice_logits_to_keep"
-
-
-class HeadPositionsError(ApproxError, RuntimeError):
-    """A model accepted a boolean ``logits_to_keep`` but did not return one logit row per kept position."""
-
-
-def _causal_lm(model):
-    """The transformers model under PEFT / DDP wrappers (whose forward only passes kwargs on)."""
-    while True:
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):
-            model = model.module
-        else:
-            return model
-
-
-def supports_head_positions(model) -> bool:
-    """True when ``model`` (possibly PEFT-wrapped) accepts a boolean ``logits_to_keep`` mask."""
-    base = _causal_lm(model)
-    forward = type(base).forward
-    if KEEP_ARGUMENT not in inspect.signature(forward).parameters:
-        return False
-    module = inspect.getmodule(inspect.unwrap(forward))
-    return module is not None and hasattr(module, SLICE_HELPER)
 
 
 def example_losses_from_logits(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
@@ -103,7 +71,7 @@ def head_example_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
                    logits_to_keep=keep).logits
     targets = labels[:, 1:][keep[:, :-1]]
     if logits.shape[:-1] != targets.shape:
-        raise HeadPositionsError(f"{type(_causal_lm(model)).__name__} returned logits of shape {tuple(logits.shape)} for a "
+        raise HeadPositionsError(f"{type(causal_lm(model)).__name__} returned logits of shape {tuple(logits.shape)} for a "
                            f"boolean logits_to_keep of {targets.numel()} positions; expected ({targets.numel()}, V)")
     nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
     rows = keep.nonzero()[:, 0]
