@@ -65,3 +65,25 @@ def test_minilm_embeddings_offline():
     finance = ["Stocks slid after weak earnings.", "Bond yields rose on inflation data."]
     query = ["The goalkeeper saved a penalty in the derby."]
     assert similarity.dataset_similarity(query, sports).ot_distance < similarity.dataset_similarity(query, finance).ot_distance
+
+
+def test_a_reference_set_is_embedded_once_per_run(monkeypatch):
+    """Every leaderboard cell compares its selection with the same true documents: the second cell
+    reuses their embeddings and gets the same distance; another reference set is embedded anew."""
+    embedded: list[int] = []
+    real = similarity.sentence_embeddings
+
+    def counting(texts, batch_size=similarity.EMBED_BATCH):
+        embedded.append(len(texts))
+        return real(texts, batch_size)
+
+    monkeypatch.setattr(similarity, "sentence_embeddings", counting)
+    similarity._remembered_embeddings.cache_clear()
+    truth = ["A striker scored twice in the cup.", "The tennis star won in straight sets.", "Rain fell."]
+    first = similarity.dataset_similarity(["The goalkeeper saved a penalty."], truth).ot_distance
+    again = similarity.dataset_similarity(["The goalkeeper saved a penalty."], truth).ot_distance
+    assert again == first and embedded == [1, 3, 1]
+    similarity.dataset_similarity(["Stocks slid."], truth[:2])
+    assert embedded == [1, 3, 1, 1, 2]
+    with pytest.raises(ValueError):
+        similarity.reference_embeddings(truth)[0, 0] = 0.0  # shared between cells: read-only

