@@ -135,7 +135,7 @@ def test_resume_after_kill_redoes_only_the_unfinished_cell(tiny_run, monkeypatch
         assert part in printed.err, part
     upfront = next(line for line in printed.err.splitlines() if " cells to run, estimated " in line)
     assert upfront.startswith("leaderboard 'tiny': 1 of "), upfront  # only the killed cell is left
-    assert "up to 2x" in upfront, upfront  # the rates' machine, and how far a slower one is off
+    assert "min on this machine (a timing probe ran " in upfront, upfront  # scaled to this machine
     assert printed.err.index(upfront) < printed.err.index("Wrote ")
     after = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     assert {n: t for n, t in after.items() if n != killed.name} == {n: t for n, t in before.items() if n != killed.name}
@@ -419,3 +419,25 @@ def test_true_documents_counts_selected_documents_the_expert_trained_on(tiny_run
     cell = next(c for c in config.cells() if c.kind == APPROX)
     assert runner.cell_extras(config, cell, ApproxLM(), truth, "unused")["true_documents"] == 2
     assert "true_documents" not in runner.cell_extras(config, cell, ApproxLM(), runner.TrueData(), "unused")
+
+
+def test_the_estimate_is_scaled_to_this_machine_by_the_timing_probe(monkeypatch, capsys):
+    """A machine whose probe runs twice as long as the reference machine's is told twice the
+    reference minutes, up front and in --dry-run; the probe itself is a positive wall time."""
+    from lm_eval_approx.commands import leaderboard as command
+    from lm_eval_approx.leaderboard import machine_probe
+    from lm_eval_approx.leaderboard.estimate import estimate
+    from lm_eval_approx.leaderboard.sources import load_config
+
+    assert machine_probe.probe_seconds() > 0
+    config = load_config(None, "cpu-small", [])
+    reference = estimate(config).total / 60
+    monkeypatch.setattr(command, "slowdown", lambda: 2.0)
+    line = command.on_this_machine(config, estimate(config).total)
+    assert line.startswith(f"{2 * reference:.0f} min on this machine") and "2.0x as long" in line, line
+    assert f"where it is {reference:.0f} min" in line, line
+    assert main(["leaderboard", "--preset", "cpu-small", "--dry-run"]) == 0
+    assert f"on this machine: {2 * reference:.0f} min" in capsys.readouterr().out
+    monkeypatch.setattr(command, "slowdown", lambda: (_ for _ in ()).throw(AssertionError("probed")))
+    gpu = load_config(None, "gpu", [])
+    assert "GPU speed-up assumed" in command.on_this_machine(gpu, 60.0)  # no probe for a GPU figure

@@ -20,6 +20,7 @@ import sys
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.leaderboard.estimate import describe, estimate
 from lm_eval_approx.leaderboard.html import HTML_FILE, write_html
+from lm_eval_approx.leaderboard.machine_probe import slowdown
 from lm_eval_approx.leaderboard.plots import write_plots
 from lm_eval_approx.leaderboard.report import CSV_FILE, MD_FILE, build_board, to_markdown, write_tables
 from lm_eval_approx.leaderboard.runner import finished_cells, run_leaderboard
@@ -85,7 +86,15 @@ def reading_guide(out, name: str) -> str:
 
 # Two 2-core CPU machines ran the same `make demo` in 13 and 26 minutes (README, "Timings from a
 # fresh clone"): the rates are the faster one's, so the estimate says how far off it can be.
-MACHINE_NOTE = {"cpu": "the faster of two 2-core machines measured; the slower took up to 2x as long"}
+def on_this_machine(config, seconds: float) -> str:
+    """The estimate in this machine's minutes: CPU rates scaled by a timing probe against the
+    machine they were measured on (``leaderboard/machine_probe.py``); a GPU figure stays an
+    assumed speed-up."""
+    if config.device != "cpu":
+        return f"{seconds / 60:.0f} min (a GPU speed-up assumed, not measured)"
+    factor = slowdown()
+    return (f"{seconds * factor / 60:.0f} min on this machine (a timing probe ran {factor:.1f}x as long here "
+            f"as on the 2-core machine the rates come from, where it is {seconds / 60:.0f} min)")
 
 
 def upfront_cost(config, args: argparse.Namespace) -> str:
@@ -94,10 +103,8 @@ def upfront_cost(config, args: argparse.Namespace) -> str:
     est = estimate(config, done, args.only)
     left = [cell for cell in est.cells if cell not in done]
     unknown = " + parts it cannot estimate" if est.unknown else ""
-    where = MACHINE_NOTE.get(config.device, "a GPU speed-up assumed, not measured")
     return (f"leaderboard {config.name!r}: {len(left)} of {len(est.cells)} cells to run, estimated "
-            f"{est.total / 60:.0f} min{unknown} at the rates for device {config.device} ({where}); "
-            "--dry-run shows the parts")
+            f"{on_this_machine(config, est.total)}{unknown}; --dry-run shows the parts")
 
 
 def leaderboard_command(args: argparse.Namespace) -> int:
@@ -108,6 +115,8 @@ def leaderboard_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         done = finished_cells(args.out, config, args.only) if args.resume and args.out else frozenset()
         print(describe(config, done, args.only), file=sys.stdout)
+        if config.device == "cpu":
+            print(f"  on this machine: {on_this_machine(config, estimate(config, done, args.only).total)}")
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")
