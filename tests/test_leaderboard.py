@@ -437,7 +437,7 @@ def test_the_estimate_is_scaled_to_this_machine_by_the_timing_probe(monkeypatch,
     assert line.startswith(f"{2 * reference:.0f} min on this machine") and "2.0x as long" in line, line
     assert f"where it is {reference:.0f} min" in line, line
     assert main(["leaderboard", "--preset", "cpu-small", "--dry-run"]) == 0
-    assert f"on this machine: {2 * reference:.0f} min" in capsys.readouterr().out
+    assert f"\n  {2 * reference:.0f} min on this machine (" in capsys.readouterr().out
     monkeypatch.setattr(command, "slowdown", lambda: (_ for _ in ()).throw(AssertionError("probed")))
     gpu = load_config(None, "gpu", [])
     assert "GPU speed-up assumed" in command.on_this_machine(gpu, 60.0)  # no probe for a GPU figure

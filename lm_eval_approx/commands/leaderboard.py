@@ -116,7 +116,7 @@ def leaderboard_command(args: argparse.Namespace) -> int:
         done = finished_cells(args.out, config, args.only) if args.resume and args.out else frozenset()
         print(describe(config, done, args.only), file=sys.stdout)
         if config.device == "cpu":
-            print(f"  on this machine: {on_this_machine(config, estimate(config, done, args.only).total)}")
+            print(f"  {on_this_machine(config, estimate(config, done, args.only).total)}")
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")

@@ -3,10 +3,11 @@
 The CPU rates of ``estimate.py`` come from one 2-core machine; another 2-core machine took up to
 twice as long for every stage (README, "Timings from a fresh clone"). Rather than quote the
 reference machine's minutes, the up-front line times a fixed workload here and scales by the
-ratio: the float32 matrix products of ``PROBE_LAYERS`` SmolLM2-135M decoder layers (hidden 576,
-MLP 1,536, grouped K/V 192) on ``PROBE_ROWS`` token rows, at the thread count torch uses, best of
-``PROBE_REPEATS`` (a busy machine shows up as slower, which is also what the run will see). The
-probe takes about a second, once per process.
+ratio: the float32 matrix products of SmolLM2-135M's 30 decoder layers (hidden 576, MLP 1,536,
+grouped K/V 192) on ``PROBE_ROWS`` token rows, at the thread count torch uses, best of
+``PROBE_REPEATS`` (a busy machine shows up as slower, which is also what the run will see: two
+torch threads beside another busy process run several times slower than one). The probe takes
+under a second on a quiet machine, once per process.
 
 The ratio is a rough guide: it times matrix products only, and a run's stages also tokenise,
 load models and write files.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
-PROBE_LAYERS = 6
+PROBE_LAYERS = 30
 PROBE_ROWS = 128
 PROBE_REPEATS = 3
 HIDDEN, MLP, KV = 576, 1536, 192
