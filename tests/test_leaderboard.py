@@ -223,6 +223,32 @@ def test_gap_vs_random_compares_rows_retrained_with_the_same_recipe(tmp_path):
     assert "-0.0%" not in table and "| 0.0% |" in table
 
 
+def test_a_recipe_saved_before_a_field_existed_matches_that_fields_default(tmp_path):
+    """DBpedia's first cells were saved before ``class_balance`` existed; later cells hold its
+    default "none", which trains the same way, so they share a random row. "balanced" does not."""
+    def cell(label, strategy, seed, acc, **fields):
+        record = _fake_cell(label, "approx" if strategy else label, 5 if strategy else 0, seed, 30.0, acc)
+        record["results"] = {"approx_agnews": {"acc,none": acc}}
+        record["higher_is_better"] = {"approx_agnews": {"acc": True}}
+        record["config"]["leaderboard"].update(target="approx_agnews", strategy=strategy or label,
+                                               limits={"approx_agnews": 10})
+        if strategy:
+            record["config"]["approx"] = {"recipe": {"epochs": 2, "learning_rate": 2e-4, **fields}}
+        return record
+
+    cells = [cell("theta0", None, 0, 0.5), cell("expert", None, 0, 0.9),
+             cell("random", "random", 0, 0.6), cell("random", "random", 1, 0.62, class_balance="none"),
+             cell("topk", "topk", 0, 0.7, class_balance="none"),
+             cell("topk_balanced", "topk", 0, 0.8, class_balance="balanced")]
+    (tmp_path / "results").mkdir()
+    for i, record in enumerate(cells):
+        (tmp_path / "results" / f"{i}.json").write_text(json.dumps(record))
+    rows = {r.label: r for r in build_board(tmp_path).rows}
+    assert rows["random"].mean == pytest.approx(0.61)
+    assert rows["topk"].gap_random == pytest.approx((0.7 - 0.61) / (0.9 - 0.61))
+    assert rows["topk_balanced"].gap_random is None
+
+
 def test_dry_run_with_resume_marks_finished_cells_and_drops_their_cost(tiny_run, capsys):
     out, base, _ = tiny_run
     config_args = ["--preset", "tiny", "--set", f"base={base}"]

@@ -33,6 +33,7 @@ from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0
 from lm_eval_approx.leaderboard.intervals import Interval, paired_interval
 from lm_eval_approx.leaderboard.runner import CONFIG_SNAPSHOT, RESULTS_DIR, result_files
+from lm_eval_approx.training.recipe import TrainingRecipe
 
 MD_FILE, CSV_FILE = "leaderboard.md", "leaderboard.csv"
 RANDOM = "random"
@@ -173,9 +174,17 @@ def _fractions(shares: dict[str, float], digits: int = DIGITS) -> str:
 
 
 def _recipe_key(cell: dict) -> str:
-    """The retraining recipe a cell's approximation was trained with, as a comparable string."""
+    """The retraining recipe a cell's approximation was trained with, as a comparable string: its
+    ``recipe_hash``, so a cell saved before a recipe field existed (``class_balance``, say) matches
+    a later cell that holds that field's default, which trains the same way. A recipe this version
+    cannot read compares by its raw JSON."""
     recipe = (cell.get("config", {}).get("approx") or {}).get("recipe")
-    return json.dumps(recipe, sort_keys=True) if recipe else ""
+    if not recipe:
+        return ""
+    try:
+        return TrainingRecipe.from_dict(dict(recipe)).recipe_hash()
+    except (ApproxError, TypeError, ValueError):
+        return json.dumps(recipe, sort_keys=True)
 
 
 def _fill_gaps(rows: list[Row]) -> None:
