@@ -24,16 +24,15 @@ def _approx_labels(board: Board) -> list[str]:
 
 
 def metric_vs_k(board: Board, path: Path) -> Path:
+    budgets = sorted({r.k for r in board.rows if r.kind == APPROX})
+    if len(budgets) == 1:
+        return _metric_by_strategy(board, path, budgets[0])
     fig, ax = _figure()
     for label in _approx_labels(board):
         rows = sorted((r for r in board.rows if r.label == label and r.kind == APPROX), key=lambda r: r.k)
         ax.errorbar([r.k for r in rows], [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows],
                     marker="o", capsize=3, label=label)
-    for kind, style in ((THETA0, ":"), (EXPERT, "--")):
-        ref = next((r for r in board.rows if r.kind == kind), None)
-        if ref is not None:
-            ax.axhline(ref.mean, linestyle=style, color="gray", label=f"{kind} ({ref.mean:.3f})")
-    budgets = sorted({r.k for r in board.rows if r.kind == APPROX})
+    _reference_lines(board, ax)
     if budgets and budgets[-1] >= LOG_K_SPAN * budgets[0]:  # k grids are usually geometric (100, 300, 1000)
         ax.set_xscale("log")
         ax.set_xticks(budgets, [str(k) for k in budgets])
@@ -43,6 +42,30 @@ def metric_vs_k(board: Board, path: Path) -> Path:
     ax.set_title(f"{board.metric} vs k ({'higher' if board.higher_is_better else 'lower'} is better)")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def _metric_by_strategy(board: Board, path: Path, k: int) -> Path:
+    """One budget: a metric-vs-k line would stack every strategy on one x, so each strategy gets its
+    own column (mean ± sd over seeds), with θ0 and the expert as reference lines."""
+    fig, ax = _figure()
+    labels = _approx_labels(board)
+    rows = [next(r for r in board.rows if r.label == label and r.kind == APPROX) for label in labels]
+    ax.errorbar(range(len(rows)), [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows],
+                fmt="o", capsize=3, label="approximation (± sd over seeds)")
+    _reference_lines(board, ax)
+    ax.set_xticks(range(len(rows)), [f"{r.label}\n({len(r.seeds)} seed{'s' if len(r.seeds) > 1 else ''})" for r in rows],
+                  rotation=30, ha="right")
+    ax.set_ylabel(f"{board.target} {board.metric}")
+    ax.set_title(f"{board.metric} at k = {k} ({'higher' if board.higher_is_better else 'lower'} is better)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _reference_lines(board: Board, ax) -> None:
+    for kind, style in ((THETA0, ":"), (EXPERT, "--")):
+        ref = next((r for r in board.rows if r.kind == kind), None)
+        if ref is not None:
+            ax.axhline(ref.mean, linestyle=style, color="gray", label=f"{kind} ({ref.mean:.3f})")
 
 
 def gap_closed(board: Board, path: Path) -> Path:
