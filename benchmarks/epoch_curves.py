@@ -80,12 +80,15 @@ def run_cell(config, expert: str, cell: tuple[str, int, int, int], out: Path, de
     from lm_eval_approx.pipeline import run_selection
     from lm_eval_approx.training.loop import train_model
     from lm_eval_approx.training.probes import held_out_texts, teacher_probes
+    from lm_eval_approx.training.recipe import VALIDATION_LOSS
 
     label, k, seed, epochs = cell
     cell_id = f"{label}-k{k}-s{seed}"
     args = approx_model_args(config, Cell(cell_id, APPROX, label, k, seed), expert)
     approx, recipe, _ = split_model_args(dict(args))
-    recipe.epochs, recipe.patience = epochs, 0
+    # Fixed epochs, no early stop, on the validation loss: a curve records every signal, and these
+    # fields keep the recipe (and the resume key) the curves were first run with.
+    recipe.epochs, recipe.patience, recipe.stop_on = epochs, 0, VALIDATION_LOSS
     selected = run_selection(approx)
     spec = selected.spec
     tokenizer = load_tokenizer(approx.base)

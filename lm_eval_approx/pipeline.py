@@ -33,7 +33,14 @@ from lm_eval_approx.strategies.base import FEATURES, LABELS, LOSS_BASE, LOSS_FIN
 from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select, strategy_registry
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec, task_key
-from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.recipe import (
+    TASK_AGREEMENT,
+    TASK_KL,
+    TASK_SIGNALS,
+    TEACHER_AGREEMENT,
+    TEACHER_KL,
+    TrainingRecipe,
+)
 from lm_eval_approx.validation import (
     MIN_MAX_LENGTH,
     check_choice,
@@ -53,6 +60,7 @@ FEATURE_STAGE = "features"
 SELECTION_STAGE = "selection"
 TRAINING_STAGE = "training"
 FEATURE_DIR = "features"
+TASK_TEXTS = "task:train"  # a task_* signal's monitor texts: the task's training split (keyed by the task)
 
 
 @dataclass
@@ -227,18 +235,40 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
     return run_stage(FEATURE_STAGE, inputs, compute)
 
 
+def _monitor_texts(spec, corpus, rows, recipe: TrainingRecipe) -> list[str]:
+    """The texts a teacher signal is measured on: ``monitor_size`` unselected pool documents
+    (``teacher_*``), or unlabelled texts of the task's training split that were not selected
+    (``task_*``), each drawn with the recipe's seed."""
+    from lm_eval_approx.training.examples import task_examples
+    from lm_eval_approx.training.probes import held_out_texts
+
+    if recipe.stop_on not in TASK_SIGNALS:
+        return held_out_texts(corpus.texts, corpus.ids, {row.id for row in rows}, recipe.monitor_size, recipe.seed)
+    try:
+        examples = task_examples(spec, recipe.monitor_size, recipe.seed)
+    except ConfigError as exc:
+        raise ConfigError("stop_on", recipe.stop_on, f"a task with a training split to draw its monitor texts "
+                          f"from ({exc.accepted}), or stop_on teacher_agreement / validation_loss") from None
+    selected = {row.text for row in rows}
+    texts = [example.text for example in examples if example.text not in selected]
+    if not texts:
+        raise ConfigError("stop_on", recipe.stop_on, "a task whose training split has texts outside the selection")
+    return texts
+
+
 def _teacher_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecipe) -> list:
-    """The probes of a teacher stop signal: θf against the retrained model on ``monitor_size``
-    unselected pool documents (``training/probes.py``)."""
-    from lm_eval_approx.training.probes import held_out_texts, teacher_probes
+    """The probes of a teacher stop signal: θf against the retrained model on the monitor texts
+    (``_monitor_texts``, ``training/probes.py``)."""
+    from lm_eval_approx.training.probes import teacher_probes
 
     if spec.kind != CLASSIFICATION:
         raise ConfigError("stop_on", recipe.stop_on, "validation_loss for a language-modelling task "
                           "(teacher signals compare choice distributions of a classification task)")
-    texts = held_out_texts(corpus.texts, corpus.ids, {row.id for row in rows}, recipe.monitor_size, recipe.seed)
+    texts = _monitor_texts(spec, corpus, rows, recipe)
+    names = (TASK_KL, TASK_AGREEMENT) if recipe.stop_on in TASK_SIGNALS else (TEACHER_KL, TEACHER_AGREEMENT)
     teacher = load_model(config.finetuned)
     probe = teacher_probes(teacher, load_tokenizer(config.base), spec, texts, config.extract_batch_size,
-                           config.extract_max_length, add_bos_token=config.add_bos_token)
+                           config.extract_max_length, add_bos_token=config.add_bos_token, names=names)
     del teacher
     return [probe]
 
@@ -322,8 +352,9 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
 
     training_inputs = {"base": models["base"], "task": task_key(spec), "selection": selection_hash(rows),
                        "recipe": recipe.recipe_hash(), **_bos_input(config)}
-    if recipe.uses_teacher:  # the kept epoch then depends on θf and on the held-out pool documents
-        training_inputs["monitor"] = {"finetuned": models["finetuned"], "corpus": corpus.fingerprint()}
+    if recipe.uses_teacher:  # the kept epoch then depends on θf and on the monitor texts
+        source = TASK_TEXTS if recipe.stop_on in TASK_SIGNALS else corpus.fingerprint()
+        training_inputs["monitor"] = {"finetuned": models["finetuned"], "corpus": source}
     stages.append(run_stage(TRAINING_STAGE, training_inputs, compute_training))
     if out_dir is not None:
         out = Path(out_dir)

@@ -10,7 +10,9 @@ adapter exactly like ``hf`` (with FastHFLM's one-forward-per-context scoring). K
   ``train_target_modules`` joins module names with ``+``, as ``params`` joins layer names: commas
   already separate ``--model_args``);
 - ``strategy_<option>`` for the strategy's own options (strategy_batch_size=16, strategy_min_cosine=0.1);
-- ``recipe=FILE`` to read a recipe JSON (train_* keys override it);
+- ``recipe=FILE`` to read a recipe JSON (train_* keys override it); without it the recipe starts
+  from the retraining rule for the task's kind (``training/retraining_rule.py``: up to 8 epochs,
+  keeping the epoch that agrees best with θf on the task's unlabelled training texts);
 - ``allow_pickle=true`` to accept θ0/θf folders that hold only pickle checkpoints (read with
   ``weights_only=True``; refused otherwise, see safe_weights.py);
 - anything else goes to HFLM unchanged (batch_size, device, dtype, max_length, ...);
@@ -34,7 +36,9 @@ from lm_eval_approx.models.safe_weights import (
     pickle_allowed,
 )
 from lm_eval_approx.pipeline import ApproxConfig, ApproxResult, run_approximation
+from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.retraining_rule import retraining_rule
 
 TRAIN_PREFIX = "train_"
 STRATEGY_PREFIX = "strategy_"
@@ -63,10 +67,11 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
             raise ConfigError(name, None, f"--model_args {name}=MODEL (required by --model approx)")
     if "add_bos_token" in rest:  # HFLM's own argument: the pipeline must encode as HFLM will score
         config["add_bos_token"] = _as_bool("add_bos_token", rest["add_bos_token"])
-    base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else {}
+    approx = ApproxConfig(**config, strategy_options=options)
+    base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else retraining_rule(get_task_spec(approx.task).kind)
     if "target_modules" in base_recipe:
         base_recipe["target_modules"] = ",".join(base_recipe["target_modules"])
-    return ApproxConfig(**config, strategy_options=options), TrainingRecipe.from_options({**base_recipe, **recipe}), rest
+    return approx, TrainingRecipe.from_options({**base_recipe, **recipe}), rest
 
 
 def _as_bool(name: str, value: Any) -> bool | None:

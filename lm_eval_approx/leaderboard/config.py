@@ -21,6 +21,9 @@ Layout (every key but ``base``, ``expert`` and ``strategies`` has a default)::
     extra_tasks: [approx_wikitext, {name: hellaswag, limit: 100}]
     limit: 200                     # lm-eval --limit of every task (null: whole split)
     recipe: {epochs: 2}            # TrainingRecipe fields, for the expert and every approximation
+    retraining: {}                 # fields for the approximations only, over recipe (default: the
+                                   # retraining rule of the task's kind, training/retraining_rule.py;
+                                   # {}: approximations retrain with recipe as the expert does)
     approx: {dim: 4096}            # ApproxConfig fields shared by all strategies
     similarity: {embed: true, reference_size: 500}
     device: cpu
@@ -50,11 +53,14 @@ from lm_eval_approx.leaderboard.checks import (
 from lm_eval_approx.pipeline import ApproxConfig
 from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.strategies.registry import strategy_registry
+from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.retraining_rule import retraining_rule
 from lm_eval_approx.validation import check_int
 
 TOP_KEYS = ("name", "base", "task", "include_path", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
-            "extra_tasks", "limit", "recipe", "approx", "similarity", "device", "batch_size", "seed_retraining")
+            "extra_tasks", "limit", "recipe", "retraining", "approx", "similarity", "device", "batch_size",
+            "seed_retraining")
 # ApproxConfig fields a leaderboard sets itself (per cell), so `approx:` may not name them.
 CELL_FIELDS = ("base", "finetuned", "task", "corpus", "corpus_size", "corpus_seed", "strategy",
                "strategy_options", "k", "seed")
@@ -180,6 +186,7 @@ class LeaderboardConfig:
     batch_size: int = 16
     include_path: list[str] = field(default_factory=list)
     seed_retraining: bool = False
+    retraining: dict[str, Any] = field(default_factory=dict)
 
     def strategy(self, label: str) -> StrategyConfig:
         return next(s for s in self.strategies if s.label == label)
@@ -214,7 +221,13 @@ class LeaderboardConfig:
         return [TaskEntry(self.task, self.limit), *self.extra_tasks]
 
     def recipe_for(self, overrides: dict[str, Any] | None = None):
+        """The expert's recipe: ``recipe`` with ``overrides`` (``expert.recipe``) over it."""
         return TrainingRecipe.from_dict({**self.recipe, **(overrides or {})})
+
+    def retraining_for(self, label: str):
+        """The retraining recipe of strategy row ``label``: ``recipe``, then ``retraining`` (the
+        rule), then the row's own ``recipe``."""
+        return TrainingRecipe.from_dict({**self.recipe, **self.retraining, **self.strategy(label).recipe})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -355,6 +368,8 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
         similarity=_mapping("similarity", data.get("similarity")), device=str(data.get("device", "cpu")),
         batch_size=data.get("batch_size", 16), include_path=list(include),
         seed_retraining=data.get("seed_retraining", False),
+        retraining=(_mapping("retraining", data["retraining"]) if "retraining" in data
+                    else retraining_rule(get_task_spec(data.get("task", "approx_agnews")).kind)),
     )
     if not isinstance(config.seed_retraining, bool):
         raise field_error("seed_retraining", config.seed_retraining, "true or false")
@@ -370,10 +385,12 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
 
 
 def _check_recipes(config: LeaderboardConfig) -> None:
-    checks = [("recipe", {}), ("expert.recipe", config.expert.recipe)]
-    checks += [(f"strategies[{i}].recipe", s.recipe) for i, s in enumerate(config.strategies) if s.recipe]
-    for key, overrides in checks:
+    checks = [("recipe", lambda: config.recipe_for()), ("expert.recipe", lambda: config.recipe_for(config.expert.recipe)),
+              ("retraining", lambda: TrainingRecipe.from_dict({**config.recipe, **config.retraining}))]
+    checks += [(f"strategies[{i}].recipe", lambda s=s: config.retraining_for(s.label))
+               for i, s in enumerate(config.strategies) if s.recipe]
+    for key, build in checks:
         try:
-            config.recipe_for(overrides)
+            build()
         except ConfigError as exc:
             raise field_error(f"{key}.{exc.field}", exc.value, exc.accepted) from exc

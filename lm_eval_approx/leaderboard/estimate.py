@@ -137,7 +137,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
         if cell.id in done:
             continue
         if cell.kind == APPROX:
-            recipe = config.recipe_for(config.strategy(cell.label).recipe)
+            recipe = config.retraining_for(cell.label)
             seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe)
         for task in config.tasks():
             if task.limit is None:

@@ -106,10 +106,12 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
                       options=strategy.options, strategy_approx=strategy.approx, k=cell.k, seed=cell.seed)
         if strategy.recipe:
             inputs.update(strategy_recipe=_as_keyed(strategy.recipe))
+        if config.retraining:  # absent when empty: cells made before the rule keep their hashes
+            inputs.update(retraining=_as_keyed(config.retraining))
     if cell.kind != THETA0:
         trained = {} if config.expert.adapter is not None else {"expert": config.recipe_for(config.expert.recipe)}
         if cell.kind == APPROX:
-            trained["retraining"] = config.recipe_for(config.strategy(cell.label).recipe)
+            trained["retraining"] = config.retraining_for(cell.label)
         splits = {name: r.micro_batch_size for name, r in trained.items() if r.splits_batches}
         if splits:
             inputs["micro_batches"] = splits
@@ -201,7 +203,7 @@ def approx_model_args(config: LeaderboardConfig, cell: Cell, expert: str) -> dic
         "corpus": config.corpus.spec, "corpus_size": config.corpus.size, "corpus_seed": config.corpus.seed,
         "strategy": strategy.name, "k": cell.k, "seed": cell.seed, **config.approx, **strategy.approx,
     }
-    recipe: TrainingRecipe = config.recipe_for(strategy.recipe)
+    recipe: TrainingRecipe = config.retraining_for(cell.label)
     if config.seed_retraining:  # seeds then measure retraining noise too, for deterministic strategies
         recipe.seed = cell.seed
     for name, value in recipe.to_dict().items():

@@ -46,11 +46,15 @@ MAX_VALIDATION_FRACTION = 0.5
 VALIDATION_LOSS = "validation_loss"
 TEACHER_KL = "teacher_kl"
 TEACHER_AGREEMENT = "teacher_agreement"
-STOP_SIGNALS = (VALIDATION_LOSS, TEACHER_KL, TEACHER_AGREEMENT)
+TASK_KL = "task_kl"
+TASK_AGREEMENT = "task_agreement"
+STOP_SIGNALS = (VALIDATION_LOSS, TEACHER_KL, TEACHER_AGREEMENT, TASK_KL, TASK_AGREEMENT)
 NO_BALANCE = "none"
 BALANCED = "balanced"
 CLASS_BALANCE = (NO_BALANCE, BALANCED)
-TEACHER_SIGNALS = (TEACHER_KL, TEACHER_AGREEMENT)
+POOL_SIGNALS = (TEACHER_KL, TEACHER_AGREEMENT)
+TASK_SIGNALS = (TASK_KL, TASK_AGREEMENT)
+TEACHER_SIGNALS = POOL_SIGNALS + TASK_SIGNALS
 # Fields added after caches and results/cpu were keyed: left out of the hash while they hold these
 # values (which reproduce the older behaviour), so every existing recipe keeps its hash.
 LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_size": 0,
@@ -102,14 +106,15 @@ class TrainingRecipe:
         f"share of the given examples held out for validation, in [0, {MAX_VALIDATION_FRACTION}] (0: none)", 0.1
     )
     patience: int = help_field(
-        "stop after this many epochs without a better validation loss (0: never stop early)", 2
+        "stop after this many epochs without a better stop_on signal (0: never stop early)", 2
     )
     mixed_precision: str = help_field(f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)}", "no")
     stop_on: str = help_field(
         f"what picks the kept epoch and stops training: {' | '.join(STOP_SIGNALS)} (the teacher signals "
-        "compare with θf on held-out, unselected pool documents; training/probes.py)", VALIDATION_LOSS
+        "compare with θf: teacher_* on held-out, unselected pool documents, task_* on unlabelled texts of "
+        "the task's training split; training/probes.py)", VALIDATION_LOSS
     )
-    monitor_size: int = help_field("held-out pool documents the teacher signals are measured on", 256)
+    monitor_size: int = help_field("documents the teacher signals are measured on", 256)
     class_balance: str = help_field(
         f"classification only: {' | '.join(CLASS_BALANCE)} ({BALANCED}: every label present gets the same "
         "total weight, so a pool whose pseudo-labels are mostly one class does not teach that class's prior)",
@@ -212,7 +217,7 @@ class TrainingRecipe:
 
     @property
     def uses_teacher(self) -> bool:
-        """True when training stops on a teacher signal (it then needs θf and held-out pool texts)."""
+        """True when training stops on a teacher signal (it then needs θf and monitor texts)."""
         return self.stop_on in TEACHER_SIGNALS
 
     def recipe_hash(self) -> str:

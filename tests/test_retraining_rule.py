@@ -1,0 +1,165 @@
+"""The retraining rule (``training/retraining_rule.py``): the default of every approximation's
+retraining, never of the expert's. Its stop signal ``task_agreement`` is measured on unlabelled
+texts of the task's own training split, and equals agreement computed by its definition; a task
+without a training split is refused with the field named; leaderboard configs and
+``--model approx`` start from the rule and let a row, a flag or a recipe file override it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lm_eval_approx.errors import ApproxError, ConfigError
+from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING
+from lm_eval_approx.training.recipe import TASK_AGREEMENT, VALIDATION_LOSS, TrainingRecipe
+from lm_eval_approx.training.retraining_rule import retraining_rule
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TRAIN = [{"text": f"note {i} felt {'bright and warm' if i % 2 else 'grey and cold'}", "label": i % 2} for i in range(12)]
+
+
+def _jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _task(tmp_path, name: str, with_training_split: bool = True):
+    """A two-choice YAML task over temporary JSONL files (optionally without a training split)."""
+    folder = tmp_path / f"{name}_tasks"
+    folder.mkdir()
+    test = _jsonl(tmp_path / f"{name}_test.jsonl", [{"text": f"note {i} felt calm", "label": i % 2} for i in range(4)])
+    train = _jsonl(tmp_path / f"{name}_train.jsonl", TRAIN)
+    split = f"    train: {train}\n" if with_training_split else ""
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n{split}    test: {test}\n"
+        + ("training_split: train\n" if with_training_split else "")
+        + "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"Note: {{text}}\\nMood:\"\n"
+        "doc_to_choice: ['sad', 'happy']\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n"
+    )
+    return folder
+
+
+@pytest.fixture
+def fresh_tasks():
+    from lm_eval_approx.plugins import registry
+    from lm_eval_approx.tasks.lm_eval_tasks import reset_task_caches
+
+    yield
+    registry._included.clear()
+    reset_task_caches()
+
+
+def test_the_rule_is_task_agreement_for_classification_and_the_plain_recipe_otherwise():
+    rule = retraining_rule(CLASSIFICATION)
+    assert rule == {"epochs": 8, "stop_on": TASK_AGREEMENT, "patience": 2}
+    rule["epochs"] = 1
+    assert retraining_rule(CLASSIFICATION)["epochs"] == 8  # a copy each time
+    assert retraining_rule(LANGUAGE_MODELLING) == {}
+    recipe = TrainingRecipe(**retraining_rule(CLASSIFICATION))
+    assert recipe.uses_teacher and recipe.recipe_hash() != TrainingRecipe(epochs=8, patience=2).recipe_hash()
+
+
+def test_model_approx_starts_from_the_rule_and_flags_or_a_recipe_file_override_it(tiny_llama, tmp_path):
+    from lm_eval_approx.harness.approx_model import split_model_args
+
+    args = {"base": tiny_llama, "finetuned": tiny_llama}
+    _, recipe, _ = split_model_args(dict(args))
+    assert (recipe.epochs, recipe.stop_on, recipe.patience) == (8, TASK_AGREEMENT, 2)
+    _, recipe, _ = split_model_args({**args, "train_epochs": "3", "train_stop_on": VALIDATION_LOSS})
+    assert (recipe.epochs, recipe.stop_on, recipe.patience) == (3, VALIDATION_LOSS, 2)
+    _, recipe, _ = split_model_args({**args, "task": "approx_msmarco"})
+    assert recipe == TrainingRecipe()  # language modelling: no rule was measured
+    path = TrainingRecipe(epochs=2).save(tmp_path / "recipe.json")
+    _, recipe, _ = split_model_args({**args, "recipe": str(path)})
+    assert recipe == TrainingRecipe(epochs=2)  # a whole recipe file is taken as it is
+
+
+def test_task_agreement_is_measured_on_the_tasks_training_texts_and_matches_its_definition(
+        tiny_llama, tmp_path, monkeypatch, fresh_tasks):
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+    from lm_eval_approx.pipeline import ApproxConfig, run_approximation
+    from lm_eval_approx.plugins.registry import include_task_folders
+    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.training import probes as probes_module
+    from lm_eval_approx.training.examples import task_examples
+    from lm_eval_approx.training.loop import TRAINING_FILE, train_adapter
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    include_task_folders([str(_task(tmp_path, "rule_moods"))])
+    spec = get_task_spec("rule_moods")
+    expert = train_adapter(tiny_llama, spec, task_examples(spec, None, 0),
+                           TrainingRecipe(epochs=2, batch_size=4, learning_rate=1e-2), tmp_path / "expert",
+                           progress=False)
+    pool = _jsonl(tmp_path / "pool.jsonl", [{"text": TRAIN[i]["text"]} for i in range(4)]
+                  + [{"text": f"pool text {i} about {w}"} for i, w in enumerate(["sun", "rain"] * 6)])
+    seen = {}
+    real = probes_module.teacher_probes
+
+    def spy(teacher, tokenizer, spec, texts, *args, **kwargs):
+        seen.update(texts=list(texts), names=kwargs.get("names"))
+        return real(teacher, tokenizer, spec, texts, *args, **kwargs)
+
+    monkeypatch.setattr(probes_module, "teacher_probes", spy)
+    config = ApproxConfig(base=tiny_llama, finetuned=str(expert), task="rule_moods", corpus=pool, strategy="random",
+                          k=6, dim=64, extract_batch_size=4, extract_max_length=64)
+    recipe = TrainingRecipe(epochs=2, batch_size=4, max_length=64, validation_fraction=0.0,
+                            stop_on=TASK_AGREEMENT, patience=0, monitor_size=8)
+    result = run_approximation(config, recipe)
+    selected = {json.loads(line)["text"] for line in result.selection.read_text().splitlines()}
+    train_texts = {row["text"] for row in TRAIN}
+    assert seen["names"] == ("task_kl", "task_agreement")
+    assert 0 < len(seen["texts"]) <= 8 and set(seen["texts"]) <= train_texts - selected
+    history = json.loads((result.adapter / TRAINING_FILE).read_text())
+    assert len(history["probes"][TASK_AGREEMENT]) == 3 and history["stop_on"] == TASK_AGREEMENT
+    tokenizer = load_tokenizer(tiny_llama)
+    log_f = probes_module.choice_log_distribution(load_model(str(expert)), tokenizer, spec, seen["texts"], 4, 64)
+    log_0 = probes_module.choice_log_distribution(load_model(tiny_llama), tokenizer, spec, seen["texts"], 4, 64)
+    by_definition = float(np.mean(log_f.argmax(axis=1) == log_0.argmax(axis=1)))
+    assert history["probes"][TASK_AGREEMENT][0] == pytest.approx(by_definition)
+    kept = history["best_epoch"]
+    assert history["probes"][TASK_AGREEMENT][kept] == max(history["probes"][TASK_AGREEMENT])
+
+
+def test_task_signals_need_a_training_split_and_a_classification_task(tiny_llama, tmp_path, monkeypatch, fresh_tasks):
+    from lm_eval_approx.pipeline import ApproxConfig, run_approximation
+    from lm_eval_approx.plugins.registry import include_task_folders
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    include_task_folders([str(_task(tmp_path, "bare_moods", with_training_split=False))])
+    pool = _jsonl(tmp_path / "pool.jsonl", [{"text": f"pool text {i}"} for i in range(10)])
+    config = ApproxConfig(base=tiny_llama, finetuned=tiny_llama, task="bare_moods", corpus=pool, strategy="random",
+                          k=4, dim=64, extract_batch_size=4, extract_max_length=64)
+    recipe = TrainingRecipe(epochs=1, batch_size=4, max_length=64, validation_fraction=0.0, stop_on=TASK_AGREEMENT)
+    with pytest.raises(ConfigError, match="training split") as caught:
+        run_approximation(config, recipe)
+    assert caught.value.field == "stop_on"
+
+
+def test_leaderboard_rows_retrain_under_the_rule_unless_the_config_says_otherwise(tiny_llama):
+    from lm_eval_approx.leaderboard.config import config_from_dict
+    from lm_eval_approx.leaderboard.runner import approx_model_args, cell_hash
+
+    raw = {"base": tiny_llama, "expert": {"data": "ag_news:train", "size": 8},
+           "corpus": {"spec": "seed:wikitext2", "size": 20}, "budgets": [4],
+           "strategies": ["random", {"name": "select", "recipe": {"epochs": 3}}], "recipe": {"batch_size": 8}}
+    ruled = config_from_dict(raw)
+    assert ruled.retraining == retraining_rule(CLASSIFICATION)
+    assert ruled.recipe_for().epochs == 1 and ruled.recipe_for().stop_on == VALIDATION_LOSS  # the expert
+    random_recipe, select_recipe = ruled.retraining_for("random"), ruled.retraining_for("select")
+    assert (random_recipe.epochs, random_recipe.stop_on, random_recipe.batch_size) == (8, TASK_AGREEMENT, 8)
+    assert (select_recipe.epochs, select_recipe.stop_on) == (3, TASK_AGREEMENT)  # the row's recipe wins
+    cell = ruled.cells()[2]
+    assert approx_model_args(ruled, cell, "expert")["train_stop_on"] == TASK_AGREEMENT
+    plain = config_from_dict({**raw, "retraining": {}})
+    assert plain.retraining_for("random") == plain.recipe_for()
+    assert cell_hash(plain, cell) != cell_hash(ruled, cell)
+    assert [cell_hash(plain, c) for c in plain.cells()[:2]] == [cell_hash(ruled, c) for c in ruled.cells()[:2]]
+    lm = config_from_dict({**raw, "task": "approx_msmarco", "expert": {"data": "msmarco:train", "size": 8}})
+    assert lm.retraining == {}
+    for bad, field in (({"stop_on": "test_accuracy"}, "retraining.stop_on"), ([1], "retraining")):
+        with pytest.raises(ApproxError) as caught:
+            config_from_dict({**raw, "retraining": bad})
+        assert caught.value.field == field
