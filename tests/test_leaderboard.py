@@ -410,6 +410,20 @@ def test_cheaper_lora_recipes_are_costed_at_their_measured_time_ratio():
     assert retraining("recipe={epochs: 2, method: full}") == pytest.approx(default)
 
 
+def test_a_retraining_on_a_teacher_signal_is_costed_at_its_cap_plus_its_probes():
+    """Under the retraining rule every epoch up to the cap is counted, and the monitor texts are
+    scored once by θf, once by θ0 and after every epoch, at the choice rate."""
+    from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
+
+    def retraining(*overrides):
+        return estimate(load_config(None, "cpu-small", list(overrides))).seconds["retraining"]
+
+    plain = retraining("retraining={epochs: 8}")
+    ruled = retraining("retraining={epochs: 8, stop_on: task_agreement, monitor_size: 100}")
+    cells = len(load_config(None, "cpu-small", []).cells()) - 2
+    assert ruled - plain == pytest.approx(cells * 100 * (8 + 2) / CPU_RATES["score_choice"])
+
+
 def test_scoring_is_costed_by_how_lm_eval_scores_each_task():
     """Whole passages in rolling windows at the text rate; multiple choice and the one-request
     last-word task at the choice rate."""

@@ -106,7 +106,8 @@ def _feature_rate(rates: dict[str, float], params: str) -> float:
 def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
              only: list[str] | None = None) -> Estimate:
     """Seconds for expert training, labels/features, and retraining and scoring of every cell
-    chosen by ``only`` (all without it) and not in ``done`` (cell ids)."""
+    chosen by ``only`` (all without it) and not in ``done`` (cell ids). A retraining under a stop
+    signal is counted at its cap (``epochs``): an upper bound, since it may stop earlier."""
     rates = _rates(config.device)
     unknown: list[str] = []
     seconds = {"expert": 0.0, "labels+features": 0.0, "retraining": 0.0, "scoring": 0.0}
@@ -139,6 +140,8 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
         if cell.kind == APPROX:
             recipe = config.retraining_for(cell.label)
             seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe)
+            if recipe.uses_teacher:  # θf once, then every epoch (and θ0) scores the monitor texts
+                seconds["retraining"] += recipe.monitor_size * (recipe.epochs + 2) / rates["score_choice"]
         for task in config.tasks():
             if task.limit is None:
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")
