@@ -36,6 +36,7 @@ from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec, task_key
 from lm_eval_approx.training.recipe import (
     TASK_AGREEMENT,
     TASK_KL,
+    TASK_LOSS,
     TASK_SIGNALS,
     TEACHER_AGREEMENT,
     TEACHER_KL,
@@ -256,13 +257,17 @@ def _monitor_texts(spec, corpus, rows, recipe: TrainingRecipe) -> list[str]:
     return texts
 
 
-def _teacher_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecipe) -> list:
-    """The probes of a teacher stop signal: θf against the retrained model on the monitor texts
-    (``_monitor_texts``, ``training/probes.py``)."""
-    from lm_eval_approx.training.probes import teacher_probes
+def _stop_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecipe) -> list:
+    """The probe of a recipe's stop signal on the monitor texts (``_monitor_texts``,
+    ``training/probes.py``): θf against the retrained model (``teacher_*``, ``task_kl``,
+    ``task_agreement``: classification), or the task loss itself (``task_loss``: language modelling)."""
+    from lm_eval_approx.training.probes import loss_probe, teacher_probes
 
+    if recipe.stop_on == TASK_LOSS:
+        return [loss_probe(spec, _monitor_texts(spec, corpus, rows, recipe), config.extract_batch_size,
+                           config.extract_max_length, add_bos_token=config.add_bos_token)]
     if spec.kind != CLASSIFICATION:
-        raise ConfigError("stop_on", recipe.stop_on, "validation_loss for a language-modelling task "
+        raise ConfigError("stop_on", recipe.stop_on, "validation_loss or task_loss for a language-modelling task "
                           "(teacher signals compare choice distributions of a classification task)")
     texts = _monitor_texts(spec, corpus, rows, recipe)
     names = (TASK_KL, TASK_AGREEMENT) if recipe.stop_on in TASK_SIGNALS else (TEACHER_KL, TEACHER_AGREEMENT)
@@ -345,16 +350,18 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
     models = _models_key(config)
 
     def compute_training(folder: Path) -> dict:
-        probes = _teacher_probes(config, spec, corpus, rows, recipe) if recipe.uses_teacher else ()
+        probes = _stop_probes(config, spec, corpus, rows, recipe) if recipe.uses_probe else ()
         train_adapter(config.base, spec, rows, recipe, folder / "adapter", probes=probes,
                       add_bos_token=config.add_bos_token)
         return {"examples": len(rows)}
 
     training_inputs = {"base": models["base"], "task": task_key(spec), "selection": selection_hash(rows),
                        "recipe": recipe.recipe_hash(), **_bos_input(config)}
-    if recipe.uses_teacher:  # the kept epoch then depends on θf and on the monitor texts
+    if recipe.uses_probe:  # the kept epoch then depends on the monitor texts (and θf, for a teacher)
         source = TASK_TEXTS if recipe.stop_on in TASK_SIGNALS else corpus.fingerprint()
-        training_inputs["monitor"] = {"finetuned": models["finetuned"], "corpus": source}
+        training_inputs["monitor"] = {"corpus": source}
+        if recipe.uses_teacher:
+            training_inputs["monitor"]["finetuned"] = models["finetuned"]
     stages.append(run_stage(TRAINING_STAGE, training_inputs, compute_training))
     if out_dir is not None:
         out = Path(out_dir)

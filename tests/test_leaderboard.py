@@ -422,6 +422,10 @@ def test_a_retraining_on_a_teacher_signal_is_costed_at_its_cap_plus_its_probes()
     ruled = retraining("retraining={epochs: 8, stop_on: task_agreement, monitor_size: 100}")
     cells = len(load_config(None, "cpu-small", []).cells()) - 2
     assert ruled - plain == pytest.approx(cells * 100 * (8 + 2) / CPU_RATES["score_choice"])
+    lm = estimate(load_config(None, "cpu-msmarco", [])).seconds["retraining"]  # task_loss: no θf pass
+    lm_plain = estimate(load_config(None, "cpu-msmarco", ["retraining={epochs: 8}"])).seconds["retraining"]
+    lm_cells = len(load_config(None, "cpu-msmarco", []).cells()) - 2
+    assert lm - lm_plain == pytest.approx(lm_cells * 256 * (8 + 1) / CPU_RATES["loss"])
 
 
 def test_scoring_is_costed_by_how_lm_eval_scores_each_task():

@@ -13,7 +13,7 @@ import pytest
 
 from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING
-from lm_eval_approx.training.recipe import TASK_AGREEMENT, VALIDATION_LOSS, TrainingRecipe
+from lm_eval_approx.training.recipe import TASK_AGREEMENT, TASK_LOSS, VALIDATION_LOSS, TrainingRecipe
 from lm_eval_approx.training.retraining_rule import retraining_rule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,7 +57,7 @@ def test_the_rule_is_task_agreement_for_classification_and_the_plain_recipe_othe
     assert rule == {"epochs": 8, "stop_on": TASK_AGREEMENT, "patience": 2}
     rule["epochs"] = 1
     assert retraining_rule(CLASSIFICATION)["epochs"] == 8  # a copy each time
-    assert retraining_rule(LANGUAGE_MODELLING) == {}
+    assert retraining_rule(LANGUAGE_MODELLING) == {"epochs": 8, "stop_on": TASK_LOSS, "patience": 2}
     recipe = TrainingRecipe(**retraining_rule(CLASSIFICATION))
     assert recipe.uses_teacher and recipe.recipe_hash() != TrainingRecipe(epochs=8, patience=2).recipe_hash()
 
@@ -71,7 +71,7 @@ def test_model_approx_starts_from_the_rule_and_flags_or_a_recipe_file_override_i
     _, recipe, _ = split_model_args({**args, "train_epochs": "3", "train_stop_on": VALIDATION_LOSS})
     assert (recipe.epochs, recipe.stop_on, recipe.patience) == (3, VALIDATION_LOSS, 2)
     _, recipe, _ = split_model_args({**args, "task": "approx_msmarco"})
-    assert recipe == TrainingRecipe()  # language modelling: no rule was measured
+    assert (recipe.epochs, recipe.stop_on) == (8, TASK_LOSS)
     path = TrainingRecipe(epochs=2).save(tmp_path / "recipe.json")
     _, recipe, _ = split_model_args({**args, "recipe": str(path)})
     assert recipe == TrainingRecipe(epochs=2)  # a whole recipe file is taken as it is
@@ -158,8 +158,55 @@ def test_leaderboard_rows_retrain_under_the_rule_unless_the_config_says_otherwis
     assert cell_hash(plain, cell) != cell_hash(ruled, cell)
     assert [cell_hash(plain, c) for c in plain.cells()[:2]] == [cell_hash(ruled, c) for c in ruled.cells()[:2]]
     lm = config_from_dict({**raw, "task": "approx_msmarco", "expert": {"data": "msmarco:train", "size": 8}})
-    assert lm.retraining == {}
+    assert lm.retraining == retraining_rule(LANGUAGE_MODELLING)
     for bad, field in (({"stop_on": "test_accuracy"}, "retraining.stop_on"), ([1], "retraining")):
         with pytest.raises(ApproxError) as caught:
             config_from_dict({**raw, "retraining": bad})
         assert caught.value.field == field
+
+
+def _nll_by_definition(model, tokenizer, text: str) -> float:
+    """Mean next-token NLL of [prefix] + the text's tokens, from one plain forward."""
+    import torch
+
+    from lm_eval_approx.features.encoding import prefix_token_id, tok_encode
+
+    ids = torch.tensor([[prefix_token_id(tokenizer), *tok_encode(tokenizer, text)]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].double()
+    return float(torch.nn.functional.cross_entropy(logits, ids[0, 1:]))
+
+
+def test_task_loss_is_the_mean_loss_of_the_monitor_texts_and_refuses_classification(tiny_llama):
+    from _specs import AGNEWS, MSMARCO
+
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+    from lm_eval_approx.training.probes import loss_probe
+
+    model, tokenizer = load_model(tiny_llama).eval(), load_tokenizer(tiny_llama)
+    texts = ["the river ran past the old mill", "a short note", "stocks rose and fell and rose again today"]
+    value = loss_probe(MSMARCO, texts, 2, 128).measure(model, tokenizer)[TASK_LOSS]
+    by_definition = np.mean([_nll_by_definition(model, tokenizer, t) for t in texts])
+    assert value == pytest.approx(by_definition, rel=1e-4)
+    with pytest.raises(ConfigError, match="task_agreement"):
+        loss_probe(AGNEWS, texts)
+
+
+def test_a_language_modelling_retraining_stops_on_its_task_loss(tiny_llama, mirror, tmp_path, monkeypatch):
+    """approx_msmarco under the rule's signal: the monitor texts are MS MARCO train passages, the
+    curve is recorded from θ0 on, and the kept epoch is the one with the lowest task loss."""
+    from lm_eval_approx.pipeline import ApproxConfig, run_approximation
+    from lm_eval_approx.training.loop import TRAINING_FILE
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(mirror))
+    pool = _jsonl(tmp_path / "pool.jsonl", [{"text": f"pool passage {i} about the {w} and its history"}
+                                            for i, w in enumerate(["river", "mill", "market", "chip"] * 3)])
+    config = ApproxConfig(base=tiny_llama, finetuned=tiny_llama, task="approx_msmarco", corpus=pool,
+                          strategy="random", k=4, dim=64, extract_batch_size=4, extract_max_length=64)
+    recipe = TrainingRecipe(epochs=2, batch_size=4, max_length=64, validation_fraction=0.0, learning_rate=1e-2,
+                            stop_on=TASK_LOSS, patience=0, monitor_size=4)
+    history = json.loads((run_approximation(config, recipe).adapter / TRAINING_FILE).read_text())
+    curve = history["probes"][TASK_LOSS]
+    assert len(curve) == 3 and all(np.isfinite(curve))
+    assert curve[history["best_epoch"]] == min(curve)

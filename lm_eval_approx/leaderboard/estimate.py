@@ -140,8 +140,10 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
         if cell.kind == APPROX:
             recipe = config.retraining_for(cell.label)
             seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe)
-            if recipe.uses_teacher:  # θf once, then every epoch (and θ0) scores the monitor texts
-                seconds["retraining"] += recipe.monitor_size * (recipe.epochs + 2) / rates["score_choice"]
+            if recipe.uses_probe:  # θ0 and every epoch (and θf, once, for a teacher) score the monitor texts
+                passes = recipe.epochs + (2 if recipe.uses_teacher else 1)
+                rate = rates["score_choice"] if recipe.uses_teacher else rates["loss"]  # task_loss: one loss pass
+                seconds["retraining"] += recipe.monitor_size * passes / rate
         for task in config.tasks():
             if task.limit is None:
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")

@@ -153,7 +153,7 @@ def train_model(
     if not examples:
         raise ConfigError("examples", examples, "at least one training example")
     work_dir, key = Path(work_dir), training_key(base, spec, examples, recipe, add_bos_token)
-    on_signal = recipe.uses_teacher
+    on_signal = recipe.uses_probe
     higher_better = direction(probes, recipe.stop_on) if on_signal else False
     model, tokenizer = prepare_model(base, recipe)
     head_positions = not full_logits and supports_head_positions(model)

@@ -11,6 +11,10 @@ of the candidate corpus that were not selected, so they are never trained on and
   softmax over the task's choices of the summed continuation log-probs (``pseudo_labels.py``),
   p_f under θf, p_θ under the model being trained. Lower is better.
 * ``teacher_agreement``: the share of held-out texts whose argmax choice equals θf's. Higher is better.
+* ``task_loss`` (language modelling): the mean task loss (nats per token, rolling windows as
+  lm-eval scores) of the model being trained on unlabelled texts of the task's own training split.
+  For a perplexity target these texts *are* the target's distribution, so the signal is early
+  stopping on a development set that a user has (never the test split). Lower is better.
 * ``accuracy``: the share of labelled documents whose argmax choice equals the true label. For
   measuring curves on a development split only; a recipe cannot stop on it.
 
@@ -32,7 +36,7 @@ import numpy as np
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
-from lm_eval_approx.training.recipe import TEACHER_AGREEMENT, TEACHER_KL
+from lm_eval_approx.training.recipe import TASK_LOSS, TEACHER_AGREEMENT, TEACHER_KL
 
 ACCURACY = "accuracy"
 
@@ -135,6 +139,30 @@ def accuracy_probe(spec: TaskSpec, texts: Sequence[str], labels: Sequence[int], 
         return {name: float(np.mean(np.argmax(log_q, axis=1) == truth))}
 
     return Probe(measure, {name: True})
+
+
+def loss_probe(spec: TaskSpec, texts: Sequence[str], batch_size: int = 16, max_length: int = 128,
+               add_bos_token: bool | None = None, name: str = TASK_LOSS) -> Probe:
+    """The mean task loss of a language-modelling task on ``texts`` (``features/losses.py``, the
+    encoding lm-eval scores with), measured in eval mode."""
+    from lm_eval_approx.features.losses import example_losses
+
+    if spec.kind == CLASSIFICATION:
+        raise ConfigError("stop_on", name, "task_agreement or task_kl for a classification task "
+                          f"({spec.name}); {name} measures a language-modelling task's own texts")
+    texts = _check_texts(texts, "monitor documents")
+
+    def measure(model, tok) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            losses = example_losses(model, tok, spec, texts, batch_size=batch_size, max_length=max_length,
+                                    add_bos_token=add_bos_token)
+        finally:
+            model.train(was_training)
+        return {name: float(np.mean(losses.astype(np.float64)))}
+
+    return Probe(measure, {name: False})
 
 
 def held_out_texts(texts: Sequence[str], ids: Sequence[str], selected: set[str], size: int, seed: int) -> list[str]:

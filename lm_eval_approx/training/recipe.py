@@ -48,13 +48,15 @@ TEACHER_KL = "teacher_kl"
 TEACHER_AGREEMENT = "teacher_agreement"
 TASK_KL = "task_kl"
 TASK_AGREEMENT = "task_agreement"
-STOP_SIGNALS = (VALIDATION_LOSS, TEACHER_KL, TEACHER_AGREEMENT, TASK_KL, TASK_AGREEMENT)
+TASK_LOSS = "task_loss"
+STOP_SIGNALS = (VALIDATION_LOSS, TEACHER_KL, TEACHER_AGREEMENT, TASK_KL, TASK_AGREEMENT, TASK_LOSS)
 NO_BALANCE = "none"
 BALANCED = "balanced"
 CLASS_BALANCE = (NO_BALANCE, BALANCED)
 POOL_SIGNALS = (TEACHER_KL, TEACHER_AGREEMENT)
-TASK_SIGNALS = (TASK_KL, TASK_AGREEMENT)
-TEACHER_SIGNALS = POOL_SIGNALS + TASK_SIGNALS
+TASK_SIGNALS = (TASK_KL, TASK_AGREEMENT, TASK_LOSS)  # measured on the task's training texts
+TEACHER_SIGNALS = POOL_SIGNALS + (TASK_KL, TASK_AGREEMENT)  # measured against θf
+PROBE_SIGNALS = TEACHER_SIGNALS + (TASK_LOSS,)
 # Fields added after caches and results/cpu were keyed: left out of the hash while they hold these
 # values (which reproduce the older behaviour), so every existing recipe keeps its hash.
 LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_size": 0,
@@ -111,8 +113,9 @@ class TrainingRecipe:
     mixed_precision: str = help_field(f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)}", "no")
     stop_on: str = help_field(
         f"what picks the kept epoch and stops training: {' | '.join(STOP_SIGNALS)} (the teacher signals "
-        "compare with θf: teacher_* on held-out, unselected pool documents, task_* on unlabelled texts of "
-        "the task's training split; training/probes.py)", VALIDATION_LOSS
+        "compare with θf: teacher_* on held-out, unselected pool documents, task_kl / task_agreement on "
+        "unlabelled texts of the task's training split; task_loss, for language modelling, is the loss on "
+        "those texts; training/probes.py)", VALIDATION_LOSS
     )
     monitor_size: int = help_field("documents the teacher signals are measured on", 256)
     class_balance: str = help_field(
@@ -220,13 +223,18 @@ class TrainingRecipe:
         """True when training stops on a teacher signal (it then needs θf and monitor texts)."""
         return self.stop_on in TEACHER_SIGNALS
 
+    @property
+    def uses_probe(self) -> bool:
+        """True when training stops on a probe measured on monitor texts, not the validation loss."""
+        return self.stop_on in PROBE_SIGNALS
+
     def recipe_hash(self) -> str:
         """A short content hash of every field that matters: equal hashes mean equal recipes
         (``monitor_size`` matters only under a teacher signal; see ``LATER_FIELDS``)."""
         record = self.to_dict()
         if not self.splits_batches:
             record["micro_batch_size"] = 0  # no batch is ever split: one pass, the same computation
-        if not self.uses_teacher:
+        if not self.uses_probe:
             record.pop("monitor_size")
         for name, old in LATER_FIELDS.items():
             if record.get(name, old) == old:
