@@ -138,6 +138,18 @@ def test_task_signals_need_a_training_split_and_a_classification_task(tiny_llama
     assert caught.value.field == "stop_on"
 
 
+def test_a_task_without_a_training_split_keeps_the_plain_recipe_and_says_why(tiny_llama, tmp_path, caplog,
+                                                                            fresh_tasks):
+    from lm_eval_approx.harness.approx_model import split_model_args
+    from lm_eval_approx.plugins.registry import include_task_folders
+
+    include_task_folders([str(_task(tmp_path, "bare_notes", with_training_split=False))])
+    with caplog.at_level("WARNING"):
+        _, recipe, _ = split_model_args({"base": tiny_llama, "finetuned": tiny_llama, "task": "bare_notes"})
+    assert recipe == TrainingRecipe()
+    assert "bare_notes has no training split" in caplog.text
+
+
 def test_leaderboard_rows_retrain_under_the_rule_unless_the_config_says_otherwise(tiny_llama):
     from lm_eval_approx.leaderboard.config import config_from_dict
     from lm_eval_approx.leaderboard.runner import approx_model_args, cell_hash

@@ -38,7 +38,7 @@ from lm_eval_approx.models.safe_weights import (
 from lm_eval_approx.pipeline import ApproxConfig, ApproxResult, run_approximation
 from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
-from lm_eval_approx.training.retraining_rule import retraining_rule
+from lm_eval_approx.training.retraining_rule import rule_for_task
 
 TRAIN_PREFIX = "train_"
 STRATEGY_PREFIX = "strategy_"
@@ -68,7 +68,7 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
     if "add_bos_token" in rest:  # HFLM's own argument: the pipeline must encode as HFLM will score
         config["add_bos_token"] = _as_bool("add_bos_token", rest["add_bos_token"])
     approx = ApproxConfig(**config, strategy_options=options)
-    base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else retraining_rule(get_task_spec(approx.task).kind)
+    base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else rule_for_task(get_task_spec(approx.task))
     if "target_modules" in base_recipe:
         base_recipe["target_modules"] = ",".join(base_recipe["target_modules"])
     return approx, TrainingRecipe.from_options({**base_recipe, **recipe}), rest

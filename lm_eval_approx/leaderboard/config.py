@@ -55,7 +55,7 @@ from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
-from lm_eval_approx.training.retraining_rule import retraining_rule
+from lm_eval_approx.training.retraining_rule import rule_for_task
 from lm_eval_approx.validation import check_int
 
 TOP_KEYS = ("name", "base", "task", "include_path", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
@@ -369,7 +369,7 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
         batch_size=data.get("batch_size", 16), include_path=list(include),
         seed_retraining=data.get("seed_retraining", False),
         retraining=(_mapping("retraining", data["retraining"]) if "retraining" in data
-                    else retraining_rule(get_task_spec(data.get("task", "approx_agnews")).kind)),
+                    else rule_for_task(get_task_spec(data.get("task", "approx_agnews")))),
     )
     if not isinstance(config.seed_retraining, bool):
         raise field_error("seed_retraining", config.seed_retraining, "true or false")

@@ -28,6 +28,13 @@ def _label_of(spec, doc: dict, index: int) -> int:
     return target
 
 
+def has_training_texts(spec) -> bool:
+    """True when the task has training texts to draw from: an lm-eval task with a training split,
+    or a built-in task with a mirror corpus."""
+    task = getattr(spec, "task", None)
+    return bool(spec.corpus) if task is None else bool(task.has_training_docs())
+
+
 def training_documents(spec) -> list[tuple[str, int | None]]:
     """(text, label) of every training document of an lm-eval task (label None for language modelling)."""
     task = getattr(spec, "task", None)

@@ -28,21 +28,37 @@ construction where the pool's validation loss was not (on MS MARCO a second epoc
 *worse*, 74.4 → 78.0 perplexity, while the selection's loss kept falling). Its cap and patience are
 the classification rule's; no language-modelling curve has been measured yet, and every retraining
 under the rule records its own curve (``curves.json``). Both rules need a task with a training
-split (lm-eval's ``training_split``, or the built-in task's mirror corpus).
+split (lm-eval's ``training_split``, or the built-in task's mirror corpus); a task without one has
+no monitor texts, and its approximations keep the plain recipe (with a warning that says why).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from lm_eval_approx.tasks.documents import has_training_texts
 from lm_eval_approx.tasks.specs import CLASSIFICATION
 from lm_eval_approx.training.recipe import TASK_AGREEMENT, TASK_LOSS
 
 RULE_EPOCHS = 8
 RULE_PATIENCE = 2
 
+logger = logging.getLogger(__name__)
+
 
 def retraining_rule(kind: str) -> dict[str, Any]:
     """The recipe fields the rule sets for a task of ``kind`` (a new dict each call)."""
     signal = TASK_AGREEMENT if kind == CLASSIFICATION else TASK_LOSS
     return {"epochs": RULE_EPOCHS, "stop_on": signal, "patience": RULE_PATIENCE}
+
+
+def rule_for_task(spec) -> dict[str, Any]:
+    """``retraining_rule`` for the task of ``spec``, or ``{}`` (the plain recipe) when the task has
+    no training texts to measure the stop signal on."""
+    if has_training_texts(spec):
+        return retraining_rule(spec.kind)
+    logger.warning("task %s has no training split to draw the retraining rule's monitor texts from: its "
+                   "approximations retrain with the plain recipe (set train_stop_on / retraining: to choose)",
+                   spec.name)
+    return {}
