@@ -1,0 +1,74 @@
+"""Two rows of a leaderboard compared on the same documents: each row's mean ± sd over seeds, and
+row − against with its paired bootstrap 95% interval (``leaderboard/intervals.py``, the interval the
+leaderboard's "Δ vs random" column uses), over the seeds both rows finished, then per seed.
+
+    python benchmarks/paired_rows.py --out results/cpu/agnews_rule --row select_quota_rule --against select_rule
+    python benchmarks/paired_rows.py --out results/cpu/agnews_rule --row select_rule --against random_rule --k 300
+
+"Beats" means the interval excludes 0. The interval resamples documents (the seeds' scores averaged
+per document), so the per-seed deltas are printed too: seed noise shows there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def runs_of(out: Path, label: str, k: int | None, metric: str) -> dict[int, dict[str, float]]:
+    """seed → per-document metric of every finished cell of row ``label`` (at budget ``k``)."""
+    runs = {}
+    for path in sorted((out / "results").glob("*.json")):
+        leaderboard = json.loads(path.read_text(encoding="utf-8"))["config"].get("leaderboard", {})
+        if leaderboard.get("label") != label or (k is not None and leaderboard.get("k") != k):
+            continue
+        per_doc = leaderboard.get("per_doc", {}).get(metric)
+        if per_doc:
+            runs[int(leaderboard["seed"])] = per_doc
+    return runs
+
+
+def describe(name: str, runs: dict[int, dict[str, float]]) -> str:
+    scores = [float(np.mean(list(run.values()))) for run in runs.values()]
+    spread = f" ± {np.std(scores, ddof=1):.3f}" if len(scores) > 1 else ""
+    return f"{name}: {np.mean(scores):.3f}{spread} over seeds {sorted(runs)} ({', '.join(f'{s:.3f}' for s in scores)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lm_eval_approx.leaderboard.intervals import paired_interval
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="a leaderboard output folder (with results/)")
+    parser.add_argument("--row", required=True, help="strategy label of the row")
+    parser.add_argument("--against", required=True, help="strategy label of the reference row")
+    parser.add_argument("--k", type=int, default=None, help="budget (default: every budget; give it when a row has several)")
+    parser.add_argument("--metric", default="acc")
+    args = parser.parse_args(argv)
+    row, ref = (runs_of(args.out, label, args.k, args.metric) for label in (args.row, args.against))
+    for name, runs in ((args.row, row), (args.against, ref)):
+        if not runs:
+            raise SystemExit(f"{args.out}: no finished cell of row {name!r} with per-document {args.metric!r}")
+    seeds = sorted(set(row) & set(ref))
+    if not seeds:
+        raise SystemExit(f"rows {args.row!r} (seeds {sorted(row)}) and {args.against!r} (seeds {sorted(ref)}) "
+                         "share no seed")
+    print(describe(args.row, row))
+    print(describe(args.against, ref))
+    both = paired_interval([row[s] for s in seeds], [ref[s] for s in seeds], args.metric)
+    print(f"{args.row} − {args.against} over seeds {seeds}: {both.delta:+.3f} [{both.low:+.3f}, {both.high:+.3f}] "
+          f"({both.documents} documents){'  excludes 0' if both.low > 0 or both.high < 0 else ''}")
+    for seed in seeds:
+        one = paired_interval([row[seed]], [ref[seed]], args.metric)
+        print(f"  seed {seed}: {one.delta:+.3f} [{one.low:+.3f}, {one.high:+.3f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
