@@ -240,16 +240,16 @@ def _monitor_texts(spec, corpus, rows, recipe: TrainingRecipe) -> list[str]:
     """The texts a teacher signal is measured on: ``monitor_size`` unselected pool documents
     (``teacher_*``), or unlabelled texts of the task's training split that were not selected
     (``task_*``), each drawn with the recipe's seed."""
+    from lm_eval_approx.tasks.documents import has_training_texts
     from lm_eval_approx.training.examples import task_examples
     from lm_eval_approx.training.probes import held_out_texts
 
     if recipe.stop_on not in TASK_SIGNALS:
         return held_out_texts(corpus.texts, corpus.ids, {row.id for row in rows}, recipe.monitor_size, recipe.seed)
-    try:
-        examples = task_examples(spec, recipe.monitor_size, recipe.seed)
-    except ConfigError as exc:
-        raise ConfigError("stop_on", recipe.stop_on, f"a task with a training split to draw its monitor texts "
-                          f"from ({exc.accepted}), or stop_on teacher_agreement / validation_loss") from None
+    if not has_training_texts(spec):
+        raise ConfigError("stop_on", recipe.stop_on, f"a task with a training split to draw its monitor texts from "
+                          f"({spec.name} has none), or stop_on validation_loss")
+    examples = task_examples(spec, recipe.monitor_size, recipe.seed)
     selected = {row.text for row in rows}
     texts = [example.text for example in examples if example.text not in selected]
     if not texts:
