@@ -187,8 +187,11 @@ def test_selection_file_reader(lines):
 
 LEADERBOARD_KEYS = ["base", "task", "metric", "expert", "corpus", "strategies", "budgets", "seeds", "limit",
                     "recipe", "approx", "similarity", "device", "batch_size", "name", "expert.size", "expert.recipe",
-                    "corpus.size", "corpus.seed", "approx.dim", "approx.params", "strategies", "recipe.epochs"]
+                    "corpus.size", "corpus.seed", "approx.dim", "approx.params", "strategies", "recipe.epochs",
+                    "retraining", "retraining.stop_on", "retraining.patience", "retraining.epochs"]
 YAML_VALUES = st.sampled_from(["[", "{a: 1", "-1", "0", "[]", "[1, 1]", "null", "x", "{}", "[random]",
+                               "task_agreement", "task_loss", "teacher_kl", "{stop_on: task_kl, patience: 0}",
+                               "{stop_on: task_agreement, monitor_size: 1}", "{epochs: 2, stop_on: bogus}",
                                "[{name: random, options: {1: 2}}]", "[{name: select, options: {bogus: 1}}]",
                                "{dim: -3}", "{reference_size: 0, embed: maybe}", "1e3", "'\\x00'", "[0, -2]"]) | TEXT
 
@@ -199,6 +202,7 @@ YAML_VALUES = st.sampled_from(["[", "{a: 1", "-1", "0", "[]", "[1, 1]", "null", 
 @example(sets=[("expert.recipe", "[1]")])  # TypeError in the recipe merge before
 @example(sets=[("strategies", "[{name: random, options: {1: 2}}]")])  # TypeError: keywords must be strings
 @example(sets=[("approx.dim", "-3")])  # found only when the first cell ran, before
+@example(sets=[("retraining", "{stop_on: task_loss}")])  # a language-modelling signal on a choice task
 def test_leaderboard_config_with_overrides(sets, tiny_gpt2):
     from lm_eval_approx.leaderboard.sources import load_config
 
@@ -209,6 +213,9 @@ def test_leaderboard_config_with_overrides(sets, tiny_gpt2):
         _named(exc)
         return
     assert config.cells()
+    for strategy in config.strategies:
+        recipe = config.retraining_for(strategy.label)
+        assert recipe.epochs >= 1 and recipe.patience >= 0
 
 
 FLAG_VALUES = st.sampled_from(["0", "-1", "3", "1.5", "abc", "", "head", "changed", "nope", "approx_agnews",
