@@ -33,15 +33,8 @@ from lm_eval_approx.strategies.base import FEATURES, LABELS, LOSS_BASE, LOSS_FIN
 from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select, strategy_registry
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec, task_key
-from lm_eval_approx.training.recipe import (
-    TASK_AGREEMENT,
-    TASK_KL,
-    TASK_LOSS,
-    TASK_SIGNALS,
-    TEACHER_AGREEMENT,
-    TEACHER_KL,
-    TrainingRecipe,
-)
+from lm_eval_approx.training.recipe import TASK_SIGNALS, TrainingRecipe
+from lm_eval_approx.training.stop_signals import TASK_TEXTS
 from lm_eval_approx.validation import (
     MIN_MAX_LENGTH,
     check_choice,
@@ -61,7 +54,6 @@ FEATURE_STAGE = "features"
 SELECTION_STAGE = "selection"
 TRAINING_STAGE = "training"
 FEATURE_DIR = "features"
-TASK_TEXTS = "task:train"  # a task_* signal's monitor texts: the task's training split (keyed by the task)
 
 
 @dataclass
@@ -236,46 +228,21 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
     return run_stage(FEATURE_STAGE, inputs, compute)
 
 
-def _monitor_texts(spec, corpus, rows, recipe: TrainingRecipe) -> list[str]:
-    """The texts a teacher signal is measured on: ``monitor_size`` unselected pool documents
-    (``teacher_*``), or unlabelled texts of the task's training split that were not selected
-    (``task_*``), each drawn with the recipe's seed."""
-    from lm_eval_approx.tasks.documents import has_training_texts
-    from lm_eval_approx.training.examples import task_examples
-    from lm_eval_approx.training.probes import held_out_texts
-
-    if recipe.stop_on not in TASK_SIGNALS:
-        return held_out_texts(corpus.texts, corpus.ids, {row.id for row in rows}, recipe.monitor_size, recipe.seed)
-    if not has_training_texts(spec):
-        raise ConfigError("stop_on", recipe.stop_on, f"a task with a training split to draw its monitor texts from "
-                          f"({spec.name} has none), or stop_on validation_loss")
-    examples = task_examples(spec, recipe.monitor_size, recipe.seed)
-    selected = {row.text for row in rows}
-    texts = [example.text for example in examples if example.text not in selected]
-    if not texts:
-        raise ConfigError("stop_on", recipe.stop_on, "a task whose training split has texts outside the selection")
-    return texts
-
-
 def _stop_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecipe) -> list:
-    """The probe of a recipe's stop signal on the monitor texts (``_monitor_texts``,
-    ``training/probes.py``): θf against the retrained model (``teacher_*``, ``task_kl``,
-    ``task_agreement``: classification), or the task loss itself (``task_loss``: language modelling)."""
-    from lm_eval_approx.training.probes import loss_probe, teacher_probes
+    """The probe of a recipe's stop signal on its monitor texts (``training/stop_signals.py``): the
+    task loss (``task_loss``), or θf against the retrained model (the teacher signals)."""
+    from lm_eval_approx.training.stop_signals import (
+        check_teacher,
+        monitor_texts,
+        stop_probes,
+    )
 
-    if recipe.stop_on == TASK_LOSS:
-        return [loss_probe(spec, _monitor_texts(spec, corpus, rows, recipe), config.extract_batch_size,
-                           config.extract_max_length, add_bos_token=config.add_bos_token)]
-    if spec.kind != CLASSIFICATION:
-        raise ConfigError("stop_on", recipe.stop_on, "validation_loss or task_loss for a language-modelling task "
-                          "(teacher signals compare choice distributions of a classification task)")
-    texts = _monitor_texts(spec, corpus, rows, recipe)
-    names = (TASK_KL, TASK_AGREEMENT) if recipe.stop_on in TASK_SIGNALS else (TEACHER_KL, TEACHER_AGREEMENT)
-    teacher = load_model(config.finetuned)
-    probe = teacher_probes(teacher, load_tokenizer(config.base), spec, texts, config.extract_batch_size,
-                           config.extract_max_length, add_bos_token=config.add_bos_token, names=names)
-    del teacher
-    return [probe]
+    check_teacher(spec, recipe, config.finetuned)
+    texts = monitor_texts(spec, recipe, {row.text for row in rows}, pool=(corpus.texts, corpus.ids),
+                          selected_ids={row.id for row in rows})
+    return stop_probes(spec, recipe, texts, base=config.base, finetuned=config.finetuned,
+                       batch_size=config.extract_batch_size, max_length=config.extract_max_length,
+                       add_bos_token=config.add_bos_token)
 
 
 @dataclass

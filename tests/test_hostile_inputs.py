@@ -225,7 +225,7 @@ COMMANDS = {
     "features": ["--base", "--finetuned", "--task", "--corpus", "--params", "--dim", "--out", "--checkpoints",
                  "--labels", "--limit", "--batch-size", "--max-length", "--projection", "--sqnorm", "--dtype"],
     "train": ["--base", "--task", "--data", "--out", "--limit", "--lora-rank", "--epochs", "--learning-rate",
-              "--target-modules", "--recipe", "--max-length"],
+              "--target-modules", "--recipe", "--max-length", "--retraining-rule", "--finetuned", "--stop-on"],
     "finetune": ["--base", "--task", "--data", "--out", "--limit", "--data-seed", "--lora-alpha"],
     "leaderboard": ["--config", "--preset", "--show", "--set", "--out", "--dry-run"],
     "strategies": ["--json"], "tasks": ["--json"], "plugins": ["--json"],
@@ -256,7 +256,7 @@ def test_cli_argument_validation(command, data, tiny_gpt2, tmp_path, no_heavy_co
     argv = [command]
     for flag in flags:
         argv.append(flag)
-        if flag not in ("--json", "--dry-run"):
+        if flag not in ("--json", "--dry-run", "--retraining-rule"):
             value = data.draw(FLAG_VALUES | st.sampled_from([tiny_gpt2, str(tmp_path / "out")]))
             argv.append(value)
     try:

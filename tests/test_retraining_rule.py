@@ -222,3 +222,74 @@ def test_a_language_modelling_retraining_stops_on_its_task_loss(tiny_llama, mirr
     curve = history["probes"][TASK_LOSS]
     assert len(curve) == 3 and all(np.isfinite(curve))
     assert curve[history["best_epoch"]] == min(curve)
+
+
+def test_the_train_command_retrains_a_selection_file_under_the_rule(tiny_llama, tmp_path, monkeypatch, fresh_tasks,
+                                                                    capsys):
+    """``train --retraining-rule``: the rule over the defaults, flags over the rule; θf is required
+    for the classification rule (a named error before anything is trained); the monitor texts are
+    the task's training texts minus the selection; an output folder trained against one θf is not
+    reused for another."""
+    from lm_eval_approx.cli import main
+    from lm_eval_approx.data.selection_file import write_selection
+    from lm_eval_approx.plugins.registry import include_task_folders
+    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.training import probes as probes_module
+    from lm_eval_approx.training.examples import task_examples
+    from lm_eval_approx.training.loop import TRAINING_FILE, train_adapter
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    folder = _task(tmp_path, "cli_moods")
+    include_task_folders([str(folder)])
+    spec = get_task_spec("cli_moods")
+    expert = train_adapter(tiny_llama, spec, task_examples(spec, None, 0),
+                           TrainingRecipe(epochs=2, batch_size=4, learning_rate=1e-2), tmp_path / "expert",
+                           progress=False)
+    selection = write_selection(tmp_path / "sel.jsonl", task_examples(spec, 4, 1))
+    selected = {json.loads(line)["text"] for line in selection.read_text().splitlines()}
+    seen = {}
+    real = probes_module.teacher_probes
+
+    def spy(teacher, tokenizer, spec, texts, *args, **kwargs):
+        seen.update(texts=list(texts), names=kwargs.get("names"))
+        return real(teacher, tokenizer, spec, texts, *args, **kwargs)
+
+    monkeypatch.setattr(probes_module, "teacher_probes", spy)
+    out = tmp_path / "retrained"
+    common = ["train", "--base", tiny_llama, "--task", "cli_moods", "--include-path", str(folder), "--data",
+              str(selection), "--out", str(out), "--retraining-rule", "--batch-size", "4", "--max-length", "64",
+              "--validation-fraction", "0", "--monitor-size", "6", "--no-progress"]
+    assert main([*common, "--epochs", "2"]) == 2  # no θf: the classification rule cannot be measured
+    assert "finetuned" in capsys.readouterr().err and not out.exists()
+
+    assert main([*common, "--epochs", "2", "--finetuned", str(expert)]) == 0
+    history = json.loads((out / TRAINING_FILE).read_text())
+    assert (history["stop_on"], len(history["probes"][TASK_AGREEMENT])) == (TASK_AGREEMENT, 3)  # θ0 + 2 epochs
+    assert history["probes"][TASK_AGREEMENT][history["best_epoch"]] == max(history["probes"][TASK_AGREEMENT])
+    assert seen["names"] == ("task_kl", "task_agreement")
+    assert 0 < len(seen["texts"]) <= 6 and set(seen["texts"]) <= {row["text"] for row in TRAIN} - selected
+    assert f"best epoch {history['best_epoch']} of 2, task_agreement" in capsys.readouterr().out
+
+    key = history["key"]
+    assert main([*common, "--epochs", "2", "--finetuned", str(expert)]) == 0  # the same training: reused
+    assert json.loads((out / TRAINING_FILE).read_text())["key"] == key
+    assert main([*common, "--epochs", "2", "--finetuned", tiny_llama]) == 0  # another θf: retrained
+    assert json.loads((out / TRAINING_FILE).read_text())["key"] != key
+
+
+def test_the_train_command_rule_for_language_modelling_needs_no_finetuned(tiny_llama, mirror, tmp_path, monkeypatch):
+    from lm_eval_approx.cli import main
+    from lm_eval_approx.data.selection_file import SelectedExample, write_selection
+    from lm_eval_approx.training.loop import TRAINING_FILE
+
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(mirror))
+    rows = [SelectedExample(id=f"p{i}", text=f"passage {i} about the {w} and its long history", label=None,
+                            label_text=None, order=i, source="pool")
+            for i, w in enumerate(["river", "mill", "market", "chip"])]
+    selection = write_selection(tmp_path / "sel.jsonl", rows)
+    assert main(["train", "--base", tiny_llama, "--task", "approx_msmarco", "--data", str(selection), "--out",
+                 str(tmp_path / "lm"), "--retraining-rule", "--epochs", "1", "--batch-size", "4",
+                 "--max-length", "64", "--validation-fraction", "0", "--monitor-size", "3", "--no-progress"]) == 0
+    history = json.loads((tmp_path / "lm" / TRAINING_FILE).read_text())
+    assert history["stop_on"] == TASK_LOSS and len(history["probes"][TASK_LOSS]) == 2
+    assert history["probes"][TASK_LOSS][history["best_epoch"]] == min(history["probes"][TASK_LOSS])

@@ -20,11 +20,21 @@ import sys
 
 from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.tasks.specs import get_task_spec
-from lm_eval_approx.training.examples import corpus_examples, selection_examples, task_examples
+from lm_eval_approx.training.examples import (
+    corpus_examples,
+    selection_examples,
+    task_examples,
+)
 from lm_eval_approx.training.recipe import (
     TrainingRecipe,
     add_recipe_arguments,
     recipe_from_args,
+)
+from lm_eval_approx.training.retraining_rule import rule_for_task
+from lm_eval_approx.training.stop_signals import (
+    TASK_TEXTS,
+    check_teacher,
+    monitor_texts,
 )
 
 SELECTION = "selection"
@@ -54,6 +64,15 @@ def add_parser(subparsers) -> None:
         if source == CORPUS:
             add("--data-seed", type=int, default=None, help="seed of the corpus draw (default: the recipe seed)")
         add("--recipe", default=None, help="recipe.json to start from (e.g. the expert's); flags override its fields")
+        if source == SELECTION:
+            add("--retraining-rule", action="store_true",
+                help="retrain under the task's retraining rule, as the leaderboard and --model approx do "
+                     "(up to 8 epochs; keep the epoch that agrees best with θf, classification, or has the "
+                     "lowest task loss, language modelling, on unlabelled texts of the task's training split); "
+                     "over --recipe, under the flags")
+            add("--finetuned", default=None,
+                help="θf (folder, hub id, .gguf file or alias): what a teacher stop signal (task_agreement, "
+                     "task_kl, the classification rule) compares the retrained model with")
         add("--no-progress", action="store_true", help="no progress bar")
         add_recipe_arguments(parser)
         parser.set_defaults(func=train_command, data_source=source)
@@ -76,17 +95,41 @@ def train_command(args: argparse.Namespace) -> int:
         train_adapter,
     )
 
-    base_recipe = TrainingRecipe.load(args.recipe) if args.recipe else None
-    recipe = recipe_from_args(args, base_recipe)
     include_task_folders(args.include_path)
     spec = get_task_spec(args.task)
+    base_recipe = TrainingRecipe.load(args.recipe) if args.recipe else None
+    if getattr(args, "retraining_rule", False):
+        base_recipe = TrainingRecipe.from_dict({**(base_recipe or TrainingRecipe()).to_dict(), **rule_for_task(spec)})
+    recipe = recipe_from_args(args, base_recipe)
+    finetuned = getattr(args, "finetuned", None)
+    if recipe.uses_probe:
+        check_teacher(spec, recipe, finetuned)
     examples = load_examples(args, spec, recipe.seed)
-    out = train_adapter(args.base, spec, examples, recipe, args.out, progress=not args.no_progress)
+    probes, monitor = (), None
+    if recipe.uses_probe:
+        probes, monitor = _stop_probes(args.base, finetuned, spec, recipe, examples)
+    out = train_adapter(args.base, spec, examples, recipe, args.out, progress=not args.no_progress,
+                        probes=probes, monitor=monitor)
     record = json.loads((out / TRAINING_FILE).read_text(encoding="utf-8"))
+    kept = (f"{recipe.stop_on} {record['best_signal']:.4g}" if recipe.uses_probe
+            else f"validation loss {record['best_validation_loss']}")
     print(
         f"{out}: {record['n_train']} training / {record['n_validation']} validation examples, "
-        f"best epoch {record['best_epoch']} of {record['epochs_run']}, validation loss "
-        f"{record['best_validation_loss']}, {record['examples_per_second']:.1f} examples/s",
+        f"best epoch {record['best_epoch']} of {record['epochs_run']}, {kept}, "
+        f"{record['examples_per_second']:.1f} examples/s",
         file=sys.stdout,
     )
     return 0
+
+
+def _stop_probes(base: str, finetuned: str | None, spec, recipe: TrainingRecipe, examples: list) -> tuple:
+    """The stop signal's probe on texts of the task's training split that were not selected, and
+    what identifies it in the training key (the texts' source and θf), so an output folder trained
+    against another θf is not reused."""
+    from lm_eval_approx.models.loading import model_fingerprint
+    from lm_eval_approx.training.stop_signals import stop_probes
+
+    texts = monitor_texts(spec, recipe, {example.text for example in examples})
+    probes = stop_probes(spec, recipe, texts, base=base, finetuned=finetuned, max_length=recipe.max_length)
+    monitor = {"corpus": TASK_TEXTS, **({"finetuned": model_fingerprint(finetuned)} if recipe.uses_teacher else {})}
+    return probes, json.dumps(monitor, sort_keys=True)

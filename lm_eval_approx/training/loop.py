@@ -89,12 +89,15 @@ class TrainResult:
 
 
 def training_key(base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe,
-                 add_bos_token: bool | None = None) -> str:
+                 add_bos_token: bool | None = None, monitor: str | None = None) -> str:
     """Hash of everything the trained weights depend on (``add_bos_token`` only when set, so keys
-    made before it existed stay valid)."""
+    made before it existed stay valid). ``monitor`` names what a probe stop signal was measured
+    with (its texts' source and θf), which picks the kept epoch; a cached stage keys it itself."""
     parts = [resolve_model(base), task_key(spec), selection_hash(examples), recipe.recipe_hash()]
     if add_bos_token is not None:
         parts.append(f"add_bos_token={add_bos_token}")
+    if monitor is not None:
+        parts.append(f"monitor={monitor}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:KEY_CHARS]
 
 
@@ -134,7 +137,7 @@ def _loader(rows, batch_size: int, pad_id: int, sampler=None):
 def train_model(
     base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, work_dir: str | Path,
     *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, full_logits: bool = False,
-    probes: Sequence[Probe] = (), add_bos_token: bool | None = None,
+    probes: Sequence[Probe] = (), add_bos_token: bool | None = None, monitor: str | None = None,
 ) -> TrainResult:
     """Train θ0 (``base``) on ``examples``; checkpoints go to ``work_dir`` (resumed when they match).
 
@@ -152,7 +155,7 @@ def train_model(
 
     if not examples:
         raise ConfigError("examples", examples, "at least one training example")
-    work_dir, key = Path(work_dir), training_key(base, spec, examples, recipe, add_bos_token)
+    work_dir, key = Path(work_dir), training_key(base, spec, examples, recipe, add_bos_token, monitor)
     on_signal = recipe.uses_probe
     higher_better = direction(probes, recipe.stop_on) if on_signal else False
     model, tokenizer = prepare_model(base, recipe)
@@ -322,17 +325,17 @@ def is_complete(out_dir: str | Path, key: str | None = None) -> bool:
 def train_adapter(
     base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, out_dir: str | Path,
     *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, probes: Sequence[Probe] = (),
-    add_bos_token: bool | None = None,
+    add_bos_token: bool | None = None, monitor: str | None = None,
 ) -> Path:
     """Train and save to ``out_dir`` (see the module docstring); a finished folder of the same
     inputs is returned as it is."""
     out_dir = Path(out_dir).expanduser().resolve()
-    if is_complete(out_dir, training_key(base, spec, examples, recipe, add_bos_token)):
+    if is_complete(out_dir, training_key(base, spec, examples, recipe, add_bos_token, monitor)):
         logger.info("%s already holds this training; reusing it", out_dir)
         return out_dir
     work_dir = work_dir_for(out_dir)
     result = train_model(base, spec, examples, recipe, work_dir, progress=progress, on_epoch_end=on_epoch_end,
-                         probes=probes, add_bos_token=add_bos_token)
+                         probes=probes, add_bos_token=add_bos_token, monitor=monitor)
     save_training(result, base, spec, examples, recipe, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir

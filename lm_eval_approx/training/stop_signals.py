@@ -1,0 +1,92 @@
+"""What a retraining's stop signal is measured on, and the probe that measures it.
+
+One place for the two callers that retrain θ0 on a selection under a probe signal
+(``TrainingRecipe.uses_probe``): the pipeline (the leaderboard and ``--model approx``) and the
+``train`` command (a selection file). Both must draw the same monitor texts, or the same selection
+under the same rule would keep a different epoch depending on how it was retrained.
+
+* ``teacher_*``: ``monitor_size`` unselected documents of the candidate pool (only the pipeline
+  has a pool).
+* ``task_*``: unlabelled texts of the task's own training split, minus any text that was selected.
+
+Each draw uses the recipe's seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.training.recipe import (
+    POOL_SIGNALS,
+    TASK_AGREEMENT,
+    TASK_KL,
+    TASK_LOSS,
+    TASK_SIGNALS,
+    TEACHER_AGREEMENT,
+    TEACHER_KL,
+    TrainingRecipe,
+)
+
+TASK_TEXTS = "task:train"  # a task_* signal's monitor texts: the task's training split (keyed by the task)
+
+
+def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[str],
+                  pool: tuple[Sequence[str], Sequence[str]] | None = None,
+                  selected_ids: set[str] = frozenset()) -> list[str]:
+    """The texts ``recipe.stop_on`` is measured on: for a ``teacher_*`` signal, unselected documents
+    of ``pool`` (its texts and ids; ``selected_ids`` are left out); for a ``task_*`` signal,
+    texts of the task's training split that are not in ``selected_texts``."""
+    from lm_eval_approx.tasks.documents import has_training_texts
+    from lm_eval_approx.training.examples import task_examples
+    from lm_eval_approx.training.probes import held_out_texts
+
+    if recipe.stop_on in POOL_SIGNALS:
+        if pool is None:
+            raise ConfigError("stop_on", recipe.stop_on, "a task signal (" + ", ".join(TASK_SIGNALS) + ") or "
+                              "validation_loss: a pool signal needs the candidate pool, which a selection file "
+                              "alone does not have")
+        texts, ids = pool
+        return held_out_texts(texts, ids, set(selected_ids), recipe.monitor_size, recipe.seed)
+    if not has_training_texts(spec):
+        raise ConfigError("stop_on", recipe.stop_on, f"a task with a training split to draw its monitor texts from "
+                          f"({spec.name} has none), or stop_on validation_loss")
+    examples = task_examples(spec, recipe.monitor_size, recipe.seed)
+    texts = [example.text for example in examples if example.text not in selected_texts]
+    if not texts:
+        raise ConfigError("stop_on", recipe.stop_on, "a task whose training split has texts outside the selection")
+    return texts
+
+
+def check_teacher(spec: TaskSpec, recipe: TrainingRecipe, finetuned: str | None) -> None:
+    """A named error, before any text is drawn, when ``recipe.stop_on`` cannot be measured here: a
+    teacher signal on a language-modelling task, or a teacher signal without θf."""
+    if not recipe.uses_teacher:
+        return
+    if spec.kind != CLASSIFICATION:
+        raise ConfigError("stop_on", recipe.stop_on, "validation_loss or task_loss for a language-modelling task "
+                          "(teacher signals compare choice distributions of a classification task)")
+    if finetuned is None:
+        raise ConfigError("finetuned", None, f"θf (a model folder, hub id or .gguf file): stop_on {recipe.stop_on} "
+                          "compares the retrained model with it")
+
+
+def stop_probes(spec: TaskSpec, recipe: TrainingRecipe, texts: Sequence[str], *, base: str,
+                finetuned: str | None = None, batch_size: int = 16, max_length: int = 128,
+                add_bos_token: bool | None = None) -> list:
+    """The probe of ``recipe.stop_on`` on ``texts``: the task loss itself (``task_loss``, language
+    modelling), or θf against the model being retrained (``teacher_*``, ``task_kl``,
+    ``task_agreement``: classification; θf is loaded, read once, and released here)."""
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+    from lm_eval_approx.training.probes import loss_probe, teacher_probes
+
+    if recipe.stop_on == TASK_LOSS:
+        return [loss_probe(spec, texts, batch_size, max_length, add_bos_token=add_bos_token)]
+    check_teacher(spec, recipe, finetuned)
+    names = (TASK_KL, TASK_AGREEMENT) if recipe.stop_on in TASK_SIGNALS else (TEACHER_KL, TEACHER_AGREEMENT)
+    teacher = load_model(finetuned)
+    probe = teacher_probes(teacher, load_tokenizer(base), spec, texts, batch_size, max_length,
+                           add_bos_token=add_bos_token, names=names)
+    del teacher
+    return [probe]
