@@ -277,7 +277,8 @@ def test_the_train_command_retrains_a_selection_file_under_the_rule(tiny_llama, 
     assert json.loads((out / TRAINING_FILE).read_text())["key"] != key
 
 
-def test_the_train_command_rule_for_language_modelling_needs_no_finetuned(tiny_llama, mirror, tmp_path, monkeypatch):
+def test_the_train_command_rule_for_language_modelling_needs_no_finetuned(tiny_llama, mirror, tmp_path, monkeypatch,
+                                                                         caplog):
     from lm_eval_approx.cli import main
     from lm_eval_approx.data.selection_file import SelectedExample, write_selection
     from lm_eval_approx.training.loop import TRAINING_FILE
@@ -287,9 +288,14 @@ def test_the_train_command_rule_for_language_modelling_needs_no_finetuned(tiny_l
                             label_text=None, order=i, source="pool")
             for i, w in enumerate(["river", "mill", "market", "chip"])]
     selection = write_selection(tmp_path / "sel.jsonl", rows)
-    assert main(["train", "--base", tiny_llama, "--task", "approx_msmarco", "--data", str(selection), "--out",
-                 str(tmp_path / "lm"), "--retraining-rule", "--epochs", "1", "--batch-size", "4",
-                 "--max-length", "64", "--validation-fraction", "0", "--monitor-size", "3", "--no-progress"]) == 0
+    argv = ["train", "--base", tiny_llama, "--task", "approx_msmarco", "--data", str(selection), "--out",
+            str(tmp_path / "lm"), "--retraining-rule", "--epochs", "1", "--batch-size", "4",
+            "--max-length", "64", "--validation-fraction", "0", "--monitor-size", "3", "--no-progress"]
+    assert main(argv) == 0
     history = json.loads((tmp_path / "lm" / TRAINING_FILE).read_text())
     assert history["stop_on"] == TASK_LOSS and len(history["probes"][TASK_LOSS]) == 2
     assert history["probes"][TASK_LOSS][history["best_epoch"]] == min(history["probes"][TASK_LOSS])
+    with caplog.at_level("WARNING"):  # θf given anyway: said to be unused, and the folder is reused as it is
+        assert main([*argv, "--finetuned", tiny_llama]) == 0
+    assert "does not use it" in caplog.text
+    assert json.loads((tmp_path / "lm" / TRAINING_FILE).read_text())["key"] == history["key"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from lm_eval_approx.plugins.registry import include_task_folders
@@ -36,6 +37,8 @@ from lm_eval_approx.training.stop_signals import (
     check_teacher,
     monitor_texts,
 )
+
+logger = logging.getLogger(__name__)
 
 SELECTION = "selection"
 CORPUS = "corpus"
@@ -104,6 +107,9 @@ def train_command(args: argparse.Namespace) -> int:
     finetuned = getattr(args, "finetuned", None)
     if recipe.uses_probe:
         check_teacher(spec, recipe, finetuned)
+    if finetuned is not None and not recipe.uses_teacher:
+        logger.warning("--finetuned is read only by a teacher stop signal (task_agreement, task_kl); this "
+                       "training stops on %s and does not use it", recipe.stop_on)
     examples = load_examples(args, spec, recipe.seed)
     probes, monitor = (), None
     if recipe.uses_probe:
