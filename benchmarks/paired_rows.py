@@ -4,7 +4,12 @@ leaderboard's "Δ vs random" column uses), over the seeds both rows finished, th
 
     python benchmarks/paired_rows.py --out results/cpu/agnews_rule --row select_quota_rule --against select_rule
     python benchmarks/paired_rows.py --out results/cpu/agnews_rule --row select_rule --against random_rule --k 300
+    python benchmarks/paired_rows.py --out results/cpu/agnews_ceiling --row indomain_rule \
+        --against-out results/cpu/agnews_rule --against select_quota_rule --all-seeds
 
+``--against-out`` reads the reference row from another grid scored on the same documents (same
+target, limit and document ids, checked). ``--all-seeds`` pairs each row's mean over all of its
+seeds instead of the seeds both finished (for a row against θ0 or the expert, which have one run).
 "Beats" means the interval excludes 0. The interval resamples documents (the seeds' scores averaged
 per document), so the per-seed deltas are printed too: seed noise shows there.
 """
@@ -22,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def runs_of(out: Path, label: str, k: int | None, metric: str) -> dict[int, dict[str, float]]:
-    """seed → per-document metric of every finished cell of row ``label`` (at budget ``k``)."""
-    runs = {}
+def runs_of(out: Path, label: str, k: int | None, metric: str) -> tuple[dict[int, dict[str, float]], set]:
+    """seed → per-document metric of every finished cell of row ``label`` (at budget ``k``), and
+    the (target, limits) those cells were scored with."""
+    runs, scored = {}, set()
     for path in sorted((out / "results").glob("*.json")):
         leaderboard = json.loads(path.read_text(encoding="utf-8"))["config"].get("leaderboard", {})
         if leaderboard.get("label") != label or (k is not None and leaderboard.get("k") != k):
@@ -32,7 +38,8 @@ def runs_of(out: Path, label: str, k: int | None, metric: str) -> dict[int, dict
         per_doc = leaderboard.get("per_doc", {}).get(metric)
         if per_doc:
             runs[int(leaderboard["seed"])] = per_doc
-    return runs
+            scored.add((leaderboard.get("target"), json.dumps(leaderboard.get("limits"), sort_keys=True)))
+    return runs, scored
 
 
 def describe(name: str, runs: dict[int, dict[str, float]]) -> str:
@@ -50,17 +57,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", required=True, help="strategy label of the reference row")
     parser.add_argument("--k", type=int, default=None, help="budget (default: every budget; give it when a row has several)")
     parser.add_argument("--metric", default="acc")
+    parser.add_argument("--against-out", type=Path, default=None,
+                        help="the leaderboard folder of the --against row (default: --out), scored on the same documents")
+    parser.add_argument("--all-seeds", action="store_true",
+                        help="pair each row's mean over all its seeds, not only the seeds both rows finished")
     args = parser.parse_args(argv)
-    row, ref = (runs_of(args.out, label, args.k, args.metric) for label in (args.row, args.against))
-    for name, runs in ((args.row, row), (args.against, ref)):
+    ref_out = args.against_out or args.out
+    (row, row_scored), (ref, ref_scored) = (runs_of(out, label, args.k, args.metric)
+                                            for out, label in ((args.out, args.row), (ref_out, args.against)))
+    for out, name, runs in ((args.out, args.row, row), (ref_out, args.against, ref)):
         if not runs:
-            raise SystemExit(f"{args.out}: no finished cell of row {name!r} with per-document {args.metric!r}")
+            raise SystemExit(f"{out}: no finished cell of row {name!r} with per-document {args.metric!r}")
+    documents = [set(run) for run in (*row.values(), *ref.values())]
+    if row_scored != ref_scored or any(ids != documents[0] for ids in documents):
+        raise SystemExit(f"rows {args.row!r} and {args.against!r} were not scored on the same documents "
+                         f"(target and limits {sorted(row_scored)} vs {sorted(ref_scored)}); a paired interval needs them")
+    print(describe(args.row, row))
+    print(describe(args.against, ref))
+    if args.all_seeds:
+        both = paired_interval(list(row.values()), list(ref.values()), args.metric)
+        print(f"{args.row} (seeds {sorted(row)}) − {args.against} (seeds {sorted(ref)}): {both.delta:+.3f} "
+              f"[{both.low:+.3f}, {both.high:+.3f}] ({both.documents} documents)"
+              f"{'  excludes 0' if both.low > 0 or both.high < 0 else ''}")
+        return 0
     seeds = sorted(set(row) & set(ref))
     if not seeds:
         raise SystemExit(f"rows {args.row!r} (seeds {sorted(row)}) and {args.against!r} (seeds {sorted(ref)}) "
-                         "share no seed")
-    print(describe(args.row, row))
-    print(describe(args.against, ref))
+                         "share no seed; --all-seeds pairs their means over all their seeds")
     both = paired_interval([row[s] for s in seeds], [ref[s] for s in seeds], args.metric)
     print(f"{args.row} − {args.against} over seeds {seeds}: {both.delta:+.3f} [{both.low:+.3f}, {both.high:+.3f}] "
           f"({both.documents} documents){'  excludes 0' if both.low > 0 or both.high < 0 else ''}")
