@@ -428,6 +428,25 @@ def test_a_retraining_on_a_teacher_signal_is_costed_at_its_cap_plus_its_probes()
     assert lm - lm_plain == pytest.approx(lm_cells * 256 * (8 + 1) / CPU_RATES["loss"])
 
 
+def test_language_modelling_retraining_is_costed_at_the_whole_text_rate():
+    """An MS MARCO retraining trains on whole passages: its cells and its expert are costed at
+    train_text, a classification grid's at train (measured side by side, estimate.py)."""
+    from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
+
+    config = load_config(None, "cpu-msmarco", ["retraining={}"])
+    seconds = estimate(config).seconds
+    cells = [cell for cell in config.cells() if cell.kind == "approx"]
+    assert seconds["retraining"] == pytest.approx(
+        sum(cell.k * config.retraining_for(cell.label).epochs for cell in cells) / CPU_RATES["train_text"])
+    assert seconds["expert"] == pytest.approx(
+        config.expert.size * config.recipe_for(config.expert.recipe).epochs / CPU_RATES["train_text"])
+    agnews = load_config(None, "cpu-small", ["retraining={}", "recipe={lora_layers: 0}"])
+    expert_recipe = agnews.recipe_for(agnews.expert.recipe)
+    assert expert_recipe.method == "lora" and not expert_recipe.lora_layers
+    assert estimate(agnews).seconds["expert"] == pytest.approx(
+        agnews.expert.size * expert_recipe.epochs / CPU_RATES["train"])
+
+
 def test_scoring_is_costed_by_how_lm_eval_scores_each_task():
     """Whole passages in rolling windows at the text rate; multiple choice and the one-request
     last-word task at the choice rate."""

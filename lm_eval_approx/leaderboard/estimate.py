@@ -16,7 +16,7 @@ The CPU rates are what the ``results/cpu`` grids measured with SmolLM2-135M on t
 2.6/s, pseudo-labels 6/s (MS MARCO) and ~6/s (AG News, 4 choices in one packed row; `make demo`,
 2026-12-02: 800 candidates in 126 s, and 300 test documents scored in ~53 s a model, loading
 included), θ0 losses ~8/s, LoRA training
-2.0 examples/s (LoRA on the head only or on the top blocks: the default's rate over the time
+2.0 examples/s for classification and 1.1/s on whole passages (language modelling) (LoRA on the head only or on the top blocks: the default's rate over the time
 ratio ``benchmarks/memory.py`` measured for it). The GPU rates are an assumed speed-up, so the GPU figure is an order of magnitude,
 not a promise.
 
@@ -37,8 +37,11 @@ from lm_eval_approx.strategies.base import FEATURES, LOSS_BASE
 from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
 
-CPU_RATES = {"train": 2.0, "label_text": 6.0, "loss": 8.0, "features_head": 5.3, "features_changed": 2.6,
+CPU_RATES = {"train": 2.0, "train_text": 1.1, "label_text": 6.0, "loss": 8.0, "features_head": 5.3, "features_changed": 2.6,
              "score_choice": 5.5, "score_text": 1.0}
+# train_text: language-modelling retraining trains on whole passages, not on a label token after a
+# 64-word prompt; side by side on one thread each (session 14, 2026-12-03) an MS MARCO cell trained at
+# 0.76 examples/s and an AG News cell at 1.37/s, so 0.55 of the classification rate.
 HEAD_PARAMS = ("head", "head_labels")
 GPU_SPEEDUP = 40.0
 # Training time of the cheaper LoRA recipes relative to the default, side by side in one run of
@@ -88,14 +91,16 @@ def _scoring_rate(rates: dict[str, float], name: str) -> float:
     return rates["score_text"] if kind == "loglikelihood_rolling" else rates["score_choice"]
 
 
-def _train_rate(rates: dict[str, float], recipe) -> float:
-    """Examples per second of ``recipe``: the default LoRA rate, faster when the backward pass
-    stops early (LoRA on the head only, or on the top ``lora_layers`` blocks)."""
+def _train_rate(rates: dict[str, float], recipe, task: str) -> float:
+    """Examples per second of ``recipe`` on ``task``: the default LoRA rate (classification, or
+    whole texts for a language-modelling task), faster when the backward pass stops early (LoRA on
+    the head only, or on the top ``lora_layers`` blocks)."""
+    rate = rates["train" if _is_choice_task(task) else "train_text"]
     if recipe.method != "lora":
-        return rates["train"]
+        return rate
     if tuple(recipe.target_modules) == ("head",):
-        return rates["train"] / HEAD_ONLY_TIME
-    return rates["train"] / TOP_BLOCKS_TIME if recipe.lora_layers else rates["train"]
+        return rate / HEAD_ONLY_TIME
+    return rate / TOP_BLOCKS_TIME if recipe.lora_layers else rate
 
 
 def _feature_rate(rates: dict[str, float], params: str) -> float:
@@ -116,7 +121,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             unknown.append("expert training (expert.size is null: the whole corpus)")
         else:
             recipe = config.recipe_for(config.expert.recipe)
-            seconds["expert"] = config.expert.size * recipe.epochs / _train_rate(rates, recipe)
+            seconds["expert"] = config.expert.size * recipe.epochs / _train_rate(rates, recipe, config.task)
     cells = config.chosen_cells(only)
     labels = {cell.label for cell in cells if cell.kind == APPROX and cell.id not in done}
     strategies = [s for s in config.strategies if s.label in labels]
@@ -139,7 +144,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             continue
         if cell.kind == APPROX:
             recipe = config.retraining_for(cell.label)
-            seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe)
+            seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe, config.task)
             if recipe.uses_probe:  # θ0 and every epoch (and θf, once, for a teacher) score the monitor texts
                 passes = recipe.epochs + (2 if recipe.uses_teacher else 1)
                 rate = rates["score_choice"] if recipe.uses_teacher else rates["loss"]  # task_loss: one loss pass
