@@ -42,8 +42,19 @@ def runs_of(out: Path, label: str, k: int | None, metric: str) -> tuple[dict[int
     return runs, scored
 
 
-def describe(name: str, runs: dict[int, dict[str, float]]) -> str:
-    scores = [float(np.mean(list(run.values()))) for run in runs.values()]
+def score(run: dict[str, object], metric: str) -> float:
+    """One run's metric over its documents: the mean, or for a perplexity-type metric its
+    aggregate of the summed (log-likelihood, weight) pairs, as lm-eval computes it."""
+    from lm_eval_approx.leaderboard.intervals import PAIR_AGGREGATES
+
+    values = np.asarray(list(run.values()), dtype=np.float64)
+    if values.ndim == 2:
+        return PAIR_AGGREGATES[metric](values[:, 0].sum(), values[:, 1].sum())
+    return float(values.mean())
+
+
+def describe(name: str, runs: dict[int, dict[str, float]], metric: str) -> str:
+    scores = [score(run, metric) for run in runs.values()]
     spread = f" ± {np.std(scores, ddof=1):.3f}" if len(scores) > 1 else ""
     return f"{name}: {np.mean(scores):.3f}{spread} over seeds {sorted(runs)} ({', '.join(f'{s:.3f}' for s in scores)})"
 
@@ -72,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if row_scored != ref_scored or any(ids != documents[0] for ids in documents):
         raise SystemExit(f"rows {args.row!r} and {args.against!r} were not scored on the same documents "
                          f"(target and limits {sorted(row_scored)} vs {sorted(ref_scored)}); a paired interval needs them")
-    print(describe(args.row, row))
-    print(describe(args.against, ref))
+    print(describe(args.row, row, args.metric))
+    print(describe(args.against, ref, args.metric))
     if args.all_seeds:
         both = paired_interval(list(row.values()), list(ref.values()), args.metric)
         print(f"{args.row} (seeds {sorted(row)}) − {args.against} (seeds {sorted(ref)}): {both.delta:+.3f} "

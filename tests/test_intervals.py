@@ -181,6 +181,9 @@ def test_paired_rows_compares_rows_of_one_grid_or_of_two_on_the_same_documents(t
     assert f"(seeds [1, 2]) − expert (seeds [0]): {every.delta:+.3f}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="share no seed; --all-seeds"):
         module.main(["--out", str(one), "--row", "select", "--against-out", str(other), "--against", "expert"])
+    pairs = {"d0": [-2.0, 1.0], "d1": [-4.0, 1.0]}  # a perplexity from summed pairs, not a mean of them
+    assert module.score(pairs, "word_perplexity") == pytest.approx(math.exp(3.0))
+    assert module.score({"d0": 1.0, "d1": 0.0}, "acc") == 0.5
     with pytest.raises(SystemExit, match="not scored on the same documents"):
         module.main(["--out", str(one), "--row", "quota", "--against-out", str(elsewhere), "--against", "expert",
                      "--all-seeds"])
