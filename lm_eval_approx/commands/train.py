@@ -105,15 +105,11 @@ def train_command(args: argparse.Namespace) -> int:
         base_recipe = TrainingRecipe.from_dict({**(base_recipe or TrainingRecipe()).to_dict(), **rule_for_task(spec)})
     recipe = recipe_from_args(args, base_recipe)
     finetuned = getattr(args, "finetuned", None)
-    if recipe.uses_probe:
-        check_teacher(spec, recipe, finetuned)
     if finetuned is not None and not recipe.uses_teacher:
         logger.warning("--finetuned is read only by a teacher stop signal (task_agreement, task_kl); this "
                        "training stops on %s and does not use it", recipe.stop_on)
     examples = load_examples(args, spec, recipe.seed)
-    probes, monitor = (), None
-    if recipe.uses_probe:
-        probes, monitor = _stop_probes(args.base, finetuned, spec, recipe, examples)
+    probes, monitor = _stop_probes(args.base, finetuned, spec, recipe, examples) if recipe.uses_probe else ((), None)
     out = train_adapter(args.base, spec, examples, recipe, args.out, progress=not args.no_progress,
                         probes=probes, monitor=monitor)
     record = json.loads((out / TRAINING_FILE).read_text(encoding="utf-8"))
@@ -135,6 +131,7 @@ def _stop_probes(base: str, finetuned: str | None, spec, recipe: TrainingRecipe,
     from lm_eval_approx.models.loading import model_fingerprint
     from lm_eval_approx.training.stop_signals import stop_probes
 
+    check_teacher(spec, recipe, finetuned)  # before any text is drawn or model loaded
     texts = monitor_texts(spec, recipe, {example.text for example in examples})
     probes = stop_probes(spec, recipe, texts, base=base, finetuned=finetuned, max_length=recipe.max_length)
     monitor = {"corpus": TASK_TEXTS, **({"finetuned": model_fingerprint(finetuned)} if recipe.uses_teacher else {})}
