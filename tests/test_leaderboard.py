@@ -88,6 +88,22 @@ def test_tiny_preset_end_to_end(tiny_run, capsys):
             assert float(row["gap_closed_vs_random"]) == pytest.approx((mean - random_mean) / (expert - random_mean), abs=1e-3)
         if row["k"]:
             assert float(row["training_s"]) > 0 and row["vocab_containment"] != "" and row["sources"]
+        # each trained cell records the epoch its stop rule kept, as its training record says
+        kept = []
+        for cell in sorted(cells, key=lambda c: c["config"]["leaderboard"]["seed"]):
+            record = cell["config"]["leaderboard"].get("retraining")
+            if row["strategy"] == "theta0":
+                assert record is None
+                continue
+            folder = (cell["config"]["approx"]["adapter"] if row["k"]
+                      else cell["config"]["model_args"].split("peft=")[-1])
+            history = json.loads((Path(folder) / "training.json").read_text())
+            assert record["kept_epoch"] == history["best_epoch"] and record["epochs_run"] == history["epochs_run"]
+            stop_on = history.get("stop_on") or "validation_loss"
+            assert record["stop_on"] == stop_on
+            assert record["signal"] == history["probes"].get(stop_on, history["validation_loss"])
+            kept.append(f"{history['best_epoch']}/{history['epochs_run']}")
+        assert row["kept_epoch"] == " ".join(kept)
     random_row = next(r for r in rows if r["strategy"] == "random")
     assert random_row["seeds"] == "0 1"
     # the pseudo-labels column counts θf's labels of the selected documents, read back from the selection file
@@ -111,6 +127,42 @@ def test_tiny_preset_end_to_end(tiny_run, capsys):
     capsys.readouterr()
     assert main(["leaderboard", "--show", str(out)]) == 0
     assert capsys.readouterr().out == (out / "leaderboard.md").read_text()
+
+
+def test_retraining_records_fills_cells_saved_before_the_record_from_the_stage_cache(tiny_run, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """benchmarks/retraining_records.py --write gives a cell saved without a ``retraining`` record the
+    one it would have saved (read from its cached training stage), changes nothing else, and
+    regenerates the tables; a cell recorded already is left as it is."""
+    import importlib.util
+
+    out, _, cache = tiny_run
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", cache)
+    spec = importlib.util.spec_from_file_location(
+        "retraining_records", Path(__file__).resolve().parents[1] / "benchmarks" / "retraining_records.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    recorded = {}
+    for path in sorted((old / "results").glob("*.json")):
+        cell = json.loads(path.read_text())
+        recorded[path.name] = cell["config"]["leaderboard"].pop("retraining", None)
+        if path.name != "random-k4-s1.json":  # this one keeps its record
+            path.write_text(json.dumps(cell, indent=2, ensure_ascii=False) + "\n")
+    before = {p.name: json.loads(p.read_text()) for p in (old / "results").glob("*.json")}
+    assert all(not any(row.kept_epochs) for row in build_board(old).rows if row.label != "random")
+    assert module.main(["--out", str(old), "--write"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(recorded) - 2} results JSONs given a retraining record" in printed  # not θ0, not random s1
+    for path in sorted((old / "results").glob("*.json")):
+        cell = json.loads(path.read_text())
+        assert cell["config"]["leaderboard"].get("retraining") == recorded[path.name], path.name
+        cell["config"]["leaderboard"].pop("retraining", None)
+        before[path.name]["config"]["leaderboard"].pop("retraining", None)
+        assert cell == before[path.name], f"{path.name}: only the record may change"
+    assert (old / "leaderboard.csv").read_text() == (out / "leaderboard.csv").read_text()
+    assert "kept epoch" in (old / "leaderboard.md").read_text()
 
 
 def test_resume_after_kill_redoes_only_the_unfinished_cell(tiny_run, monkeypatch, capsys):

@@ -16,6 +16,9 @@ Beside each approximation row: Δ vs random, the row's metric minus that random 
 test documents, with its paired bootstrap 95% interval (``leaderboard/intervals.py``; seeds are
 averaged per document first). A row beats random when the interval excludes 0 on the better side.
 Cells scored before per-document values were kept have no interval.
+
+"kept epoch" lists, per seed, the epoch the retraining's stop rule kept of the epochs it ran
+(``2/4``; ``0/2`` would be θ0 itself), from the ``retraining`` record each cell saves.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0
 from lm_eval_approx.leaderboard.intervals import Interval, paired_interval
 from lm_eval_approx.leaderboard.runner import CONFIG_SNAPSHOT, RESULTS_DIR, result_files
 from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.summary import kept_text
 
 MD_FILE, CSV_FILE = "leaderboard.md", "leaderboard.csv"
 RANDOM = "random"
@@ -57,6 +61,7 @@ class Row:
     extras: dict[str, float | None] = field(default_factory=dict)
     selection_seconds: float | None = None
     training_seconds: float | None = None
+    kept_epochs: list[str] = field(default_factory=list)
     similarity: dict[str, float | None] = field(default_factory=dict)
     sources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, float] = field(default_factory=dict)
@@ -143,6 +148,7 @@ def build_board(out: str | Path) -> Board:
         row.extras = {col: _mean([task_metric(c, t)[0] for c, _ in members]) for col, t in zip(extra_columns, extra_tasks)}
         row.selection_seconds = _mean([e.get("selection_seconds") for _, e in members])
         row.training_seconds = _mean([e.get("training_seconds") for _, e in members])
+        row.kept_epochs = [kept_text(e.get("retraining")) for _, e in members]
         row.similarity = {key: _mean([e.get("similarity", {}).get(key) for _, e in members]) for key in SIMILARITY_KEYS}
         row.sources = _mean_fractions([e.get("sources", {}) for _, e in members])
         row.labels = _mean_fractions([e.get("labels", {}) for _, e in members])
@@ -233,7 +239,7 @@ def _fmt(value: float | None, digits: int = DIGITS) -> str:
 
 def columns(board: Board) -> list[str]:
     return ["strategy", "k", "seeds", board.metric, f"{board.metric}_std", "gap_closed_vs_random",
-            "gap_closed_vs_theta0", "delta_vs_random", "delta_vs_random_ci_low", "delta_vs_random_ci_high", *board.extra_columns, "selection_s", "training_s", *SIMILARITY_KEYS, "sources",
+            "gap_closed_vs_theta0", "delta_vs_random", "delta_vs_random_ci_low", "delta_vs_random_ci_high", *board.extra_columns, "selection_s", "training_s", "kept_epoch", *SIMILARITY_KEYS, "sources",
             "labels", "true_documents"]
 
 
@@ -243,8 +249,13 @@ def row_values(board: Board, row: Row) -> list[str]:
             _fmt(row.std), _fmt(row.gap_random, 3), _fmt(row.gap_theta0, 3),
             *[_fmt(getattr(row.vs_random, name, None)) for name in ("delta", "low", "high")],
             *[_fmt(row.extras.get(c)) for c in board.extra_columns], _fmt(row.selection_seconds, 1),
-            _fmt(row.training_seconds, 1), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS],
+            _fmt(row.training_seconds, 1), _kept(row), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS],
             _fractions(row.sources, 3), _fractions(row.labels, 3), _fmt(row.true_documents, 1)]
+
+
+def _kept(row: Row) -> str:
+    """Each seed's kept epoch of the epochs run (``2/4 1/3``), empty when no seed recorded one."""
+    return " ".join(k or "?" for k in row.kept_epochs) if any(row.kept_epochs) else ""
 
 
 def to_csv(board: Board) -> str:
@@ -263,9 +274,10 @@ def to_markdown(board: Board) -> str:
     with_labels = any(row.labels for row in board.rows)
     with_true = any(row.true_documents for row in board.rows)
     with_intervals = any(row.vs_random for row in board.rows)
+    with_kept = any(_kept(row) for row in board.rows)
     header = ["strategy", "k", "seeds", f"{board.target} {board.metric} ({direction} is better)",
               "gap closed vs random", *(["Δ vs random [95% CI]"] if with_intervals else []), "gap closed vs θ0", *board.extra_columns, "selection s", "training s",
-              *SIMILARITY_KEYS, *(["pseudo-labels %"] if with_labels else []),
+              *(["kept epoch"] if with_kept else []), *SIMILARITY_KEYS, *(["pseudo-labels %"] if with_labels else []),
               *(["true training docs"] if with_true else [])]
     lines = [f"# {board.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in board.rows:
@@ -275,7 +287,7 @@ def to_markdown(board: Board) -> str:
                  *([interval_text(row.vs_random, board.higher_is_better)] if with_intervals else []),
                  pct(row.gap_theta0), *[_fmt(row.extras.get(c)) for c in board.extra_columns],
                  _fmt(row.selection_seconds, 1), _fmt(row.training_seconds, 1),
-                 *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS]]
+                 *([_kept(row)] if with_kept else []), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS]]
         if with_labels:
             cells.append(" ".join(f"{name} {100 * share:.0f}" for name, share in sorted(row.labels.items())))
         if with_true:

@@ -59,6 +59,7 @@ from lm_eval_approx.pipeline import (
 from lm_eval_approx.tasks.specs import get_task_spec, task_key
 from lm_eval_approx.training.examples import corpus_examples, task_examples
 from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.summary import TRAINING_FILE, read_retraining_summary
 
 logger = logging.getLogger(__name__)
 
@@ -308,19 +309,24 @@ def true_data(config: LeaderboardConfig) -> TrueData:
 def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expert: str) -> dict:
     """Our ``config.leaderboard`` record: cell identity, costs, and similarity to the true data
     (including ``true_documents``: how many selected documents the expert was trained on, which is
-    non-zero only when the candidate pool holds some of its training data)."""
+    non-zero only when the candidate pool holds some of its training data), and for a trained model
+    ``retraining``: the epoch its stop rule kept, of how many, and the signal's curve."""
 
     extras: dict[str, Any] = {"cell": cell.id, "kind": cell.kind, "label": cell.label or cell.kind,
                               "k": cell.k, "seed": cell.seed, "cell_hash": cell_hash(config, cell),
                               "target": config.task, "metric": config.metric,
                               "limits": {t.name: t.limit for t in config.tasks()}}
     if cell.kind == EXPERT:
-        training = Path(expert) / "training.json"
+        training = Path(expert) / TRAINING_FILE
         if training.is_file():
             extras["training_seconds"] = json.loads(training.read_text(encoding="utf-8")).get("train_seconds")
+            extras["retraining"] = read_retraining_summary(expert)
     if cell.kind != APPROX:
         return extras
     info = lm.get_model_info()["approx"]
+    summary = read_retraining_summary(info["adapter"])
+    if summary is not None:
+        extras["retraining"] = summary
     extras["strategy"] = config.strategy(cell.label).name
     extras["selection_seconds"] = round(_stage_seconds(SELECTION_STAGES, info["stage_keys"]), 3)
     extras["training_seconds"] = round(_stage_seconds((TRAINING_STAGE,), info["stage_keys"]), 3)

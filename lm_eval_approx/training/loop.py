@@ -61,6 +61,7 @@ from lm_eval_approx.training.loss import batch_example_losses
 from lm_eval_approx.training.probes import Probe, direction, improves, run_probes
 from lm_eval_approx.training.model import prepare_model
 from lm_eval_approx.training.recipe import BALANCED, FULL, NO_BALANCE, TrainingRecipe
+from lm_eval_approx.training.summary import TRAINING_FILE
 from lm_eval_approx.training.resume import (
     CHECKPOINT_FILE,
     read_checkpoint,
@@ -71,7 +72,6 @@ from lm_eval_approx.training.resume import (
 logger = logging.getLogger(__name__)
 
 RECIPE_FILE = "recipe.json"
-TRAINING_FILE = "training.json"
 CURVES_FILE = "curves.json"
 WORK_SUFFIX = ".partial"
 SHUFFLE_STRIDE = 1_000_003
