@@ -24,3 +24,5 @@ def test_a_record_saved_before_stop_on_existed_stopped_on_validation_loss(tmp_pa
     assert kept_text(summary) == "1/2"
     assert read_retraining_summary(tmp_path / "missing") is None
     assert kept_text(None) == "" and kept_text({"kept_epoch": None}) == ""
+    for foreign in ("3/5", ["3"], {"kept_epoch": "3", "epochs_run": 5}, {"kept_epoch": True, "epochs_run": 5}):
+        assert kept_text(foreign) == ""  # a results file from elsewhere: shown as unknown, never a crash

@@ -38,7 +38,11 @@ def read_retraining_summary(folder: str | Path) -> dict[str, Any] | None:
 
 
 def kept_text(summary: dict[str, Any] | None) -> str:
-    """``2/4``: the kept epoch of the epochs run (empty when unknown)."""
-    if not summary or summary.get("kept_epoch") is None:
+    """``2/4``: the kept epoch of the epochs run (empty when unknown, or when a results file from
+    elsewhere holds something other than two whole numbers there)."""
+    if not isinstance(summary, dict):
         return ""
-    return f"{summary['kept_epoch']}/{summary['epochs_run']}"
+    kept, run = summary.get("kept_epoch"), summary.get("epochs_run")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (kept, run)):
+        return ""
+    return f"{kept}/{run}"
