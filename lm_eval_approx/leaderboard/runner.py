@@ -324,7 +324,7 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expe
     if cell.kind != APPROX:
         return extras
     info = lm.get_model_info()["approx"]
-    summary = read_retraining_summary(info["adapter"])
+    summary = read_retraining_summary(info["adapter"]) if info.get("adapter") else None
     if summary is not None:
         extras["retraining"] = summary
     extras["strategy"] = config.strategy(cell.label).name
