@@ -1,0 +1,103 @@
+"""Document by document: how much of the expert's gain over θ0 each row recovers, and whether it
+recovers it on the same documents.
+
+A row's score can close part of the θ0 → expert gap in two ways: by a generic shift that lifts
+every document a little (what any text of the right style does), or by recreating the expert's own
+pattern, gaining most where the expert gained most. The aggregate metric cannot tell them apart;
+the per-document scores every leaderboard cell keeps (``config.leaderboard.per_doc``) can.
+
+For every document, a row's gain is its per-document value minus θ0's, with the row's seeds
+averaged: for a perplexity-type metric (per-document log-likelihood and weight pairs) the value is
+the log-likelihood per unit of weight (per word for ``word_perplexity``), so higher is better;
+for a mean metric (``acc``) the value itself. Printed per row, as a Markdown table:
+
+* mean gain, and its share of the expert's mean gain;
+* the share of documents the row improves over θ0 (a gain above 0);
+* the Pearson correlation of the row's per-document gains with the expert's.
+
+    python benchmarks/per_document_gain.py --out results/cpu/msmarco_quality --metric word_perplexity \\
+        --row random_rule --row select_rule --row select_likely_rule --row likelihood_min_rule \\
+        --row results/cpu/msmarco_ceiling:indomain_rule
+
+A row written ``FOLDER:LABEL`` comes from another leaderboard folder; it must have been scored on
+the same documents (checked, as ``paired_rows.py`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paired_rows import runs_of  # noqa: E402  (a sibling script, not a package)
+
+
+def document_values(runs: dict[int, dict[str, object]]) -> dict[str, float]:
+    """Per document: the seeds' mean of its value (log-likelihood per weight for a pair)."""
+    values: dict[str, list[float]] = {}
+    for run in runs.values():
+        for doc, value in run.items():
+            values.setdefault(doc, []).append(value[0] / value[1] if isinstance(value, list) else float(value))
+    return {doc: float(np.mean(v)) for doc, v in values.items()}
+
+
+def gain_summary(row: dict[str, float], base: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    """Mean gain over ``base``, its share of the reference's, documents improved, correlation with
+    the reference's gains. The three must hold the same documents."""
+    if not (set(row) == set(base) == set(reference)):
+        raise ValueError("the rows were not scored on the same documents; a per-document comparison needs them")
+    docs = sorted(base)
+    gain = np.array([row[d] - base[d] for d in docs])
+    ref_gain = np.array([reference[d] - base[d] for d in docs])
+    spread = gain.std() * ref_gain.std()
+    return {
+        "mean_gain": float(gain.mean()),
+        "share": float(gain.mean() / ref_gain.mean()) if ref_gain.mean() else float("nan"),
+        "improved": float((gain > 0).mean()),
+        "correlation": float(((gain - gain.mean()) * (ref_gain - ref_gain.mean())).mean() / spread)
+        if spread else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="a leaderboard output folder (with results/)")
+    parser.add_argument("--row", action="append", required=True,
+                        help="strategy label of a row, or FOLDER:LABEL for a row of another folder (repeatable)")
+    parser.add_argument("--metric", default="acc")
+    parser.add_argument("--base", default="theta0", help="label of the row gains are measured from (θ0)")
+    parser.add_argument("--reference", default="expert", help="label of the row whose gain is the target (θf)")
+    args = parser.parse_args(argv)
+
+    def load(folder: Path, label: str) -> tuple[dict[str, float], set, list[int]]:
+        runs, scored = runs_of(folder, label, None, args.metric)
+        if not runs:
+            raise SystemExit(f"{folder}: no finished cell of row {label!r} with per-document {args.metric!r}")
+        return document_values(runs), scored, sorted(runs)
+
+    base, base_scored, _ = load(args.out, args.base)
+    reference, ref_scored, _ = load(args.out, args.reference)
+    lines = ["| row | seeds | mean gain over θ0 | share of the expert's gain | documents improved "
+             "| correlation with the expert's per-document gain |", "|---|---|---|---|---|---|"]
+    for text in [args.reference, *args.row]:
+        folder, label = (Path(text.rsplit(":", 1)[0]), text.rsplit(":", 1)[1]) if ":" in text else (args.out, text)
+        row, scored, seeds = load(folder, label)
+        if scored != base_scored or scored != ref_scored:
+            raise SystemExit(f"row {text!r} was not scored on the documents of {args.base!r} "
+                             f"(target and limits {sorted(scored)} vs {sorted(base_scored)})")
+        try:
+            summary = gain_summary(row, base, reference)
+        except ValueError as error:
+            raise SystemExit(f"row {text!r}: {error}") from None
+        lines.append(f"| {label} | {', '.join(map(str, seeds))} | {summary['mean_gain']:+.3f} | {summary['share']:.0%} "
+                     f"| {summary['improved']:.0%} | {summary['correlation']:.2f} |")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
