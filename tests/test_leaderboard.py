@@ -350,6 +350,33 @@ def test_only_runs_the_matching_cells_in_pattern_order(tiny_run, tmp_path, monke
         assert _score(new, TARGET, METRIC) == _score(old, TARGET, METRIC)
 
 
+def test_resume_skips_a_cell_another_worker_finished_after_the_plan_was_made(tiny_run, tmp_path, monkeypatch):
+    """Two workers on one folder: a cell planned as unfinished but finished by the other worker
+    before its turn is not scored again, and its results file (with its real costs) is kept."""
+    out, base, cache = tiny_run
+    monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(_mirror()))
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", cache)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in ("select-k4-s0", "random-k4-s1"):
+        (copy / "results" / f"{name}.json").unlink()
+    other_worker = (out / "results" / "random-k4-s1.json").read_bytes()
+    ran = []
+    original = runner.run_cell
+
+    def run_and_let_the_other_worker_finish(config, cell, *args, **kwargs):
+        ran.append(cell.id)
+        path = original(config, cell, *args, **kwargs)
+        (copy / "results" / "random-k4-s1.json").write_bytes(other_worker)
+        return path
+
+    monkeypatch.setattr(runner, "run_cell", run_and_let_the_other_worker_finish)
+    assert main(["leaderboard", "--preset", "tiny", "--set", f"base={base}", "--out", str(copy), "--resume",
+                 "--no-progress", "--only", "select-*", "--only", "random-*"]) == 0
+    assert ran == ["select-k4-s0"]
+    assert (copy / "results" / "random-k4-s1.json").read_bytes() == other_worker
+
+
 def test_a_bumped_task_version_reopens_the_cells_scored_with_the_old_one(tiny_run, tmp_path):
     out, base, _ = tiny_run
     config = load_config(None, "tiny", [f"base={base}"])

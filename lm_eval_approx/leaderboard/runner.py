@@ -384,8 +384,12 @@ def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = F
         expert = expert_model(config, progress=False)
         truth = true_data(config)
         for cell in todo:
-            run_cell(config, cell, out, expert, manager, truth,
-                     lambda phase, c=cell: bar.set_postfix_str(f"{c.id}: {phase}"))
+            # Another worker on the same folder (a disjoint --only order) may have finished this cell
+            # since the plan was made: scoring it again would cost an evaluation and overwrite its
+            # recorded costs with a cache hit's.
+            if not (resume and finished(out, config, cell)):
+                run_cell(config, cell, out, expert, manager, truth,
+                         lambda phase, c=cell: bar.set_postfix_str(f"{c.id}: {phase}"))
             bar.update(1)
     bar.close()
     return [results_path(out, c) for c in cells]
