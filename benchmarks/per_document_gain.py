@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+# paired_rows is a sibling script, not a package: it is found through this folder on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paired_rows import runs_of  # noqa: E402  (a sibling script, not a package)
+from paired_rows import runs_of
 
 
 def document_values(runs: dict[int, dict[str, object]]) -> dict[str, float]:
@@ -81,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
     base, base_scored, _ = load(args.out, args.base)
     reference, ref_scored, _ = load(args.out, args.reference)
-    lines = ["| row | seeds | mean gain over θ0 | share of the expert's gain | documents improved "
-             "| correlation with the expert's per-document gain |", "|---|---|---|---|---|---|"]
+    header = ("| row | seeds | mean gain over θ0 | share of the expert's gain | documents improved "
+              "| correlation with the expert's per-document gain |")
+    lines = [header, "|---|---|---|---|---|---|"]
     for text in [args.reference, *args.row]:
         folder, label = (Path(text.rsplit(":", 1)[0]), text.rsplit(":", 1)[1]) if ":" in text else (args.out, text)
         row, scored, seeds = load(folder, label)

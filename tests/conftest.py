@@ -14,6 +14,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` (not a package) imported by its path, for testing its functions."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 TOKENIZER_TEXT = [
     "Article: The team won the final match of the season.\nTopic: Sports",
     "Article: Stocks fell as the central bank raised interest rates.\nTopic: Business",

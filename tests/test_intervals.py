@@ -158,13 +158,9 @@ def _grid(folder, cells, target="approx_agnews", limit=6):
 def test_paired_rows_compares_rows_of_one_grid_or_of_two_on_the_same_documents(tmp_path, capsys):
     """benchmarks/paired_rows.py: shared seeds by default, every seed's mean with --all-seeds, a row
     of another grid with --against-out, and a refusal when the two were scored on other documents."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_rows.py"
-    spec = importlib.util.spec_from_file_location("paired_rows", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("paired_rows")
     good, bad = [1, 1, 1, 1, 0, 1], [0, 1, 0, 0, 0, 1]
     one = _grid(tmp_path / "one", [("quota", 0, good), ("quota", 1, good), ("select", 1, bad), ("select", 2, bad)])
     other = _grid(tmp_path / "other", [("expert", 0, good)])

@@ -134,14 +134,11 @@ def test_retraining_records_fills_cells_saved_before_the_record_from_the_stage_c
     """benchmarks/retraining_records.py --write gives a cell saved without a ``retraining`` record the
     one it would have saved (read from its cached training stage), changes nothing else, and
     regenerates the tables; a cell recorded already is left as it is."""
-    import importlib.util
+    from conftest import load_benchmark
 
     out, _, cache = tiny_run
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", cache)
-    spec = importlib.util.spec_from_file_location(
-        "retraining_records", Path(__file__).resolve().parents[1] / "benchmarks" / "retraining_records.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("retraining_records")
     old = tmp_path / "old"
     shutil.copytree(out, old)
     recorded = {}

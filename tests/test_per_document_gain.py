@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
-
-
-def _module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "per_document_gain.py"
-    spec = importlib.util.spec_from_file_location("per_document_gain", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def _grid(folder: Path, cells, limit=4):
@@ -36,19 +28,19 @@ def _pearson(x, y):
 
 
 def test_per_document_gain_matches_its_definition_and_reads_rows_of_another_folder(tmp_path, capsys):
-    module = _module()
+    module = load_benchmark("per_document_gain")
     words = [10.0, 20.0, 5.0, 8.0]
     theta0 = [-40.0, -60.0, -30.0, -16.0]
     expert = [-20.0, -40.0, -10.0, -16.0]
     seed0 = [-30.0, -70.0, -20.0, -8.0]
     seed1 = [-34.0, -50.0, -25.0, -12.0]
     ceiling = [-18.0, -38.0, -12.0, -15.0]
-    pairs = lambda lls: list(zip(lls, words))  # noqa: E731
+    pairs = lambda lls: list(zip(lls, words))
     grid = _grid(tmp_path / "grid", [("theta0", 0, pairs(theta0)), ("expert", 0, pairs(expert)),
                                       ("select", 0, pairs(seed0)), ("select", 1, pairs(seed1))])
     other = _grid(tmp_path / "other", [("indomain", 0, pairs(ceiling))])
 
-    per_word = lambda lls: [ll / w for ll, w in zip(lls, words)]  # noqa: E731
+    per_word = lambda lls: [ll / w for ll, w in zip(lls, words)]
     base, ref = per_word(theta0), per_word(expert)
     row = [(a + b) / 2 for a, b in zip(per_word(seed0), per_word(seed1))]
     gain = [r - b for r, b in zip(row, base)]

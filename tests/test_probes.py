@@ -123,14 +123,9 @@ def test_a_teacher_signal_picks_the_kept_epoch_and_counts_patience(tiny_llama, t
 
 
 def _epoch_curves():
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "epoch_curves.py"
-    spec = importlib.util.spec_from_file_location("epoch_curves", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("epoch_curves")
 
 
 def test_the_rule_replay_keeps_the_loops_epoch_under_validation_loss(tiny_llama, tmp_path):
