@@ -54,13 +54,12 @@ def gain_summary(row: dict[str, float], base: dict[str, float], reference: dict[
     docs = sorted(base)
     gain = np.array([row[d] - base[d] for d in docs])
     ref_gain = np.array([reference[d] - base[d] for d in docs])
-    spread = gain.std() * ref_gain.std()
     return {
         "mean_gain": float(gain.mean()),
         "share": float(gain.mean() / ref_gain.mean()) if ref_gain.mean() else float("nan"),
         "improved": float((gain > 0).mean()),
-        "correlation": float(((gain - gain.mean()) * (ref_gain - ref_gain.mean())).mean() / spread)
-        if spread else float("nan"),
+        # A constant gain has no correlation (corrcoef would warn and divide by zero).
+        "correlation": float(np.corrcoef(gain, ref_gain)[0, 1]) if gain.std() and ref_gain.std() else float("nan"),
     }
 
 
@@ -86,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
               "| correlation with the expert's per-document gain |")
     lines = [header, "|---|---|---|---|---|---|"]
     for text in [args.reference, *args.row]:
-        folder, label = (Path(text.rsplit(":", 1)[0]), text.rsplit(":", 1)[1]) if ":" in text else (args.out, text)
-        row, scored, seeds = load(folder, label)
+        folder, _, label = text.rpartition(":")
+        row, scored, seeds = load(Path(folder) if folder else args.out, label)
         if scored != base_scored or scored != ref_scored:
             raise SystemExit(f"row {text!r} was not scored on the documents of {args.base!r} "
                              f"(target and limits {sorted(scored)} vs {sorted(base_scored)})")
