@@ -59,8 +59,9 @@ from lm_eval_approx.training.data import (
 from lm_eval_approx.models.head_positions import supports_head_positions
 from lm_eval_approx.training.loss import batch_example_losses
 from lm_eval_approx.training.probes import Probe, direction, improves, run_probes
+from lm_eval_approx.training.batching import BucketedBatches
 from lm_eval_approx.training.model import prepare_model
-from lm_eval_approx.training.recipe import BALANCED, FULL, NO_BALANCE, TrainingRecipe
+from lm_eval_approx.training.recipe import BALANCED, BUCKETED, FULL, NO_BALANCE, TrainingRecipe
 from lm_eval_approx.training.summary import TRAINING_FILE
 from lm_eval_approx.training.resume import (
     CHECKPOINT_FILE,
@@ -134,6 +135,29 @@ def _loader(rows, batch_size: int, pad_id: int, sampler=None):
     )
 
 
+def _accelerator(recipe: TrainingRecipe):
+    """An Accelerator for this recipe. Accelerate keeps one process-wide state and refuses a second
+    mixed precision in one process; a leaderboard trains the expert and its cells in one process
+    under different recipes, so a state of another precision is dropped (the process group, which
+    lives in PartialState, is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, recipe.mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation, mixed_precision=recipe.mixed_precision)
+
+
+def _train_loader(rows, recipe: TrainingRecipe, pad_id: int):
+    """The epoch loader: the seeded permutation in batches as it comes, or length-bucketed."""
+    sampler = EpochShuffle(len(rows), recipe.seed, SHUFFLE_STRIDE)
+    if recipe.batch_order != BUCKETED:
+        return _loader(rows, recipe.batch_size, pad_id, sampler)
+    batches = BucketedBatches(sampler, [len(r.input_ids) for r in rows], recipe.batch_size)
+    return torch.utils.data.DataLoader(rows, batch_sampler=batches, collate_fn=lambda b: training_batch(b, pad_id))
+
+
 def train_model(
     base: str, spec: TaskSpec, examples: list[SelectedExample], recipe: TrainingRecipe, work_dir: str | Path,
     *, progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None, full_logits: bool = False,
@@ -149,7 +173,6 @@ def train_model(
     (``training/loss.py``); ``full_logits=True`` computes full-vocabulary logits everywhere instead
     (the slower reference path, same losses).
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -167,12 +190,10 @@ def train_model(
     train_rows, val_rows = split_validation(examples, recipe.validation_fraction, recipe.seed)
     train_data = normalise_weights(render_examples(tokenizer, spec, train_rows, recipe.max_length, add_bos_token))
     val_data = render_examples(tokenizer, spec, val_rows, recipe.max_length, add_bos_token)
-    sampler = EpochShuffle(len(train_data), recipe.seed, SHUFFLE_STRIDE)
-    train_loader = _loader(train_data, recipe.batch_size, tokenizer.pad_token_id, sampler)
+    train_loader = _train_loader(train_data, recipe, tokenizer.pad_token_id)
     val_loader = _loader(val_data, recipe.batch_size, tokenizer.pad_token_id) if val_data else None
 
-    accelerator = Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation,
-                              mixed_precision=recipe.mixed_precision)
+    accelerator = _accelerator(recipe)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     steps_per_epoch = -(-len(train_loader) // recipe.gradient_accumulation)

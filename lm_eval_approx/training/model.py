@@ -10,7 +10,8 @@ import torch
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import is_adapter, load_model, load_tokenizer, resolve_model
-from lm_eval_approx.training.recipe import ALL_LINEAR, FULL, HEAD, TrainingRecipe
+from lm_eval_approx.training.dropout import use_fast_dropout
+from lm_eval_approx.training.recipe import ALL_LINEAR, FAST_DROPOUT, FULL, HEAD, TrainingRecipe
 
 # PEFT warns whenever a layer tied to the embeddings is targeted; for LoRA on the head that is the
 # intended, safe case (training/loop.py's docstring), so this one warning is silenced.
@@ -88,4 +89,6 @@ def prepare_model(base: str, recipe: TrainingRecipe):
         warnings.filterwarnings("ignore", message=f".*{TIED_WARNING}.*")
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
         model = get_peft_model(model, config)
+    if recipe.dropout_sampler == FAST_DROPOUT:
+        use_fast_dropout(model)
     return model.train(), tokenizer

@@ -50,6 +50,12 @@ TASK_KL = "task_kl"
 TASK_AGREEMENT = "task_agreement"
 TASK_LOSS = "task_loss"
 STOP_SIGNALS = (VALIDATION_LOSS, TEACHER_KL, TEACHER_AGREEMENT, TASK_KL, TASK_AGREEMENT, TASK_LOSS)
+SHUFFLED = "shuffled"
+BUCKETED = "bucketed"
+BATCH_ORDERS = (SHUFFLED, BUCKETED)
+TORCH_DROPOUT = "torch"
+FAST_DROPOUT = "fast"
+DROPOUT_SAMPLERS = (TORCH_DROPOUT, FAST_DROPOUT)
 NO_BALANCE = "none"
 BALANCED = "balanced"
 CLASS_BALANCE = (NO_BALANCE, BALANCED)
@@ -60,7 +66,8 @@ PROBE_SIGNALS = TEACHER_SIGNALS + (TASK_LOSS,)
 # Fields added after caches and results/cpu were keyed: left out of the hash while they hold these
 # values (which reproduce the older behaviour), so every existing recipe keeps its hash.
 LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_size": 0,
-                "gradient_checkpointing": False, "lora_layers": 0, "class_balance": NO_BALANCE}
+                "gradient_checkpointing": False, "lora_layers": 0, "class_balance": NO_BALANCE,
+                "batch_order": SHUFFLED, "dropout_sampler": TORCH_DROPOUT}
 # Peak memory, not the update, is what micro-batches change: training SmolLM2-135M on batches of
 # 16 × 128 tokens peaked at 6.15 GiB in one pass, 3.03 GiB in slices of 4 and 1.95 GiB in slices of
 # 2, and slices of 2 were no slower on 2 CPU cores (0.88x the time; benchmarks/memory.py, README).
@@ -124,6 +131,17 @@ class TrainingRecipe:
         NO_BALANCE,
     )
 
+    batch_order: str = help_field(
+        f"how an epoch's examples become batches: {SHUFFLED} (a seeded permutation cut in order) | "
+        f"{BUCKETED} (the same permutation, sorted by length within windows of a few batches, then the "
+        "batches shuffled: far less padding, other batch compositions; training/batching.py)", SHUFFLED
+    )
+    dropout_sampler: str = help_field(
+        f"how LoRA dropout masks are drawn: {TORCH_DROPOUT} (torch's Bernoulli sampler, PEFT's default) | "
+        f"{FAST_DROPOUT} (15 random bits per element against a threshold: the same distribution up to "
+        "p rounded to 2^-15, about 2x cheaper on a CPU; training/dropout.py)", TORCH_DROPOUT
+    )
+
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
             self.target_modules = parse_modules(self.target_modules)
@@ -134,6 +152,8 @@ class TrainingRecipe:
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("stop_on", self.stop_on, STOP_SIGNALS)
         check_choice("class_balance", self.class_balance, CLASS_BALANCE)
+        check_choice("batch_order", self.batch_order, BATCH_ORDERS)
+        check_choice("dropout_sampler", self.dropout_sampler, DROPOUT_SAMPLERS)
         check_int("monitor_size", self.monitor_size, minimum=1)
         check_int("lora_layers", self.lora_layers, minimum=0)
         if self.lora_layers and self.method != LORA:

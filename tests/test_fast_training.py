@@ -1,0 +1,164 @@
+"""The fast retraining options (issue 31): length-bucketed batches, 15-bit LoRA dropout and bf16
+autocast. Each is checked against its slow twin: bucketed batches visit every example once and give
+the per-example losses of one-row-at-a-time forwards; the fast dropout has the distribution it
+claims; a run with all three resumes to the same adapter as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from _specs import AGNEWS
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.training.batching import BucketedBatches, padded_positions
+from lm_eval_approx.training.data import EpochShuffle, render_examples, training_batch
+from lm_eval_approx.training.dropout import LEVELS, FastDropout, drop_threshold, use_fast_dropout
+from lm_eval_approx.training.loop import SHUFFLE_STRIDE, TRAINING_FILE, train_adapter, train_model
+from lm_eval_approx.training.loss import batch_example_losses
+from lm_eval_approx.training.model import prepare_model
+from lm_eval_approx.training.recipe import TrainingRecipe
+from test_training import FAST, _adapter_tensors, _assert_same_tensors, toy_examples
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST_RECIPE = dict(batch_order="bucketed", dropout_sampler="fast", mixed_precision="bf16")
+
+
+def _lengths(n: int, seed: int = 0) -> list[int]:
+    return torch.randint(5, 120, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.parametrize("n, batch_size", [(270, 16), (33, 4), (7, 16), (128, 16)])
+def test_bucketed_batches_visit_every_example_once_in_as_many_batches(n, batch_size):
+    lengths = _lengths(n)
+    batches = BucketedBatches(EpochShuffle(n, 3, SHUFFLE_STRIDE), lengths, batch_size)
+    for epoch in range(3):
+        batches.set_epoch(epoch)
+        order = list(batches)
+        assert sorted(i for batch in order for i in batch) == list(range(n))
+        assert len(order) == len(batches) == math.ceil(n / batch_size)
+        assert sum(len(b) < batch_size for b in order) <= 1
+
+
+def test_bucketed_order_depends_only_on_seed_and_epoch_and_cuts_padding():
+    lengths = _lengths(270)
+    one, two = (BucketedBatches(EpochShuffle(270, 0, SHUFFLE_STRIDE), lengths, 16) for _ in range(2))
+    one.set_epoch(4)
+    two.set_epoch(4)
+    assert list(one) == list(two)
+    two.set_epoch(5)
+    assert list(one) != list(two)
+    other_seed = BucketedBatches(EpochShuffle(270, 1, SHUFFLE_STRIDE), lengths, 16)
+    other_seed.set_epoch(4)
+    assert list(other_seed) != list(one)
+    shuffled = EpochShuffle(270, 0, SHUFFLE_STRIDE)
+    shuffled.set_epoch(4)
+    plain = list(shuffled)
+    real, padded_plain = padded_positions([plain[i:i + 16] for i in range(0, 270, 16)], lengths)
+    real_bucketed, padded_bucketed = padded_positions(list(one), lengths)
+    assert real == real_bucketed
+    assert padded_bucketed < 0.75 * padded_plain
+
+
+def test_bucketed_batches_reject_mismatched_lengths():
+    with pytest.raises(ConfigError):
+        BucketedBatches(EpochShuffle(10, 0, SHUFFLE_STRIDE), [3] * 9, 4)
+
+
+def test_bucketed_batches_give_the_losses_of_one_row_at_a_time(tiny_llama):
+    """The slow twin: each example alone, unpadded; the fast path: its bucketed, padded batch."""
+    recipe = TrainingRecipe(batch_size=4, lora_dropout=0.0)
+    model, tokenizer = prepare_model(tiny_llama, recipe)
+    model.eval()
+    examples = [e.__class__(id=e.id, text=e.text + " more words" * (i % 7), label=e.label)
+                for i, e in enumerate(toy_examples(22))]
+    rows = render_examples(tokenizer, AGNEWS, examples, 128)
+    batches = BucketedBatches(EpochShuffle(len(rows), 0, SHUFFLE_STRIDE), [len(r.input_ids) for r in rows], 4)
+    batched = torch.zeros(len(rows))
+    with torch.no_grad():
+        for batch in batches:
+            batched[batch] = batch_example_losses(model, training_batch([rows[i] for i in batch], tokenizer.pad_token_id),
+                                                  AGNEWS.kind, True)
+        alone = torch.stack([batch_example_losses(model, training_batch([row], tokenizer.pad_token_id), AGNEWS.kind,
+                                                  False)[0] for row in rows])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_dropout_has_the_distribution_it_claims():
+    torch.manual_seed(0)
+    dropout = FastDropout(0.05).train()
+    x = torch.ones(1000, 1000)
+    y = dropout(x)
+    share = drop_threshold(0.05) / LEVELS
+    assert abs(share - 0.05) <= 0.5 / LEVELS
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - share) < 5 * math.sqrt(share * (1 - share) / x.numel())
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(dropout.scale)))
+    assert abs(float(y.mean()) - 1.0) < 5 * math.sqrt(share / (1 - share) / x.numel())
+    halves = (y[:, 0::2] == 0).float().mean(), (y[:, 1::2] == 0).float().mean()
+    assert all(abs(float(h) - share) < 5 * math.sqrt(share * (1 - share) / (x.numel() / 2)) for h in halves)
+    odd = torch.ones(3, 5)
+    assert dropout(odd).shape == odd.shape
+
+
+def test_fast_dropout_is_seeded_by_torch_and_the_identity_in_eval_mode():
+    dropout = FastDropout(0.3).train()
+    x = torch.randn(64, 33)
+    torch.manual_seed(7)
+    first = dropout(x)
+    torch.manual_seed(7)
+    assert torch.equal(first, dropout(x))
+    assert not torch.equal(first, dropout(x))
+    assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match="dropout p"):
+        FastDropout(1.0)
+
+
+def test_the_recipe_swaps_every_lora_dropout(tiny_llama):
+    model, _ = prepare_model(tiny_llama, TrainingRecipe(dropout_sampler="fast"))
+    fast = [m for m in model.modules() if isinstance(m, FastDropout)]
+    lora_layers = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert len(fast) == len(lora_layers) > 0
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    plain, _ = prepare_model(tiny_llama, TrainingRecipe())
+    assert not any(isinstance(m, FastDropout) for m in plain.modules())
+    assert use_fast_dropout(plain) == len(lora_layers)
+
+
+def test_fast_fields_enter_the_hash_only_when_set():
+    base = TrainingRecipe()
+    for change in ({"batch_order": "bucketed"}, {"dropout_sampler": "fast"}):
+        assert TrainingRecipe(**change).recipe_hash() != base.recipe_hash()
+    assert TrainingRecipe(batch_order="shuffled", dropout_sampler="torch").recipe_hash() == base.recipe_hash()
+    for name, value in (("batch_order", "sorted"), ("dropout_sampler", "numpy")):
+        with pytest.raises(ConfigError) as info:
+            TrainingRecipe(**{name: value})
+        assert info.value.field == name
+
+
+def test_the_fast_recipe_trains_resumes_and_shares_a_process_with_fp32(tiny_llama, tmp_path):
+    """Resume gives the same adapter with every fast option on, and one process can train fp32
+    then bf16 (Accelerate keeps one state per process)."""
+    examples = toy_examples()
+    fp32 = train_model(tiny_llama, AGNEWS, examples, TrainingRecipe(epochs=1, **FAST), tmp_path / "fp32", progress=False)
+    assert fp32.history["epochs_run"] == 1
+    recipe = TrainingRecipe(epochs=3, patience=0, **FAST, **FAST_RECIPE)
+    straight = train_adapter(tiny_llama, AGNEWS, examples, recipe, tmp_path / "straight", progress=False)
+
+    def crash_after_first_epoch(epoch, history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    target = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(tiny_llama, AGNEWS, examples, recipe, target, progress=False, on_epoch_end=crash_after_first_epoch)
+    resumed = train_adapter(tiny_llama, AGNEWS, examples, recipe, target, progress=False)
+    record = json.loads((resumed / TRAINING_FILE).read_text())
+    assert record["resumed_from_epoch"] == 1 and record["epochs_run"] == 3
+    _assert_same_tensors(_adapter_tensors(straight), _adapter_tensors(resumed))
+    losses = json.loads((straight / "curves.json").read_text())["train_loss"]
+    assert losses[-1] < losses[0]
