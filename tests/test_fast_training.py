@@ -162,3 +162,19 @@ def test_the_fast_recipe_trains_resumes_and_shares_a_process_with_fp32(tiny_llam
     _assert_same_tensors(_adapter_tensors(straight), _adapter_tensors(resumed))
     losses = json.loads((straight / "curves.json").read_text())["train_loss"]
     assert losses[-1] < losses[0]
+
+
+def test_a_training_records_where_its_time_and_tokens_go(tiny_llama, tmp_path):
+    examples = [e.__class__(id=e.id, text=e.text + " more words" * (i % 9), label=e.label)
+                for i, e in enumerate(toy_examples(48))]
+    padded = {}
+    for order in ("shuffled", "bucketed"):
+        history = train_model(tiny_llama, AGNEWS, examples, TrainingRecipe(epochs=1, batch_order=order, **FAST),
+                              tmp_path / order, progress=False).history
+        clock = history["phase_seconds"]
+        assert set(clock) == {"render", "forward", "backward", "optimizer", "validation"}
+        assert clock["forward"] > 0 and clock["backward"] > 0 and clock["optimizer"] > 0 and clock["render"] > 0
+        assert sum(clock.values()) <= history["train_seconds"] + clock["render"] + clock["validation"] + 1.0
+        padded[order] = history["tokens"]
+    assert padded["shuffled"]["real"] == padded["bucketed"]["real"]
+    assert padded["bucketed"]["padded"] < padded["shuffled"]["padded"]

@@ -28,6 +28,7 @@ saved in the adapter, so the input embeddings are untouched. (lm-eval's HFLM the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -78,6 +79,8 @@ WORK_SUFFIX = ".partial"
 SHUFFLE_STRIDE = 1_000_003
 KEY_CHARS = 16
 MIN_SECONDS = 1e-9  # guards the examples/s division for an empty run
+# Where a training's time goes (history["phase_seconds"]); the probes keep their own "probe_seconds".
+PHASES = ("render", "forward", "backward", "optimizer", "validation")
 
 
 @dataclass
@@ -188,8 +191,10 @@ def train_model(
             raise ConfigError("class_balance", recipe.class_balance, f"{NO_BALANCE!r} for the {spec.kind} task {spec.name}")
         examples = balance_classes(examples)
     train_rows, val_rows = split_validation(examples, recipe.validation_fraction, recipe.seed)
+    began = time.perf_counter()
     train_data = normalise_weights(render_examples(tokenizer, spec, train_rows, recipe.max_length, add_bos_token))
     val_data = render_examples(tokenizer, spec, val_rows, recipe.max_length, add_bos_token)
+    render_seconds = time.perf_counter() - began
     train_loader = _train_loader(train_data, recipe, tokenizer.pad_token_id)
     val_loader = _loader(val_data, recipe.batch_size, tokenizer.pad_token_id) if val_data else None
 
@@ -209,11 +214,16 @@ def train_model(
         "train_loss": [], "validation_loss": [], "steps": [], "best_epoch": None, "best_validation_loss": None,
         "stopped_early": False, "resumed_from_epoch": None, "train_seconds": 0.0, "examples_seen": 0,
         "stop_on": recipe.stop_on, "probes": {}, "probe_seconds": 0.0,
+        "phase_seconds": dict.fromkeys(PHASES, 0.0), "tokens": {"real": 0, "padded": 0},
     }
+    history["phase_seconds"]["render"] = render_seconds
     checkpoint = work_dir / CHECKPOINT_FILE
     history, best_state = _resume(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, history)
+    clock = history.setdefault("phase_seconds", dict.fromkeys(PHASES, 0.0))
     if not history["validation_loss"]:
-        history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
+        with _timed(clock, "validation"):
+            history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind,
+                                                                  head_positions)
     if probes and not history["probes"]:
         _record_probes(history, probes, accelerator.unwrap_model(model), tokenizer)
         if on_signal:
@@ -230,12 +240,17 @@ def train_model(
         epoch_loss, epoch_batches, began = 0.0, 0, time.perf_counter()
         for batch in train_loader:
             with accelerator.accumulate(model):
-                loss = _backward_in_parts(accelerator, model, batch, spec.kind, head_positions, recipe.micro_batch_size)
-                if accelerator.sync_gradients and recipe.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+                loss = _backward_in_parts(accelerator, model, batch, spec.kind, head_positions, recipe.micro_batch_size,
+                                          clock)
+                with _timed(clock, "optimizer"):
+                    if accelerator.sync_gradients and recipe.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+            tokens = history.setdefault("tokens", {"real": 0, "padded": 0})
+            tokens["real"] += int(batch["attention_mask"].sum())
+            tokens["padded"] += batch["attention_mask"].numel()
             epoch_loss, epoch_batches = epoch_loss + loss, epoch_batches + 1
             history["examples_seen"] += len(batch["weight"]) * accelerator.num_processes
             history["steps"].append({"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]})
@@ -245,7 +260,8 @@ def train_model(
         history["train_seconds"] += time.perf_counter() - began
         history["train_loss"].append(epoch_loss / epoch_batches)
         history["epochs_run"] = epoch + 1
-        val_loss = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
+        with _timed(clock, "validation"):
+            val_loss = _validation_loss(accelerator, model, val_loader, spec.kind, head_positions)
         if val_loss is not None:
             history["validation_loss"].append(val_loss)
         if probes:
@@ -283,24 +299,35 @@ def train_model(
     return TrainResult(model=model.eval(), tokenizer=tokenizer, history=history)
 
 
-def _backward_in_parts(accelerator, model, batch: dict, kind: str, head_positions: bool, part_size: int) -> float:
+def _backward_in_parts(accelerator, model, batch: dict, kind: str, head_positions: bool, part_size: int,
+                       clock: dict[str, float] | None = None) -> float:
     """Backpropagate the batch loss (1/|B|) Σ w̃_i L_i in slices of ``part_size`` examples (0: one
     slice): each slice adds its share Σ_{i∈slice} w̃_i L_i / |B| to the gradients, so the update is
-    the whole batch's, while only one slice's activations are alive at a time. Returns the loss."""
-    size = len(batch["weight"])
-    if not 0 < part_size < size:
-        loss = (batch_example_losses(model, batch, kind, head_positions) * batch["weight"]).mean()
-        accelerator.backward(loss)
-        return loss.item()
+    the whole batch's, while only one slice's activations are alive at a time. Returns the loss;
+    ``clock`` gets the forward and backward seconds."""
+    size, clock = len(batch["weight"]), {} if clock is None else clock
+    parts = [batch] if not 0 < part_size < size else [
+        {key: value[lo:lo + part_size] for key, value in batch.items()} for lo in range(0, size, part_size)]
     total = 0.0
-    for lo in range(0, size, part_size):
-        part = {key: value[lo:lo + part_size] for key, value in batch.items()}
-        width = int(part["attention_mask"].sum(dim=1).max())  # right padding: drop the slice's extra columns
-        part = {key: value[:, :width] if value.dim() == 2 else value for key, value in part.items()}
-        loss = (batch_example_losses(model, part, kind, head_positions) * part["weight"]).sum() / size
-        accelerator.backward(loss)
+    for part in parts:
+        if len(parts) > 1:
+            width = int(part["attention_mask"].sum(dim=1).max())  # right padding: drop the slice's extra columns
+            part = {key: value[:, :width] if value.dim() == 2 else value for key, value in part.items()}
+        with _timed(clock, "forward"):
+            loss = (batch_example_losses(model, part, kind, head_positions) * part["weight"]).sum() / size
+        with _timed(clock, "backward"):
+            accelerator.backward(loss)
         total += loss.item()
     return total
+
+
+@contextlib.contextmanager
+def _timed(clock: dict[str, float], phase: str):
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock[phase] = clock.get(phase, 0.0) + time.perf_counter() - began
 
 
 def _record_probes(history: dict, probes: Sequence[Probe], model, tokenizer) -> None:
