@@ -178,3 +178,50 @@ def test_a_training_records_where_its_time_and_tokens_go(tiny_llama, tmp_path):
         padded[order] = history["tokens"]
     assert padded["shuffled"]["real"] == padded["bucketed"]["real"]
     assert padded["bucketed"]["padded"] < padded["shuffled"]["padded"]
+
+
+def test_cached_probes_equal_measured_ones_and_skip_theta_f_and_theta0(tiny_llama, tmp_path, monkeypatch):
+    """θf's monitor distribution and the probe values at θ0 are cached stages; the slow twin is the
+    probe measured in full (θf loaded, θ0 scored) by a run with another seed and no cache."""
+    from lm_eval_approx.training import stop_signals
+    from lm_eval_approx.training.probes import teacher_probes
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
+    expert = train_adapter(tiny_llama, AGNEWS, toy_examples(), TrainingRecipe(epochs=1, **FAST), tmp_path / "expert",
+                           progress=False)
+    texts = [e.text for e in toy_examples(60)[48:]]
+    examples = toy_examples(24)
+
+    def retrain(seed: int, folder: str):
+        recipe = TrainingRecipe(epochs=2, seed=seed, stop_on="teacher_agreement", patience=0, **FAST)
+        probes = stop_signals.stop_probes(AGNEWS, recipe, texts, base=tiny_llama, finetuned=str(expert),
+                                          batch_size=4, max_length=64)
+        return train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / folder, progress=False, probes=probes)
+
+    first = retrain(0, "first").history["probes"]
+    loads = []
+    from lm_eval_approx.training import loop
+
+    monkeypatch.setattr(stop_signals, "run_stage", _counting(stop_signals.run_stage, loads))
+    monkeypatch.setattr(loop, "run_stage", _counting(loop.run_stage, loads))
+    second = retrain(1, "second").history["probes"]
+    assert loads == [True, True], "the second retraining must read θf's distribution and θ0's values from the cache"
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_llama)
+    measured = teacher_probes(load_model(str(expert)), tokenizer, AGNEWS, texts, 4, 64).measure
+    from lm_eval_approx.training.model import prepare_model
+
+    lora_theta0, _ = prepare_model(tiny_llama, TrainingRecipe(seed=1, **FAST))
+    at_theta0 = measured(lora_theta0.eval(), tokenizer)
+    for name in ("teacher_kl", "teacher_agreement"):
+        assert first[name][0] == second[name][0] == at_theta0[name]
+    assert measured(load_model(tiny_llama), tokenizer) == at_theta0
+
+
+def _counting(run_stage, seen: list):
+    def wrapped(name, inputs, compute):
+        record = run_stage(name, inputs, compute)
+        seen.append(record.cached)
+        return record
+    return wrapped

@@ -43,11 +43,10 @@ from typing import Any
 import torch
 
 from lm_eval_approx.cache.atomic import replace_dir, write_json_atomic
+from lm_eval_approx.cache.stages import run_stage
 from lm_eval_approx.data.selection_file import SelectedExample, selection_hash
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.models.loading import (
-    resolve_model,
-)
+from lm_eval_approx.models.loading import model_fingerprint, resolve_model
 from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec, task_key
 from lm_eval_approx.training.data import (
     EpochShuffle,
@@ -76,6 +75,8 @@ logger = logging.getLogger(__name__)
 RECIPE_FILE = "recipe.json"
 CURVES_FILE = "curves.json"
 WORK_SUFFIX = ".partial"
+START_STAGE = "probe_start"  # the probes' values at θ0, shared by every training with the same probes
+START_VALUES_FILE = "values.json"
 SHUFFLE_STRIDE = 1_000_003
 KEY_CHARS = 16
 MIN_SECONDS = 1e-9  # guards the examples/s division for an empty run
@@ -225,7 +226,8 @@ def train_model(
             history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind,
                                                                   head_positions)
     if probes and not history["probes"]:
-        _record_probes(history, probes, accelerator.unwrap_model(model), tokenizer)
+        _record_probes(history, probes, accelerator.unwrap_model(model), tokenizer,
+                       start=(model_fingerprint(base), recipe.mixed_precision))
         if on_signal:
             history["best_epoch"], history["best_signal"] = 0, history["probes"][recipe.stop_on][0]
             best_state = _trainable_state(accelerator.unwrap_model(model))
@@ -330,9 +332,26 @@ def _timed(clock: dict[str, float], phase: str):
         clock[phase] = clock.get(phase, 0.0) + time.perf_counter() - began
 
 
-def _record_probes(history: dict, probes: Sequence[Probe], model, tokenizer) -> None:
+def _record_probes(history: dict, probes: Sequence[Probe], model, tokenizer,
+                   start: tuple[str, str] | None = None) -> None:
+    """Measure the probes on the current weights into the history. ``start`` = (θ0's fingerprint,
+    mixed precision) marks the measurement before the first epoch: then the model computes θ0's
+    outputs exactly, whatever the seed (LoRA's B starts at zero, so B·A·x adds exact zeros; full
+    finetuning starts from θ0), and probes with a ``key`` read their values from a stage cached
+    under these, so a grid measures θ0 once per set of monitor texts instead of once per cell."""
     began = time.perf_counter()
-    for name, value in run_probes(probes, model, tokenizer).items():
+    if start is not None and all(probe.key for probe in probes):
+        inputs = {"base": start[0], "mixed_precision": start[1], "probes": [probe.key for probe in probes]}
+
+        def compute(folder: Path) -> dict:
+            write_json_atomic(folder / START_VALUES_FILE, run_probes(probes, model, tokenizer))
+            return {}
+
+        stage = run_stage(START_STAGE, inputs, compute)
+        values = json.loads((stage.path / START_VALUES_FILE).read_text(encoding="utf-8"))
+    else:
+        values = run_probes(probes, model, tokenizer)
+    for name, value in values.items():
         history["probes"].setdefault(name, []).append(value)
     history["probe_seconds"] += time.perf_counter() - began
 

@@ -44,10 +44,13 @@ ACCURACY = "accuracy"
 @dataclass(frozen=True)
 class Probe:
     """Numbers measured on the current model: ``measure(model, tokenizer)`` returns one value per
-    name of ``higher_is_better`` (which says, per name, the direction of improvement)."""
+    name of ``higher_is_better`` (which says, per name, the direction of improvement). ``key``, when
+    set, names everything the values depend on besides the model (texts, θf, settings), so the
+    values at θ0 can be cached across trainings (``training/loop.py``)."""
 
     measure: Callable[[Any, Any], dict[str, float]]
     higher_is_better: dict[str, bool]
+    key: str = ""
 
 
 def improves(higher_is_better: bool, value: float, best: float | None) -> bool:
@@ -98,14 +101,19 @@ def _check_texts(texts: Sequence[str], what: str) -> list[str]:
 def teacher_probes(teacher, tokenizer, spec: TaskSpec, texts: Sequence[str], batch_size: int = 16,
                    max_length: int = 128, add_bos_token: bool | None = None, *,
                    names: tuple[str, str] = (TEACHER_KL, TEACHER_AGREEMENT), labels: Sequence[int] | None = None,
-                   accuracy_name: str = ACCURACY) -> Probe:
+                   accuracy_name: str = ACCURACY, target: np.ndarray | None = None) -> Probe:
     """``teacher_kl`` and ``teacher_agreement`` (or the two ``names`` given) against ``teacher`` (θf)
     on ``texts``, from one pass per epoch; θf's distributions are computed here, once, so θf need
-    not stay in memory. With ``labels`` (development documents only), the same pass also measures
-    accuracy as ``accuracy_name``."""
+    not stay in memory, or given as ``target`` (``choice_log_distribution`` of θf on ``texts``; then
+    ``teacher`` is not used). With ``labels`` (development documents only), the same pass also
+    measures accuracy as ``accuracy_name``."""
     texts = _check_texts(texts, "monitor documents")
     truth = None if labels is None else _check_labels(spec, texts, labels)
-    target = choice_log_distribution(teacher, tokenizer, spec, texts, batch_size, max_length, add_bos_token)
+    if target is None:
+        target = choice_log_distribution(teacher, tokenizer, spec, texts, batch_size, max_length, add_bos_token)
+    elif target.shape != (len(texts), spec.num_classes):
+        raise ConfigError("target", target.shape, f"θf's log-distribution over {spec.num_classes} choices for each of "
+                          f"the {len(texts)} texts")
     kl_name, agreement_name = names
 
     def measure(model, tok) -> dict[str, float]:

@@ -14,10 +14,14 @@ Each draw uses the recipe's seed.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
+from lm_eval_approx.cache.stages import run_stage, stage_key
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec, task_key
 from lm_eval_approx.training.recipe import (
     POOL_SIGNALS,
     TASK_AGREEMENT,
@@ -29,7 +33,10 @@ from lm_eval_approx.training.recipe import (
     TrainingRecipe,
 )
 
-TASK_TEXTS = "task:train"  # a task_* signal's monitor texts: the task's training split (keyed by the task)
+TASK_TEXTS = "task:train"
+TEACHER_STAGE = "monitor_teacher"  # θf's distributions on a set of monitor texts
+TEACHER_FILE = "teacher_logprobs.npy"
+PROBE_KEY = "probe"  # a task_* signal's monitor texts: the task's training split (keyed by the task)
 
 
 def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[str],
@@ -78,15 +85,46 @@ def stop_probes(spec: TaskSpec, recipe: TrainingRecipe, texts: Sequence[str], *,
     """The probe of ``recipe.stop_on`` on ``texts``: the task loss itself (``task_loss``, language
     modelling), or θf against the model being retrained (``teacher_*``, ``task_kl``,
     ``task_agreement``: classification; θf is loaded, read once, and released here)."""
-    from lm_eval_approx.models.loading import load_model, load_tokenizer
+    from lm_eval_approx.models.loading import load_tokenizer, model_fingerprint
     from lm_eval_approx.training.probes import loss_probe, teacher_probes
 
+    settings = {"task": task_key(spec), "texts": texts_hash(texts), "batch_size": batch_size, "max_length": max_length,
+                "add_bos_token": add_bos_token, "signal": recipe.stop_on}
     if recipe.stop_on == TASK_LOSS:
-        return [loss_probe(spec, texts, batch_size, max_length, add_bos_token=add_bos_token)]
+        probe = loss_probe(spec, texts, batch_size, max_length, add_bos_token=add_bos_token)
+        return [dataclasses.replace(probe, key=stage_key(PROBE_KEY, settings))]
     check_teacher(spec, recipe, finetuned)
     names = (TASK_KL, TASK_AGREEMENT) if recipe.stop_on in TASK_SIGNALS else (TEACHER_KL, TEACHER_AGREEMENT)
-    teacher = load_model(finetuned)
-    probe = teacher_probes(teacher, load_tokenizer(base), spec, texts, batch_size, max_length,
-                           add_bos_token=add_bos_token, names=names)
-    del teacher
-    return [probe]
+    settings["finetuned"] = model_fingerprint(finetuned)
+    target = teacher_distribution(spec, texts, finetuned, base, settings)
+    probe = teacher_probes(None, load_tokenizer(base), spec, texts, batch_size, max_length,
+                           add_bos_token=add_bos_token, names=names, target=target)
+    return [dataclasses.replace(probe, key=stage_key(PROBE_KEY, settings))]
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    """A hash of the monitor texts, in order (a probe's values depend on exactly these)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    return digest.hexdigest()
+
+
+def teacher_distribution(spec: TaskSpec, texts: Sequence[str], finetuned: str, base: str, settings: dict):
+    """θf's log-distribution over the task's choices on the monitor texts, computed once per θf, texts
+    and settings and cached as a stage (``teacher_<key>``): every cell of a grid that draws the same
+    monitor texts (one draw per retraining seed) reads it instead of loading θf and scoring again."""
+    import numpy as np
+
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+    from lm_eval_approx.training.probes import choice_log_distribution
+
+    def compute(folder: Path) -> dict:
+        teacher = load_model(finetuned)
+        target = choice_log_distribution(teacher, load_tokenizer(base), spec, texts, settings["batch_size"],
+                                         settings["max_length"], settings["add_bos_token"])
+        np.save(folder / TEACHER_FILE, target)
+        return {"texts": len(texts)}
+
+    stage = run_stage(TEACHER_STAGE, settings, compute)
+    return np.load(stage.path / TEACHER_FILE)
