@@ -10,8 +10,10 @@ leaderboard's "Δ vs random" column uses), over the seeds both rows finished, th
 ``--against-out`` reads the reference row from another grid scored on the same documents (same
 target, limit and document ids, checked). ``--all-seeds`` pairs each row's mean over all of its
 seeds instead of the seeds both finished (for a row against θ0 or the expert, which have one run).
-"Beats" means the interval excludes 0. The interval resamples documents (the seeds' scores averaged
-per document), so the per-seed deltas are printed too: seed noise shows there.
+"Beats" means the interval excludes 0. The first interval resamples documents (the seeds' scores averaged
+per document), so the per-seed deltas are printed too: seed noise shows there; with several shared
+seeds, the two-level interval (``two_level_interval``: each row's seeds resampled, then the
+documents) counts the seed noise in the interval itself.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def describe(name: str, runs: dict[int, dict[str, float]], metric: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lm_eval_approx.leaderboard.intervals import paired_interval
+    from lm_eval_approx.leaderboard.intervals import paired_interval, two_level_interval
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="a leaderboard output folder (with results/)")
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     both = paired_interval([row[s] for s in seeds], [ref[s] for s in seeds], args.metric)
     print(f"{args.row} − {args.against} over seeds {seeds}: {both.delta:+.3f} [{both.low:+.3f}, {both.high:+.3f}] "
           f"({both.documents} documents){'  excludes 0' if both.low > 0 or both.high < 0 else ''}")
+    if len(seeds) > 1:
+        levels = two_level_interval([row[s] for s in seeds], [ref[s] for s in seeds], args.metric)
+        print(f"  two-level (seeds, then documents): {levels.delta:+.3f} [{levels.low:+.3f}, {levels.high:+.3f}]"
+              f"{'  excludes 0' if levels.excludes_zero() else ''}")
     for seed in seeds:
         one = paired_interval([row[seed]], [ref[seed]], args.metric)
         print(f"  seed {seed}: {one.delta:+.3f} [{one.low:+.3f}, {one.high:+.3f}]")

@@ -183,3 +183,58 @@ def test_paired_rows_compares_rows_of_one_grid_or_of_two_on_the_same_documents(t
     with pytest.raises(SystemExit, match="not scored on the same documents"):
         module.main(["--out", str(one), "--row", "quota", "--against-out", str(elsewhere), "--against", "expert",
                      "--all-seeds"])
+
+
+def _slow_two_level(row, reference, metric, iterations, seed, level=0.95):
+    """From the definition: per draw, pick each side's runs with replacement, then the documents;
+    average the picked runs per picked document and take the metric of each side."""
+    ids = sorted(set.intersection(*(set(r) for r in [*row, *reference])))
+
+    def metric_of(runs, picks):
+        chosen = [np.mean([np.asarray(run[ids[j]], dtype=float) for run in runs], axis=0) for j in picks]
+        if np.ndim(chosen[0]) == 0:
+            return float(np.mean(chosen))
+        ll, w = np.sum(chosen, axis=0)
+        return math.exp(-ll / w)
+
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(iterations):
+        a = [row[s] for s in rng.integers(0, len(row), size=len(row))]
+        b = [reference[s] for s in rng.integers(0, len(reference), size=len(reference))]
+        docs = rng.integers(0, len(ids), size=(1, len(ids)))[0]
+        diffs.append(metric_of(a, docs) - metric_of(b, docs))
+    full = range(len(ids))
+    return metric_of(row, full) - metric_of(reference, full), *np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+
+
+@pytest.mark.parametrize("metric", ["acc", "word_perplexity"])
+def test_two_level_interval_matches_the_definition(metric):
+    from lm_eval_approx.leaderboard.intervals import two_level_interval
+
+    rng = np.random.default_rng(4)
+    if metric == "acc":
+        row = _runs([rng.integers(0, 2, 50).tolist() for _ in range(3)])
+        ref = _runs([rng.integers(0, 2, 50).tolist() for _ in range(2)])
+    else:
+        weights = rng.integers(10, 30, 30).tolist()
+        row = _runs([[[-float(rng.uniform(20, 60)), w] for w in weights] for _ in range(3)])
+        ref = _runs([[[-float(rng.uniform(20, 60)), w] for w in weights] for _ in range(3)])
+    fast = two_level_interval(row, ref, metric, iterations=200, seed=9)
+    delta, low, high = _slow_two_level(row, ref, metric, 200, 9)
+    assert fast.delta == pytest.approx(delta) and fast.low == pytest.approx(low) and fast.high == pytest.approx(high)
+
+
+def test_two_level_interval_widens_with_seed_noise():
+    from lm_eval_approx.leaderboard.intervals import two_level_interval
+
+    rng = np.random.default_rng(6)
+    base = rng.uniform(0, 1, 400)
+    row = _runs([(base + shift).tolist() for shift in (-0.08, 0.0, 0.08)])
+    ref = _runs([base.tolist()] * 3)
+    documents_only = paired_interval(row, ref, "acc", iterations=500)
+    both = two_level_interval(row, ref, "acc", iterations=500)
+    assert documents_only.excludes_zero() is False or documents_only.high - documents_only.low < 1e-9
+    assert both.high - both.low > 10 * (documents_only.high - documents_only.low + 1e-12)
+    assert both.low < 0 < both.high
+    assert two_level_interval(row, [], "acc") is None

@@ -115,3 +115,36 @@ def paired_interval(row: Sequence[dict[str, object]], reference: Sequence[dict[s
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(diffs, [tail, 1.0 - tail])
     return Interval(delta=float(delta), low=float(low), high=float(high), documents=len(ids))
+
+
+def two_level_interval(row: Sequence[dict[str, object]], reference: Sequence[dict[str, object]], metric: str,
+                       iterations: int = DEFAULT_ITERATIONS, level: float = DEFAULT_LEVEL,
+                       seed: int = BOOTSTRAP_SEED) -> Interval | None:
+    """The two-level bootstrap of metric(row) − metric(reference): each draw first resamples each
+    side's seeds (runs) with replacement, independently, then the shared documents once for both
+    sides, and takes the difference of the metric of the two seed-averaged resamples. Retraining
+    seeds move a score as much as the documents do; ``paired_interval`` holds the seeds fixed, this
+    one counts both. A side with one run has no seed level to resample (its interval is then the
+    documents-only one for that side). Same return as ``paired_interval``."""
+    if not row or not reference:
+        return None
+    shared = set.intersection(*(set(run) for run in [*row, *reference]))
+    if not shared:
+        return None
+    ids = sorted(shared)
+    a = np.asarray([[run[i] for i in ids] for run in row], dtype=np.float64)
+    b = np.asarray([[run[i] for i in ids] for run in reference], dtype=np.float64)
+    if a.shape[1:] != b.shape[1:]:
+        return None
+    delta = _aggregate(a.mean(axis=0), metric) - _aggregate(b.mean(axis=0), metric)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(iterations)
+    for t in range(iterations):
+        a_seeds = rng.integers(0, len(a), size=len(a))
+        b_seeds = rng.integers(0, len(b), size=len(b))
+        docs = rng.integers(0, len(ids), size=(1, len(ids)))
+        diffs[t] = (_aggregate_draws(a[a_seeds].mean(axis=0), docs, metric)[0]
+                    - _aggregate_draws(b[b_seeds].mean(axis=0), docs, metric)[0])
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(diffs, [tail, 1.0 - tail])
+    return Interval(delta=float(delta), low=float(low), high=float(high), documents=len(ids))

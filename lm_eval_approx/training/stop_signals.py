@@ -36,7 +36,10 @@ from lm_eval_approx.training.recipe import (
 TASK_TEXTS = "task:train"
 TEACHER_STAGE = "monitor_teacher"  # θf's distributions on a set of monitor texts
 TEACHER_FILE = "teacher_logprobs.npy"
-PROBE_KEY = "probe"  # a task_* signal's monitor texts: the task's training split (keyed by the task)
+PROBE_KEY = "probe"
+# The caches of θf's monitor distribution and of the probe values at θ0 are exact (the tests compare
+# them with fresh measurements); benchmarks/cell_cost.py turns them off to measure what they save.
+CACHE_PROBES = True  # a task_* signal's monitor texts: the task's training split (keyed by the task)
 
 
 def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[str],
@@ -85,16 +88,22 @@ def stop_probes(spec: TaskSpec, recipe: TrainingRecipe, texts: Sequence[str], *,
     """The probe of ``recipe.stop_on`` on ``texts``: the task loss itself (``task_loss``, language
     modelling), or θf against the model being retrained (``teacher_*``, ``task_kl``,
     ``task_agreement``: classification; θf is loaded, read once, and released here)."""
-    from lm_eval_approx.models.loading import load_tokenizer, model_fingerprint
+    from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
     from lm_eval_approx.training.probes import loss_probe, teacher_probes
 
     settings = {"task": task_key(spec), "texts": texts_hash(texts), "batch_size": batch_size, "max_length": max_length,
                 "add_bos_token": add_bos_token, "signal": recipe.stop_on}
     if recipe.stop_on == TASK_LOSS:
         probe = loss_probe(spec, texts, batch_size, max_length, add_bos_token=add_bos_token)
-        return [dataclasses.replace(probe, key=stage_key(PROBE_KEY, settings))]
+        return [dataclasses.replace(probe, key=stage_key(PROBE_KEY, settings) if CACHE_PROBES else "")]
     check_teacher(spec, recipe, finetuned)
     names = (TASK_KL, TASK_AGREEMENT) if recipe.stop_on in TASK_SIGNALS else (TEACHER_KL, TEACHER_AGREEMENT)
+    if not CACHE_PROBES:
+        teacher = load_model(finetuned)
+        probe = teacher_probes(teacher, load_tokenizer(base), spec, texts, batch_size, max_length,
+                               add_bos_token=add_bos_token, names=names)
+        del teacher
+        return [probe]
     settings["finetuned"] = model_fingerprint(finetuned)
     target = teacher_distribution(spec, texts, finetuned, base, settings)
     probe = teacher_probes(None, load_tokenizer(base), spec, texts, batch_size, max_length,
