@@ -225,3 +225,20 @@ def _counting(run_stage, seen: list):
         seen.append(record.cached)
         return record
     return wrapped
+
+
+def test_auto_precision_resolves_by_the_hardware_and_is_stored_resolved(tmp_path, monkeypatch):
+    from lm_eval_approx.training import precision
+
+    with_bf16 = tmp_path / "bf16"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    without = tmp_path / "plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert precision.cpu_has_native_bf16(with_bf16) and not precision.cpu_has_native_bf16(without)
+    assert not precision.cpu_has_native_bf16(tmp_path / "missing")
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(precision, "native_bf16", lambda native=native: native)
+        recipe = TrainingRecipe(mixed_precision="auto")
+        assert recipe.mixed_precision == expected
+        assert recipe.recipe_hash() == TrainingRecipe(mixed_precision=expected).recipe_hash()
+        assert TrainingRecipe.from_json(recipe.to_json()) == recipe

@@ -24,6 +24,7 @@ from typing import Any
 
 from lm_eval_approx.cache.atomic import write_text_atomic
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.training.precision import AUTO, resolve_precision
 from lm_eval_approx.validation import (
     MIN_MAX_LENGTH,
     add_field_arguments,
@@ -41,7 +42,7 @@ ALL_LINEAR = "all-linear"
 HEAD = "head"
 DEFAULT_TARGET_MODULES = (ALL_LINEAR, HEAD)
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("no", "bf16", "fp16", AUTO)
 MAX_VALIDATION_FRACTION = 0.5
 VALIDATION_LOSS = "validation_loss"
 TEACHER_KL = "teacher_kl"
@@ -117,7 +118,10 @@ class TrainingRecipe:
     patience: int = help_field(
         "stop after this many epochs without a better stop_on signal (0: never stop early)", 2
     )
-    mixed_precision: str = help_field(f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)}", "no")
+    mixed_precision: str = help_field(
+        f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)} ({AUTO}: bf16 where the CPU or GPU computes it "
+        "natively, else no; stored resolved; training/precision.py)", "no"
+    )
     stop_on: str = help_field(
         f"what picks the kept epoch and stops training: {' | '.join(STOP_SIGNALS)} (the teacher signals "
         "compare with θf: teacher_* on held-out, unselected pool documents, task_kl / task_agreement on "
@@ -150,6 +154,7 @@ class TrainingRecipe:
         check_choice("method", self.method, METHODS)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        self.mixed_precision = resolve_precision(self.mixed_precision)
         check_choice("stop_on", self.stop_on, STOP_SIGNALS)
         check_choice("class_balance", self.class_balance, CLASS_BALANCE)
         check_choice("batch_order", self.batch_order, BATCH_ORDERS)
