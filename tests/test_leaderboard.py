@@ -488,7 +488,8 @@ def test_cheaper_lora_recipes_are_costed_at_their_measured_time_ratio():
 
 def test_a_retraining_on_a_teacher_signal_is_costed_at_its_cap_plus_its_probes():
     """Under the retraining rule every epoch up to the cap is counted, and the monitor texts are
-    scored once by θf, once by θ0 and after every epoch, at the choice rate."""
+    scored after every epoch in every cell, and by θf and θ0 once per draw of monitor texts (the
+    cells of one retraining seed share it: cached stages), at the choice rate."""
     from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
 
     def retraining(*overrides):
@@ -497,11 +498,33 @@ def test_a_retraining_on_a_teacher_signal_is_costed_at_its_cap_plus_its_probes()
     plain = retraining("retraining={epochs: 8}")
     ruled = retraining("retraining={epochs: 8, stop_on: task_agreement, monitor_size: 100}")
     cells = len(load_config(None, "cpu-small", []).cells()) - 2
-    assert ruled - plain == pytest.approx(cells * 100 * (8 + 2) / CPU_RATES["score_choice"])
-    lm = estimate(load_config(None, "cpu-msmarco", [])).seconds["retraining"]  # task_loss: no θf pass
+    assert ruled - plain == pytest.approx((cells * 8 + 2) * 100 / CPU_RATES["score_choice"])
+    seeded = ["seeds=[0, 1]", "seed_retraining=true"]
+    two_draws = retraining("retraining={epochs: 8, stop_on: task_agreement, monitor_size: 100}", *seeded)
+    assert two_draws - retraining("retraining={epochs: 8}", *seeded) == pytest.approx(
+        (2 * cells * 8 + 2 * 2) * 100 / CPU_RATES["score_choice"])
+    lm_config = load_config(None, "cpu-msmarco", [])
+    lm = estimate(lm_config).seconds["retraining"]  # task_loss: no θf pass
     lm_plain = estimate(load_config(None, "cpu-msmarco", ["retraining={epochs: 8}"])).seconds["retraining"]
-    lm_cells = len(load_config(None, "cpu-msmarco", []).cells()) - 2
-    assert lm - lm_plain == pytest.approx(lm_cells * 256 * (8 + 1) / CPU_RATES["loss"])
+    lm_cells = len(lm_config.cells()) - 2
+    draws = len({c.seed for c in lm_config.cells() if c.kind == "approx"}) if lm_config.seed_retraining else 1
+    assert lm - lm_plain == pytest.approx((lm_cells * 8 + draws) * 256 / CPU_RATES["loss"])
+
+
+def test_the_fast_recipe_is_costed_at_its_measured_factors():
+    from lm_eval_approx.leaderboard.estimate import FAST_TIME, estimate
+
+    def retraining(*overrides):
+        return estimate(load_config(None, "cpu-small", ["retraining={epochs: 2}", *overrides])).seconds["retraining"]
+
+    old = retraining("recipe={lora_layers: 4, batch_size: 4, micro_batch_size: 0, mixed_precision: 'no', "
+                     "batch_order: shuffled, dropout_sampler: torch}")
+    fast = retraining("recipe={lora_layers: 4, batch_size: 4, micro_batch_size: 0, mixed_precision: bf16, "
+                      "batch_order: bucketed, dropout_sampler: fast}")
+    factor = 1.0
+    for value in FAST_TIME.values():
+        factor *= value
+    assert fast == pytest.approx(old * factor)
 
 
 def test_language_modelling_retraining_is_costed_at_the_whole_text_rate():

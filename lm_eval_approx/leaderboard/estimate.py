@@ -48,6 +48,10 @@ GPU_SPEEDUP = 40.0
 # benchmarks/memory.py (SmolLM2-135M, 2026-12-02): the head alone, and the top 4 of 30 blocks + head
 # (used for any lora_layers > 0: rough, the cost grows with the number of adapted blocks).
 HEAD_ONLY_TIME, TOP_BLOCKS_TIME = 0.38, 0.49
+# Training time of each fast recipe field relative to its old value, measured one at a time in the
+# training loop of a rule cell by benchmarks/cell_cost.py (SmolLM2-135M, 2 cores with AVX512-BF16,
+# 2026-12-06); bf16 also speeds up the monitor probe, which runs under the training's autocast.
+FAST_TIME = {("mixed_precision", "bf16"): 0.75, ("batch_order", "bucketed"): 0.91, ("dropout_sampler", "fast"): 0.92}
 
 
 @dataclass
@@ -95,12 +99,20 @@ def _train_rate(rates: dict[str, float], recipe, task: str) -> float:
     """Examples per second of ``recipe`` on ``task``: the default LoRA rate (classification, or
     whole texts for a language-modelling task), faster when the backward pass stops early (LoRA on
     the head only, or on the top ``lora_layers`` blocks)."""
-    rate = rates["train" if _is_choice_task(task) else "train_text"]
+    rate = rates["train" if _is_choice_task(task) else "train_text"] / _fast_time(recipe)
     if recipe.method != "lora":
         return rate
     if tuple(recipe.target_modules) == ("head",):
         return rate / HEAD_ONLY_TIME
     return rate / TOP_BLOCKS_TIME if recipe.lora_layers else rate
+
+
+def _fast_time(recipe, fields: tuple[str, ...] = ("mixed_precision", "batch_order", "dropout_sampler")) -> float:
+    """The measured time factor of the recipe's fast fields (1.0 for the old recipe)."""
+    factor = 1.0
+    for name in fields:
+        factor *= FAST_TIME.get((name, getattr(recipe, name)), 1.0)
+    return factor
 
 
 def _feature_rate(rates: dict[str, float], params: str) -> float:
@@ -139,14 +151,21 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             for m in [s.approx.get("checkpoints", config.approx.get("checkpoints", 1))] for j in range(1, m + 1)
         }
         seconds["labels+features"] += sum(n / _feature_rate(rates, params) for params, _ in feature_sets)
+    monitored = set()
     for cell in cells:
         if cell.id in done:
             continue
         if cell.kind == APPROX:
             recipe = config.retraining_for(cell.label)
             seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe, config.task)
-            if recipe.uses_probe:  # θ0 and every epoch (and θf, once, for a teacher) score the monitor texts
-                passes = recipe.epochs + (2 if recipe.uses_teacher else 1)
+            if recipe.uses_probe:
+                # Every epoch scores the monitor texts; θ0 (and θf, for a teacher) score them once per
+                # draw of monitor texts, which the cells of one retraining seed share (cached stages).
+                seed = cell.seed if config.seed_retraining else recipe.seed
+                draw = (seed, recipe.monitor_size, recipe.mixed_precision)
+                passes = recipe.epochs * _fast_time(recipe, ("mixed_precision",))
+                passes += 0 if draw in monitored else (2 if recipe.uses_teacher else 1)
+                monitored.add(draw)
                 rate = rates["score_choice"] if recipe.uses_teacher else rates["loss"]  # task_loss: one loss pass
                 seconds["retraining"] += recipe.monitor_size * passes / rate
         for task in config.tasks():
