@@ -2,7 +2,8 @@
 
 A tiny but real run (tiny random Llama θ0, a local JSONL candidate corpus) goes through the cached
 pipeline — pseudo-labelling, gradient features, selection, training (stopped on the teacher-KL
-probe, measured after every epoch) — and, in ``--mode leaderboard``,
+probe, measured after every epoch, with θf's monitor distribution and the probe values at θ0 as
+stages of their own) — and, in ``--mode leaderboard``,
 through lm-eval scoring inside a one-strategy leaderboard (needs the data mirror, LM_EVAL_APPROX_DATA).
 
 1. An uninterrupted baseline run records when each stage starts and how long it takes.
@@ -13,8 +14,8 @@ through lm-eval scoring inside a one-strategy leaderboard (needs the data mirror
    baseline's; every stage finished before the rerun is reported cached with its stage.json (and
    every finished leaderboard results JSON) untouched; every stage.json's checksums verify.
 
-    python benchmarks/kill_resume.py --trials 2                      # pipeline stages, 8 kills
-    python benchmarks/kill_resume.py --mode leaderboard --trials 5   # all six stages, 30 kills
+    python benchmarks/kill_resume.py --trials 2                      # pipeline stages, 12 kills
+    python benchmarks/kill_resume.py --mode leaderboard --trials 5   # all eight stages, 40 kills
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "@@"
-PIPELINE_STAGES = ("labels", "features", "selection", "training")
+# In the order they start: the monitor stages (θf's distribution on the monitor texts, the probe
+# values at θ0) run inside the training stage, before its first epoch.
+PIPELINE_STAGES = ("labels", "features", "selection", "monitor_teacher", "probe_start", "training")
 LEADERBOARD_STAGES = PIPELINE_STAGES + ("evaluation", "leaderboard")
 CORPUS_SIZE = 40
 TOPICS = ("peace talks in the capital", "the team won the match", "stocks and profits rose", "a new chip and software")
@@ -61,7 +64,9 @@ def _child(args) -> int:
         mark("end", name, record.key, int(record.cached))
         return record
 
-    pipeline.run_stage = marked_stage
+    from lm_eval_approx.training import loop, stop_signals
+
+    pipeline.run_stage = stop_signals.run_stage = loop.run_stage = marked_stage
     mark("start", "leaderboard")
     if args.mode == "pipeline":
         from lm_eval_approx.pipeline import ApproxConfig, run_approximation

@@ -11,7 +11,10 @@ batches, in float32 on this CPU:
 - bergson (``--peer-python``, a separate venv with ``bergson``): its ``InMemoryCollector`` under a
   ``CollectorComputer`` (the collector ``bergson build`` runs, without writing to disk) with
   ``projection_dim=p`` (a p×p block per layer), ``loss_reduction="mean"`` (its default sums token
-  losses), no normalizer, no preconditioner, no unit normalisation.
+  losses), no normalizer, no preconditioner, no unit normalisation. As bergson sets it up
+  (``setup_model_and_peft``) the input embedding requires grad, so its backward also forms the
+  gradient of that (tied: head) weight, one head-sized product per batch that ours skips; and its
+  venv may carry another torch build than ours (both versions are printed).
 
 Dimensions match block for block: ours gets ``dim = 210·p²``, which it splits into one p×p block
 per layer, the shape bergson gives each layer. Texts: the first ``--texts`` texts of
@@ -28,8 +31,12 @@ ours (the factors' ``.gradient()``), of bergson (``projection_dim=0``) and of pl
 on the same loss are compared by cosine and norm ratio, the per-text losses of both runs are
 compared, and the projected ‖g‖² of both on the warm-up batch are divided by the exact ‖g‖².
 
-    python benchmarks/peers.py                    # 128 texts: about 4 minutes on two busy cores
-    python benchmarks/peers.py --texts 2000       # the issue's measurement: about 25 minutes
+    python benchmarks/peers.py                    # 64 texts: 6 minutes on two busy shared cores
+    python benchmarks/peers.py --texts 2000       # the issue's measurement: ~2.5 hours there
+
+At batch 16 × 129 tokens each side peaked at about 7 GiB RSS, most of it what one batch's forward
+and backward hold; ``--batch-size`` lowers it. Needs ``LM_EVAL_APPROX_DATA`` (the texts),
+the converted SmolLM2 (``smollm2-135m``) and a venv with ``pip install bergson`` (``--peer-python``).
 """
 
 from __future__ import annotations
@@ -304,7 +311,8 @@ def report(job: dict, results: dict, rounds: int) -> None:
           f"{job['p']}×{job['p']} per layer: bergson projection_dim={job['p']} → {peer['dim']} dims, "
           f"ours kronecker dim={len(ours['layers'])}·{job['p']}² → {ours['dim']} dims")
     print(f"torch: ours {ours['torch']}, bergson {peer['torch']} (bergson {peer['bergson']})")
-    print("| side | examples/s | seconds | peak RSS MiB | RSS after loading MiB | growth MiB |\n|---|---|---|---|---|---|")
+    print("| side | examples/s | seconds | peak RSS MiB | RSS after loading MiB | growth MiB |")
+    print("|---|---|---|---|---|---|")
     for side in ("ours", "bergson"):
         r = best[side]
         print(f"| {side} | {rate[side]:.2f} | {r['seconds']:.1f} | {peak[side] / MIB:.0f} | "

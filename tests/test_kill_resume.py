@@ -1,5 +1,5 @@
-"""SIGKILL during feature extraction and training, then rerun: the result equals an uninterrupted
-run and nothing finished is recomputed (benchmarks/kill_resume.py, two kills)."""
+"""SIGKILL during feature extraction, the monitor stages and training, then rerun: the result equals an uninterrupted
+run and nothing finished is recomputed (benchmarks/kill_resume.py, four kills)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ HARNESS_TIMEOUT_S = 600
 def test_two_sigkills_are_survived(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "kill_resume.py"), "--trials", "1", "--stages", "features,training",
+        [sys.executable, str(ROOT / "benchmarks" / "kill_resume.py"), "--trials", "1", "--stages", "features,monitor_teacher,probe_start,training",
          "--seed", "3", "--work", str(tmp_path)],
         check=False, capture_output=True, text=True, timeout=HARNESS_TIMEOUT_S, env=env, cwd=ROOT,
     )
