@@ -240,6 +240,24 @@ def test_a_strategy_recipe_changes_only_its_own_rows_retraining(monkeypatch):
         config_from_dict(_tiny_dict(strategies=[{"name": "select", "label": "select_2ep"}])), longer)
 
 
+def test_the_training_path_names_a_cell_whether_stated_or_defaulted(monkeypatch):
+    """Stating the old training path (fp32, shuffled, torch dropout) keeps a cell's hash as it was
+    before those fields existed; the fast path changes it, stated in the config or taken from the
+    defaults."""
+    monkeypatch.setattr(runner, "resolve_model", lambda name: name)
+    old_path = {"mixed_precision": "no", "batch_order": "shuffled", "dropout_sampler": "torch"}
+    plain = config_from_dict(_tiny_dict(strategies=["select"]))
+    cell = next(c for c in plain.cells() if c.label == "select")
+    pinned = config_from_dict(_tiny_dict(strategies=["select"], recipe=dict(plain.recipe, **old_path)))
+    assert runner.cell_hash(pinned, cell) == runner.cell_hash(plain, cell)
+    stated = config_from_dict(_tiny_dict(strategies=["select"], recipe=dict(plain.recipe, batch_order="bucketed")))
+    assert runner.cell_hash(stated, cell) != runner.cell_hash(plain, cell)
+    before = runner.cell_hash(plain, cell)
+    # A default that is not the old path (as the fast path's defaults are): hashed though not stated.
+    monkeypatch.setattr(runner, "OLD_TRAINING_PATH", dict(old_path, batch_order="bucketed"))
+    assert runner.cell_hash(plain, cell) != before
+
+
 def test_every_preset_validates_and_dry_runs(capsys):
     for preset, cells in (("gpu", 2 + 10 * 4 * 3), ("cpu", 2 + 3 * 3 + 3 + 8), ("cpu-small", 5), ("cpu-msmarco", 2 + 3 + 4)):
         assert main(["leaderboard", "--preset", preset, "--dry-run"]) == 0

@@ -68,6 +68,8 @@ CONFIG_SNAPSHOT = "leaderboard.json"
 EXPERT_DIR = "leaderboard-experts"
 SELECTION_STAGES = (LABEL_STAGE, BASE_LOSS_STAGE, FEATURE_STAGE, SELECTION_STAGE)
 HASH_CHARS = 16
+# The training path every cell ran before 2026-12-06 (fp32, shuffled batches, torch's dropout sampler).
+OLD_TRAINING_PATH = {"mixed_precision": "no", "batch_order": "shuffled", "dropout_sampler": "torch"}
 FAST_HF = "approx_hf"
 
 
@@ -116,15 +118,27 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
         splits = {name: r.micro_batch_size for name, r in trained.items() if r.splits_batches}
         if splits:
             inputs["micro_batches"] = splits
+        # A training-path value a config states is hashed with its mapping above; one that comes from
+        # the defaults (the fast path since 2026-12-06) is hashed here, so it still names the cell.
+        stated = {"expert": {**config.recipe, **config.expert.recipe}}
+        if cell.kind == APPROX:
+            stated["retraining"] = {**config.recipe, **config.retraining, **config.strategy(cell.label).recipe}
+        fast = {name: {field: getattr(r, field) for field, old in OLD_TRAINING_PATH.items()
+                       if getattr(r, field) != old and field not in stated[name]}
+                for name, r in trained.items()}
+        if any(fast.values()):
+            inputs["training_path"] = {name: fields for name, fields in fast.items() if fields}
     text = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
 def _as_keyed(recipe: dict[str, Any]) -> dict[str, Any]:
-    """A config's recipe mapping as cell hashes saw it before micro-batches became the default: an
-    explicit ``micro_batch_size: 0`` restates what those cells ran, so it leaves their hash alone
-    (whether a batch is split is hashed from the resolved recipe, ``micro_batches`` above)."""
-    return {key: value for key, value in recipe.items() if not (key == "micro_batch_size" and value == 0)}
+    """A config's recipe mapping as cell hashes saw it before micro-batches and the fast training
+    path became defaults: an explicit ``micro_batch_size: 0`` or an old training-path value
+    (``OLD_TRAINING_PATH``) restates what those cells ran, so it leaves their hash alone (what the
+    resolved recipes do is hashed as ``micro_batches`` and ``training_path`` above)."""
+    return {key: value for key, value in recipe.items()
+            if not (key == "micro_batch_size" and value == 0) and OLD_TRAINING_PATH.get(key, object()) != value}
 
 
 def task_versions(names: tuple[str, ...]) -> dict[str, object]:
