@@ -116,7 +116,11 @@ def loop_seconds(expert: Path, out: Path, fields: dict) -> float:
     from lm_eval_approx.training.recipe import TrainingRecipe
     import tempfile
 
-    rows = read_selection(next(out.glob("**/selection.jsonl")))
+    from lm_eval_approx.cache.paths import cache_dir
+
+    del out  # the selection lives in the stage cache, not in the grid's folder
+    rows = read_selection(min((cache_dir() / "stages" / "selection").glob("*/selection.jsonl"),
+                              key=lambda path: len(path.read_text().splitlines())))
     recipe = TrainingRecipe(micro_batch_size=0, epochs=1, **fields)
     with tempfile.TemporaryDirectory() as folder:
         history = train_model(BASE, get_task_spec(TASK), rows, recipe, folder, progress=False).history
@@ -128,7 +132,7 @@ def probe_setup_seconds(expert: Path, cached: bool) -> float:
     from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
     from lm_eval_approx.tasks.specs import get_task_spec
     from lm_eval_approx.training import stop_signals
-    from lm_eval_approx.training.loop import _record_probes
+    from lm_eval_approx.training.probes import record_probes
     from lm_eval_approx.training.recipe import TrainingRecipe
 
     spec = get_task_spec(TASK)
@@ -140,7 +144,7 @@ def probe_setup_seconds(expert: Path, cached: bool) -> float:
     for _ in range(rounds):
         began = time.perf_counter()
         probes = stop_signals.stop_probes(spec, recipe, texts, base=BASE, finetuned=str(expert))
-        _record_probes({"probes": {}, "probe_seconds": 0.0}, probes, model, tokenizer,
+        record_probes({"probes": {}, "probe_seconds": 0.0}, probes, model, tokenizer,
                        start=(model_fingerprint(BASE), recipe.mixed_precision))
         seconds = time.perf_counter() - began
     stop_signals.CACHE_PROBES = True

@@ -79,7 +79,8 @@ def measure(spec, examples, texts, recipe, batches: int, finetuned: str | None) 
     from lm_eval_approx.training.batching import BucketedBatches, padded_positions
     from lm_eval_approx.training.data import EpochShuffle, normalise_weights, render_examples, split_validation, \
         training_batch
-    from lm_eval_approx.training.loop import SHUFFLE_STRIDE, _accelerator, _backward_in_parts, _validation_loss
+    from lm_eval_approx.training.loop import SHUFFLE_STRIDE, _backward_in_parts, _validation_loss
+    from lm_eval_approx.training.precision import accelerator_for
     from lm_eval_approx.training.model import prepare_model
     from lm_eval_approx.training.probes import run_probes
     from lm_eval_approx.models.head_positions import supports_head_positions
@@ -99,7 +100,7 @@ def measure(spec, examples, texts, recipe, batches: int, finetuned: str | None) 
         flat = list(sampler)
         order = [flat[i:i + recipe.batch_size] for i in range(0, len(flat), recipe.batch_size)]
     real, padded = padded_positions(order, lengths)
-    accelerator = _accelerator(recipe)
+    accelerator = accelerator_for(recipe)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate)
     model, optimizer = accelerator.prepare(model, optimizer)
     head = supports_head_positions(model)

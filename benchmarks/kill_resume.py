@@ -64,9 +64,11 @@ def _child(args) -> int:
         mark("end", name, record.key, int(record.cached))
         return record
 
-    from lm_eval_approx.training import loop, stop_signals
+    from lm_eval_approx.cache import stages
+    from lm_eval_approx.training import stop_signals
 
-    pipeline.run_stage = stop_signals.run_stage = loop.run_stage = marked_stage
+    # The probe-start stage looks run_stage up in cache.stages when it runs; the others imported it.
+    pipeline.run_stage = stop_signals.run_stage = stages.run_stage = marked_stage
     mark("start", "leaderboard")
     if args.mode == "pipeline":
         from lm_eval_approx.pipeline import ApproxConfig, run_approximation

@@ -200,10 +200,10 @@ def test_cached_probes_equal_measured_ones_and_skip_theta_f_and_theta0(tiny_llam
 
     first = retrain(0, "first").history["probes"]
     loads = []
-    from lm_eval_approx.training import loop
+    from lm_eval_approx.cache import stages
 
     monkeypatch.setattr(stop_signals, "run_stage", _counting(stop_signals.run_stage, loads))
-    monkeypatch.setattr(loop, "run_stage", _counting(loop.run_stage, loads))
+    monkeypatch.setattr(stages, "run_stage", _counting(stages.run_stage, loads))
     second = retrain(1, "second").history["probes"]
     assert loads == [True, True], "the second retraining must read θf's distribution and θ0's values from the cache"
     from lm_eval_approx.models.loading import load_model, load_tokenizer

@@ -19,7 +19,6 @@ out of DIR, raises ``PathEscapeError`` instead of being written through.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from lm_eval_approx.cache.safe_paths import contained, safe_name
 from lm_eval_approx.cache.stages import DONE_FILE
 from lm_eval_approx.data.selection_file import read_selection
 from lm_eval_approx.data.similarity import dataset_similarity, source_fractions
+from lm_eval_approx.leaderboard.cell_keys import cell_hash
 from lm_eval_approx.leaderboard.intervals import per_doc_values
 from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
 from lm_eval_approx.leaderboard.config import (
@@ -56,7 +56,7 @@ from lm_eval_approx.pipeline import (
     STAGE_ALPHA_SEPARATOR,
     TRAINING_STAGE,
 )
-from lm_eval_approx.tasks.specs import get_task_spec, task_key
+from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.examples import corpus_examples, task_examples
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.training.summary import TRAINING_FILE, read_retraining_summary
@@ -67,9 +67,6 @@ RESULTS_DIR = "results"
 CONFIG_SNAPSHOT = "leaderboard.json"
 EXPERT_DIR = "leaderboard-experts"
 SELECTION_STAGES = (LABEL_STAGE, BASE_LOSS_STAGE, FEATURE_STAGE, SELECTION_STAGE)
-HASH_CHARS = 16
-# The training path every cell ran before 2026-12-06 (fp32, shuffled batches, torch's dropout sampler).
-OLD_TRAINING_PATH = {"mixed_precision": "no", "batch_order": "shuffled", "dropout_sampler": "torch"}
 FAST_HF = "approx_hf"
 
 
@@ -89,56 +86,6 @@ def result_files(out: str | Path) -> list[Path]:
     """Every ``out/results/*.json`` in name order, each checked like ``results_path``."""
     folder = results_dir(out)
     return [contained(folder, p.name, field="leaderboard result file") for p in sorted(folder.glob("*.json"))]
-
-
-def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
-    """Hash of every config value the cell's scores depend on (not the other cells)."""
-    expert = dict(config.expert.__dict__, recipe=_as_keyed(config.expert.recipe))
-    inputs: dict[str, Any] = {
-        "cell": cell.id, "base": config.base, "expert": expert, "recipe": _as_keyed(config.recipe),
-        "tasks": [t.__dict__ for t in config.tasks()],
-    }
-    target = task_key(get_task_spec(config.task))
-    if target != config.task:  # a task rendered by lm-eval: its prompt identity (built-in keys unchanged)
-        inputs["target"] = target
-    if config.seed_retraining:
-        inputs["seed_retraining"] = True
-    if cell.kind == APPROX:
-        strategy = config.strategy(cell.label)
-        inputs.update(corpus=config.corpus.__dict__, approx=config.approx, strategy=strategy.name,
-                      options=strategy.options, strategy_approx=strategy.approx, k=cell.k, seed=cell.seed)
-        if strategy.recipe:
-            inputs.update(strategy_recipe=_as_keyed(strategy.recipe))
-        if config.retraining:  # absent when empty: cells made before the rule keep their hashes
-            inputs.update(retraining=_as_keyed(config.retraining))
-    if cell.kind != THETA0:
-        trained = {} if config.expert.adapter is not None else {"expert": config.recipe_for(config.expert.recipe)}
-        if cell.kind == APPROX:
-            trained["retraining"] = config.retraining_for(cell.label)
-        splits = {name: r.micro_batch_size for name, r in trained.items() if r.splits_batches}
-        if splits:
-            inputs["micro_batches"] = splits
-        # A training-path value a config states is hashed with its mapping above; one that comes from
-        # the defaults (the fast path since 2026-12-06) is hashed here, so it still names the cell.
-        stated = {"expert": {**config.recipe, **config.expert.recipe}}
-        if cell.kind == APPROX:
-            stated["retraining"] = {**config.recipe, **config.retraining, **config.strategy(cell.label).recipe}
-        fast = {name: {field: getattr(r, field) for field, old in OLD_TRAINING_PATH.items()
-                       if getattr(r, field) != old and field not in stated[name]}
-                for name, r in trained.items()}
-        if any(fast.values()):
-            inputs["training_path"] = {name: fields for name, fields in fast.items() if fields}
-    text = json.dumps(inputs, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
-
-
-def _as_keyed(recipe: dict[str, Any]) -> dict[str, Any]:
-    """A config's recipe mapping as cell hashes saw it before micro-batches and the fast training
-    path became defaults: an explicit ``micro_batch_size: 0`` or an old training-path value
-    (``OLD_TRAINING_PATH``) restates what those cells ran, so it leaves their hash alone (what the
-    resolved recipes do is hashed as ``micro_batches`` and ``training_path`` above)."""
-    return {key: value for key, value in recipe.items()
-            if not (key == "micro_batch_size" and value == 0) and OLD_TRAINING_PATH.get(key, object()) != value}
 
 
 def task_versions(names: tuple[str, ...]) -> dict[str, object]:

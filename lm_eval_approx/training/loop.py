@@ -43,7 +43,6 @@ from typing import Any
 import torch
 
 from lm_eval_approx.cache.atomic import replace_dir, write_json_atomic
-from lm_eval_approx.cache.stages import run_stage
 from lm_eval_approx.data.selection_file import SelectedExample, selection_hash
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import model_fingerprint, resolve_model
@@ -58,7 +57,8 @@ from lm_eval_approx.training.data import (
 )
 from lm_eval_approx.models.head_positions import supports_head_positions
 from lm_eval_approx.training.loss import batch_example_losses
-from lm_eval_approx.training.probes import Probe, direction, improves, run_probes
+from lm_eval_approx.training.precision import accelerator_for
+from lm_eval_approx.training.probes import Probe, direction, improves, record_probes
 from lm_eval_approx.training.batching import BucketedBatches
 from lm_eval_approx.training.model import prepare_model
 from lm_eval_approx.training.recipe import BALANCED, BUCKETED, FULL, NO_BALANCE, TrainingRecipe
@@ -75,8 +75,6 @@ logger = logging.getLogger(__name__)
 RECIPE_FILE = "recipe.json"
 CURVES_FILE = "curves.json"
 WORK_SUFFIX = ".partial"
-START_STAGE = "probe_start"  # the probes' values at θ0, shared by every training with the same probes
-START_VALUES_FILE = "values.json"
 SHUFFLE_STRIDE = 1_000_003
 KEY_CHARS = 16
 MIN_SECONDS = 1e-9  # guards the examples/s division for an empty run
@@ -139,20 +137,6 @@ def _loader(rows, batch_size: int, pad_id: int, sampler=None):
     )
 
 
-def _accelerator(recipe: TrainingRecipe):
-    """An Accelerator for this recipe. Accelerate keeps one process-wide state and refuses a second
-    mixed precision in one process; a leaderboard trains the expert and its cells in one process
-    under different recipes, so a state of another precision is dropped (the process group, which
-    lives in PartialState, is kept)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") not in (None, recipe.mixed_precision):
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation, mixed_precision=recipe.mixed_precision)
-
-
 def _train_loader(rows, recipe: TrainingRecipe, pad_id: int):
     """The epoch loader: the seeded permutation in batches as it comes, or length-bucketed."""
     sampler = EpochShuffle(len(rows), recipe.seed, SHUFFLE_STRIDE)
@@ -199,7 +183,7 @@ def train_model(
     train_loader = _train_loader(train_data, recipe, tokenizer.pad_token_id)
     val_loader = _loader(val_data, recipe.batch_size, tokenizer.pad_token_id) if val_data else None
 
-    accelerator = _accelerator(recipe)
+    accelerator = accelerator_for(recipe)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     steps_per_epoch = -(-len(train_loader) // recipe.gradient_accumulation)
@@ -226,7 +210,7 @@ def train_model(
             history["initial_validation_loss"] = _validation_loss(accelerator, model, val_loader, spec.kind,
                                                                   head_positions)
     if probes and not history["probes"]:
-        _record_probes(history, probes, accelerator.unwrap_model(model), tokenizer,
+        record_probes(history, probes, accelerator.unwrap_model(model), tokenizer,
                        start=(model_fingerprint(base), recipe.mixed_precision))
         if on_signal:
             history["best_epoch"], history["best_signal"] = 0, history["probes"][recipe.stop_on][0]
@@ -267,7 +251,7 @@ def train_model(
         if val_loss is not None:
             history["validation_loss"].append(val_loss)
         if probes:
-            _record_probes(history, probes, accelerator.unwrap_model(model), tokenizer)
+            record_probes(history, probes, accelerator.unwrap_model(model), tokenizer)
         if on_signal:
             signal = history["probes"][recipe.stop_on][-1]
             better = improves(higher_better, signal, history["best_signal"])
@@ -330,30 +314,6 @@ def _timed(clock: dict[str, float], phase: str):
         yield
     finally:
         clock[phase] = clock.get(phase, 0.0) + time.perf_counter() - began
-
-
-def _record_probes(history: dict, probes: Sequence[Probe], model, tokenizer,
-                   start: tuple[str, str] | None = None) -> None:
-    """Measure the probes on the current weights into the history. ``start`` = (θ0's fingerprint,
-    mixed precision) marks the measurement before the first epoch: then the model computes θ0's
-    outputs exactly, whatever the seed (LoRA's B starts at zero, so B·A·x adds exact zeros; full
-    finetuning starts from θ0), and probes with a ``key`` read their values from a stage cached
-    under these, so a grid measures θ0 once per set of monitor texts instead of once per cell."""
-    began = time.perf_counter()
-    if start is not None and all(probe.key for probe in probes):
-        inputs = {"base": start[0], "mixed_precision": start[1], "probes": [probe.key for probe in probes]}
-
-        def compute(folder: Path) -> dict:
-            write_json_atomic(folder / START_VALUES_FILE, run_probes(probes, model, tokenizer))
-            return {}
-
-        stage = run_stage(START_STAGE, inputs, compute)
-        values = json.loads((stage.path / START_VALUES_FILE).read_text(encoding="utf-8"))
-    else:
-        values = run_probes(probes, model, tokenizer)
-    for name, value in values.items():
-        history["probes"].setdefault(name, []).append(value)
-    history["probe_seconds"] += time.perf_counter() - began
 
 
 def _resume(checkpoint: Path, model, optimizer, scheduler, fresh: dict) -> tuple[dict, dict | None]:

@@ -48,3 +48,17 @@ def resolve_precision(value: str) -> str:
     if value != AUTO:
         return value
     return BF16 if native_bf16() else FP32
+
+
+def accelerator_for(recipe):
+    """An Accelerator for ``recipe`` (its gradient accumulation and mixed precision). Accelerate
+    keeps one process-wide state and refuses a second mixed precision in one process; a leaderboard
+    trains its expert and its cells in one process under different recipes, so a state of another
+    precision is dropped (the process group, which lives in PartialState, is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, recipe.mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(gradient_accumulation_steps=recipe.gradient_accumulation, mixed_precision=recipe.mixed_precision)

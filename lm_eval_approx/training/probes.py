@@ -39,6 +39,8 @@ from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
 from lm_eval_approx.training.recipe import TASK_LOSS, TEACHER_AGREEMENT, TEACHER_KL
 
 ACCURACY = "accuracy"
+START_STAGE = "probe_start"  # the probes' values at θ0, shared by every training with the same probes
+START_VALUES_FILE = "values.json"
 
 
 @dataclass(frozen=True)
@@ -199,3 +201,35 @@ def direction(probes: Sequence[Probe], name: str) -> bool:
     measured = sorted(n for probe in probes for n in probe.higher_is_better)
     raise ConfigError("stop_on", name, "validation_loss, or a probe given to this training: "
                       + (", ".join(measured) or "none was given (teacher probes need θf and held-out pool documents)"))
+
+
+def record_probes(history: dict, probes: Sequence[Probe], model, tokenizer,
+                  start: tuple[str, str] | None = None) -> None:
+    """Measure the probes on the current weights into ``history`` (``probes``, ``probe_seconds``).
+    ``start`` = (θ0's fingerprint, mixed precision) marks the measurement before the first epoch:
+    then the model computes θ0's outputs exactly, whatever the seed (LoRA's B starts at zero, so
+    B·A·x adds exact zeros; full finetuning starts from θ0), and probes with a ``key`` read their
+    values from a stage cached under these, so a grid measures θ0 once per set of monitor texts
+    instead of once per cell."""
+    import json
+    import time
+    from pathlib import Path
+
+    from lm_eval_approx.cache.atomic import write_json_atomic
+    from lm_eval_approx.cache.stages import run_stage
+
+    began = time.perf_counter()
+    if start is not None and all(probe.key for probe in probes):
+        inputs = {"base": start[0], "mixed_precision": start[1], "probes": [probe.key for probe in probes]}
+
+        def compute(folder: Path) -> dict:
+            write_json_atomic(folder / START_VALUES_FILE, run_probes(probes, model, tokenizer))
+            return {}
+
+        stage = run_stage(START_STAGE, inputs, compute)
+        values = json.loads((stage.path / START_VALUES_FILE).read_text(encoding="utf-8"))
+    else:
+        values = run_probes(probes, model, tokenizer)
+    for name, value in values.items():
+        history["probes"].setdefault(name, []).append(value)
+    history["probe_seconds"] += time.perf_counter() - began

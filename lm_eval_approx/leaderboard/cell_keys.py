@@ -1,0 +1,72 @@
+"""A leaderboard cell's hash: every config value its scores depend on, and nothing else.
+
+``--resume`` keeps a finished cell whose recorded hash equals this one, so the rule below decides
+which published results stay valid when the config format grows. Two kinds of values restate what
+cells always ran and leave the hash alone: an explicit ``micro_batch_size: 0`` and an old training
+path value (``OLD_TRAINING_PATH``); what the resolved recipes actually do is hashed separately
+(``micro_batches`` when a batch is split, ``training_path`` when a fast-path value comes from the
+defaults rather than from the config's own mappings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from lm_eval_approx.leaderboard.config import APPROX, THETA0, Cell, LeaderboardConfig
+from lm_eval_approx.tasks.specs import get_task_spec, task_key
+
+HASH_CHARS = 16
+# The training path every cell ran before 2026-12-06 (fp32, shuffled batches, torch's dropout sampler).
+OLD_TRAINING_PATH = {"mixed_precision": "no", "batch_order": "shuffled", "dropout_sampler": "torch"}
+
+
+def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
+    """Hash of every config value the cell's scores depend on (not the other cells)."""
+    expert = dict(config.expert.__dict__, recipe=_as_keyed(config.expert.recipe))
+    inputs: dict[str, Any] = {
+        "cell": cell.id, "base": config.base, "expert": expert, "recipe": _as_keyed(config.recipe),
+        "tasks": [t.__dict__ for t in config.tasks()],
+    }
+    target = task_key(get_task_spec(config.task))
+    if target != config.task:  # a task rendered by lm-eval: its prompt identity (built-in keys unchanged)
+        inputs["target"] = target
+    if config.seed_retraining:
+        inputs["seed_retraining"] = True
+    if cell.kind == APPROX:
+        strategy = config.strategy(cell.label)
+        inputs.update(corpus=config.corpus.__dict__, approx=config.approx, strategy=strategy.name,
+                      options=strategy.options, strategy_approx=strategy.approx, k=cell.k, seed=cell.seed)
+        if strategy.recipe:
+            inputs.update(strategy_recipe=_as_keyed(strategy.recipe))
+        if config.retraining:  # absent when empty: cells made before the rule keep their hashes
+            inputs.update(retraining=_as_keyed(config.retraining))
+    if cell.kind != THETA0:
+        trained = {} if config.expert.adapter is not None else {"expert": config.recipe_for(config.expert.recipe)}
+        if cell.kind == APPROX:
+            trained["retraining"] = config.retraining_for(cell.label)
+        splits = {name: r.micro_batch_size for name, r in trained.items() if r.splits_batches}
+        if splits:
+            inputs["micro_batches"] = splits
+        # A training-path value a config states is hashed with its mapping above; one that comes from
+        # the defaults (the fast path since 2026-12-06) is hashed here, so it still names the cell.
+        stated = {"expert": {**config.recipe, **config.expert.recipe}}
+        if cell.kind == APPROX:
+            stated["retraining"] = {**config.recipe, **config.retraining, **config.strategy(cell.label).recipe}
+        fast = {name: {field: getattr(r, field) for field, old in OLD_TRAINING_PATH.items()
+                       if getattr(r, field) != old and field not in stated[name]}
+                for name, r in trained.items()}
+        if any(fast.values()):
+            inputs["training_path"] = {name: fields for name, fields in fast.items() if fields}
+    text = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def _as_keyed(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A config's recipe mapping as cell hashes saw it before micro-batches and the fast training
+    path became defaults: an explicit ``micro_batch_size: 0`` or an old training-path value
+    (``OLD_TRAINING_PATH``) restates what those cells ran, so it leaves their hash alone (what the
+    resolved recipes do is hashed as ``micro_batches`` and ``training_path`` above)."""
+    return {key: value for key, value in recipe.items()
+            if not (key == "micro_batch_size" and value == 0) and OLD_TRAINING_PATH.get(key, object()) != value}
