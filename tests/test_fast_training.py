@@ -20,7 +20,7 @@ from lm_eval_approx.training.loop import SHUFFLE_STRIDE, TRAINING_FILE, train_ad
 from lm_eval_approx.training.loss import batch_example_losses
 from lm_eval_approx.training.model import prepare_model
 from lm_eval_approx.training.recipe import TrainingRecipe
-from test_training import FAST, _adapter_tensors, _assert_same_tensors, toy_examples
+from test_training import FAST, _adapter_tensors, _assert_same_tensors, crash_after_first_epoch, toy_examples
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -148,10 +148,6 @@ def test_the_fast_recipe_trains_resumes_and_shares_a_process_with_fp32(tiny_llam
     assert fp32.history["epochs_run"] == 1
     recipe = TrainingRecipe(epochs=3, patience=0, **FAST, **FAST_RECIPE)
     straight = train_adapter(tiny_llama, AGNEWS, examples, recipe, tmp_path / "straight", progress=False)
-
-    def crash_after_first_epoch(epoch, history):
-        if epoch == 1:
-            raise KeyboardInterrupt
 
     target = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):

@@ -51,6 +51,12 @@ def toy_examples(n: int = 48, weights: bool = False) -> list[SelectedExample]:
     ]
 
 
+def crash_after_first_epoch(epoch, history):
+    """An ``on_epoch_end`` that interrupts a training after its first epoch's checkpoint."""
+    if epoch == 1:
+        raise KeyboardInterrupt
+
+
 def _adapter_tensors(folder) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
@@ -156,10 +162,6 @@ def test_tied_head_check_sees_through_the_lora_wrapper(tiny_llama, tmp_path):
 def test_interrupted_training_resumes_to_the_same_adapter(tiny_llama, tmp_path):
     examples, recipe = toy_examples(), TrainingRecipe(epochs=3, patience=0, **FAST)
     straight = train_adapter(tiny_llama, AGNEWS, examples, recipe, tmp_path / "straight", progress=False)
-
-    def crash_after_first_epoch(epoch, history):
-        if epoch == 1:
-            raise KeyboardInterrupt
 
     target = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):

@@ -93,18 +93,22 @@ def _aggregate_draws(values: np.ndarray, draws: np.ndarray, metric: str) -> np.n
     return -ll / (weight * math.log(2))
 
 
+def _shared_ids(row: Sequence[dict[str, object]], reference: Sequence[dict[str, object]]) -> list[str]:
+    """The documents every run of both sides was scored on, sorted; [] when a side has no run."""
+    if not row or not reference:
+        return []
+    return sorted(set.intersection(*(set(run) for run in [*row, *reference])))
+
+
 def paired_interval(row: Sequence[dict[str, object]], reference: Sequence[dict[str, object]], metric: str,
                     iterations: int = DEFAULT_ITERATIONS, level: float = DEFAULT_LEVEL,
                     seed: int = BOOTSTRAP_SEED) -> Interval | None:
     """Bootstrap interval of metric(row) − metric(reference) over the documents both were scored
     on. ``row`` and ``reference`` are lists of runs (one per seed), each a mapping doc id → value
     (``per_doc_values``). None when they share no document or a run lacks one of them."""
-    if not row or not reference:
+    ids = _shared_ids(row, reference)
+    if not ids:
         return None
-    shared = set.intersection(*(set(run) for run in [*row, *reference]))
-    if not shared:
-        return None
-    ids = sorted(shared)
     a, b = _seed_average(row, ids), _seed_average(reference, ids)
     if a.shape != b.shape:
         return None
@@ -126,12 +130,9 @@ def two_level_interval(row: Sequence[dict[str, object]], reference: Sequence[dic
     seeds move a score as much as the documents do; ``paired_interval`` holds the seeds fixed, this
     one counts both. A side with one run has no seed level to resample (its interval is then the
     documents-only one for that side). Same return as ``paired_interval``."""
-    if not row or not reference:
+    ids = _shared_ids(row, reference)
+    if not ids:
         return None
-    shared = set.intersection(*(set(run) for run in [*row, *reference]))
-    if not shared:
-        return None
-    ids = sorted(shared)
     a = np.asarray([[run[i] for i in ids] for run in row], dtype=np.float64)
     b = np.asarray([[run[i] for i in ids] for run in reference], dtype=np.float64)
     if a.shape[1:] != b.shape[1:]:
