@@ -108,7 +108,7 @@ def child_grid(config: str, out: str, old: bool) -> None:
     raise SystemExit(cli.main(["leaderboard", "--config", config, "--out", out, "--no-progress", "--only", "cell-*"]))
 
 
-def loop_seconds(expert: Path, out: Path, fields: dict) -> float:
+def loop_seconds(fields: dict) -> float:
     """The training loop alone (one epoch, no probes) on the first cell's selection."""
     from lm_eval_approx.data.selection_file import read_selection
     from lm_eval_approx.tasks.specs import get_task_spec
@@ -118,7 +118,7 @@ def loop_seconds(expert: Path, out: Path, fields: dict) -> float:
 
     from lm_eval_approx.cache.paths import cache_dir
 
-    del out  # the selection lives in the stage cache, not in the grid's folder
+    # The selection lives in the stage cache (the smaller of the two cells' selections).
     rows = read_selection(min((cache_dir() / "stages" / "selection").glob("*/selection.jsonl"),
                               key=lambda path: len(path.read_text().splitlines())))
     recipe = TrainingRecipe(micro_batch_size=0, epochs=1, **fields)
@@ -177,9 +177,9 @@ def main() -> None:
         for cell in grids[fast]:
             print(f"  {'new' if fast else 'old'} {cell['cell']}: {cell['wall']:.0f} s "
                   f"(retraining {cell['training']:.0f} s, kept epoch {cell['kept']})")
-    old_loop = loop_seconds(expert, work / "old", {})
+    old_loop = loop_seconds({})
     for name, fields in SAVINGS.items():
-        print(f"training loop, {name}, old / new: {old_loop / loop_seconds(expert, work / 'old', fields):.2f}x",
+        print(f"training loop, {name}, old / new: {old_loop / loop_seconds(fields):.2f}x",
               flush=True)
     uncached, cached = probe_setup_seconds(expert, False), probe_setup_seconds(expert, True)
     print(f"probe set-up of a later cell, uncached / cached: {uncached / cached:.2f}x "
