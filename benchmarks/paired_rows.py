@@ -10,10 +10,11 @@ leaderboard's "Δ vs random" column uses), over the seeds both rows finished, th
 ``--against-out`` reads the reference row from another grid scored on the same documents (same
 target, limit and document ids, checked). ``--all-seeds`` pairs each row's mean over all of its
 seeds instead of the seeds both finished (for a row against θ0 or the expert, which have one run).
-"Beats" means the interval excludes 0. The first interval resamples documents (the seeds' scores averaged
-per document), so the per-seed deltas are printed too: seed noise shows there; with several shared
-seeds, the two-level interval (``two_level_interval``: each row's seeds resampled, then the
-documents) counts the seed noise in the interval itself.
+The first interval resamples documents (the seeds' scores averaged per document), so the per-seed
+deltas are printed too: seed noise shows there. With several seeds on both sides, the two-level
+interval (``two_level_interval``: each row's seeds resampled, then the documents) counts the seed
+noise in the interval itself; it is the one the leaderboard's Δ columns print, and "beats" means
+it excludes 0 (the documents-only interval where a side has one seed).
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.row} (seeds {sorted(row)}) − {args.against} (seeds {sorted(ref)}): {both.delta:+.3f} "
               f"[{both.low:+.3f}, {both.high:+.3f}] ({both.documents} documents)"
               f"{'  excludes 0' if both.low > 0 or both.high < 0 else ''}")
+        if len(row) > 1 and len(ref) > 1:
+            levels = two_level_interval(list(row.values()), list(ref.values()), args.metric)
+            print(f"  two-level (seeds, then documents): {levels.delta:+.3f} [{levels.low:+.3f}, {levels.high:+.3f}]"
+                  f"{'  excludes 0' if levels.excludes_zero() else ''}")
         return 0
     seeds = sorted(set(row) & set(ref))
     if not seeds:

@@ -28,6 +28,9 @@ BUILTIN_STRATEGIES = [
     "lm_eval_approx.strategies.omp:SelectOmpStrategy",
     "lm_eval_approx.strategies.constrained:SelectQuotaStrategy",
     "lm_eval_approx.strategies.constrained:SelectLikelyStrategy",
+    "lm_eval_approx.strategies.rds:RdsStrategy",
+    "lm_eval_approx.strategies.dsir:DsirStrategy",
+    "lm_eval_approx.strategies.gen_knn:GenKnnStrategy",
 ]
 
 # Modules under lm_eval_approx.commands, each with ``add_parser(subparsers)``.

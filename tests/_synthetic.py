@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from lm_eval_approx.strategies.base import CandidatePool
 from lm_eval_approx.features.gradient_features import GradientFeatures
 
 NUM_CLASSES = 4
+NUM_TARGETS = 5
+
+
+def hashed_encoder(texts: list[str], dim: int = 8) -> np.ndarray:
+    """A fake text encoder: a standard normal vector seeded by the text's sha256 (equal texts, equal rows)."""
+    seeds = (int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "big") for t in texts)
+    rows = [np.random.default_rng(s).standard_normal(dim) for s in seeds]
+    return np.asarray(rows, dtype=np.float32).reshape(len(texts), dim)
 
 
 def make_pool(n: int = 60, d: int = 16, seed: int = 0, checkpoints: int = 1, labels=None,
@@ -29,6 +39,9 @@ def make_pool(n: int = 60, d: int = 16, seed: int = 0, checkpoints: int = 1, lab
         loss_base=rng.random(n) + 0.5,
         features=feats,
         sources=["a" if i % 3 else "b" for i in range(n)],
+        target_texts=[f"target text {j}" for j in range(NUM_TARGETS)],
+        base_encoder=hashed_encoder,
+        sentence_encoder=hashed_encoder,
     )
 
 

@@ -175,6 +175,12 @@ def test_paired_rows_compares_rows_of_one_grid_or_of_two_on_the_same_documents(t
                         "--all-seeds"]) == 0
     every = paired_interval(_runs([bad, bad]), _runs([good]), "acc")
     assert f"(seeds [1, 2]) − expert (seeds [0]): {every.delta:+.3f}" in capsys.readouterr().out
+    assert module.main(["--out", str(one), "--row", "quota", "--against", "select", "--all-seeds"]) == 0
+    from lm_eval_approx.leaderboard.intervals import two_level_interval
+
+    levels = two_level_interval(_runs([good, good]), _runs([bad, bad]), "acc")
+    assert f"two-level (seeds, then documents): {levels.delta:+.3f} [{levels.low:+.3f}, {levels.high:+.3f}]" \
+        in capsys.readouterr().out
     with pytest.raises(SystemExit, match="share no seed; --all-seeds"):
         module.main(["--out", str(one), "--row", "select", "--against-out", str(other), "--against", "expert"])
     pairs = {"d0": [-2.0, 1.0], "d1": [-4.0, 1.0]}  # a perplexity from summed pairs, not a mean of them
@@ -238,3 +244,31 @@ def test_two_level_interval_widens_with_seed_noise():
     assert both.high - both.low > 10 * (documents_only.high - documents_only.low + 1e-12)
     assert both.low < 0 < both.high
     assert two_level_interval(row, [], "acc") is None
+
+
+def test_the_documents_only_interval_keeps_its_definition_at_any_level_and_one_document():
+    """scipy.stats.bootstrap(paired=True) draws the same index arrays as the definition; a single
+    shared document resamples to itself (scipy refuses one observation, the interval is the point)."""
+    rng = np.random.default_rng(11)
+    row = _runs([rng.integers(0, 2, 80).tolist() for _ in range(2)])
+    ref = _runs([rng.integers(0, 2, 80).tolist()])
+    fast = paired_interval(row, ref, "acc", iterations=400, level=0.8, seed=2)
+    delta, low, high = _slow(row, ref, "acc", 400, 2, level=0.8)
+    assert (fast.delta, fast.low, fast.high) == pytest.approx((delta, low, high))
+    one = paired_interval([{"x": 1.0}], [{"x": 0.0}], "acc")
+    assert (one.delta, one.low, one.high, one.documents) == (1.0, 1.0, 1.0, 1)
+
+
+def test_row_interval_is_two_level_with_seeds_on_both_sides_else_documents_only():
+    from lm_eval_approx.leaderboard.intervals import DOCUMENTS_ONLY, TWO_LEVEL, row_interval, two_level_interval
+
+    rng = np.random.default_rng(12)
+    three = _runs([rng.integers(0, 2, 60).tolist() for _ in range(3)])
+    two = _runs([rng.integers(0, 2, 60).tolist() for _ in range(2)])
+    one = _runs([rng.integers(0, 2, 60).tolist()])
+    both = row_interval(three, two, "acc")
+    assert both == two_level_interval(three, two, "acc") and both.method == TWO_LEVEL
+    for row, ref in ((one, two), (three, one), (one, one)):
+        single = row_interval(row, ref, "acc")
+        assert single == paired_interval(row, ref, "acc") and single.method == DOCUMENTS_ONLY
+    assert both.to_dict()["method"] == TWO_LEVEL

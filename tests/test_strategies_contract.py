@@ -77,7 +77,7 @@ def test_duplicates_and_ties(name):
     pool.labels[half:] = pool.labels[:half]
     sel = run(name, pool, 12)
     check(sel, pool, 12, strategy_registry().get(name).obj)
-    if name != "random" and name != "select_omp":
+    if name not in ("random", "select_omp", "dsir"):  # random and dsir sample: chance breaks their ties
         picks = sel.indices.tolist()
         # ties go to the lowest id: a copy is never picked before its original
         assert all(picks.index(i - half) < picks.index(i) for i in picks if i >= half and (i - half) in picks)

@@ -53,8 +53,10 @@ def add_parser(subparsers) -> None:
 READING = """\
 How to read it: "gap closed vs random" is (row − random) / (expert − random) at the same k and
 recipe: 0% is no better than random documents of the pool, 100% recreates the expert. "Δ vs random
-[95% CI]" is the row minus random on the same test documents with a paired bootstrap interval:
-the row beats random when the whole interval is above 0 (below 0 for a perplexity)."""
+[95% CI]" is the row minus random on the same test documents with a paired bootstrap interval
+(each row's seeds resampled, then the documents; ¹ marks a documents-only interval where a side
+has one seed): the row beats random when the whole interval is above 0 (below 0 for a perplexity).
+"knew" says what each row knew of the target: weights, task texts or true data."""
 NEXT = {
     "cpu-small": "lm-eval-approx leaderboard --preset cpu --out out/cpu --resume   (the larger grid; "
                  "add --dry-run first for its estimate)",

@@ -12,10 +12,15 @@ are invariant to the metric's direction (for a perplexity, lower is better, s_ex
 an approximation that moves toward the expert still gets a positive share), so only the sort
 order and the "best" mark use ``higher_is_better``. θ0 and the expert are reference rows.
 
-Beside each approximation row: Δ vs random, the row's metric minus that random row's on the same
-test documents, with its paired bootstrap 95% interval (``leaderboard/intervals.py``; seeds are
-averaged per document first). A row beats random when the interval excludes 0 on the better side.
-Cells scored before per-document values were kept have no interval.
+Beside each approximation row: Δ vs random (and Δ vs select), the row's metric minus that
+reference row's on the same test documents, with its paired bootstrap 95% interval
+(``leaderboard/comparisons.py``): two-level (each row's seeds resampled, then the documents), or
+documents-only, marked ¹, when a side has one seed. A row beats random when the interval excludes 0
+on the better side. Cells scored before per-document values were kept have no interval.
+
+"knew" is what the row knew of the target (``leaderboard/knowledge.py``: weights, task texts or
+true data); a Δ between rows that knew different things is marked †. "selection FLOPs" is the
+mean over seeds of the selection work a cell recorded (``selection_cost``; blank for older cells).
 
 "kept epoch" lists, per seed, the epoch the retraining's stop rule kept of the epochs it ran
 (``2/4``; ``0/2`` would be θ0 itself), from the ``retraining`` record each cell saves.
@@ -33,16 +38,28 @@ from typing import Any
 
 from lm_eval_approx.cache.atomic import write_text_atomic
 from lm_eval_approx.errors import ApproxError
+from lm_eval_approx.leaderboard.comparisons import (
+    RANDOM,
+    REFERENCES,
+    Delta,
+    delta_text,
+    fill_deltas,
+    footnotes,
+    reference_rows,
+)
 from lm_eval_approx.leaderboard.config import APPROX, EXPERT, THETA0
-from lm_eval_approx.leaderboard.intervals import Interval, paired_interval
+from lm_eval_approx.leaderboard.intervals import Interval
+from lm_eval_approx.leaderboard.knowledge import most, recorded_knowledge
 from lm_eval_approx.leaderboard.runner import CONFIG_SNAPSHOT, RESULTS_DIR, result_files
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.training.summary import kept_text
 
 MD_FILE, CSV_FILE = "leaderboard.md", "leaderboard.csv"
-RANDOM = "random"
 DIGITS = 4
 SIMILARITY_KEYS = ("ot_distance", "vocab_jaccard", "vocab_containment")
+COST_KEYS = ("flops", "forward_tokens", "backward_tokens", "generated_tokens")
+# The CSV columns of each Δ: delta_vs_<reference> + each suffix (the interval's method, the reference's knew).
+DELTA_FIELDS = ("", "_ci_low", "_ci_high", "_interval", "_reference_knew")
 
 
 class NoResultsError(ApproxError, FileNotFoundError):
@@ -71,7 +88,14 @@ class Row:
     strategy: str | None = None
     recipe: str = ""
     per_doc: list[dict[str, object]] = field(default_factory=list)
-    vs_random: Interval | None = None
+    knew: str | None = None
+    selection_cost: dict[str, float] | None = None
+    deltas: dict[str, Delta] = field(default_factory=dict)
+
+    @property
+    def vs_random(self) -> Interval | None:
+        delta = self.deltas.get(RANDOM)
+        return delta.interval if delta else None
 
     @property
     def mean(self) -> float:
@@ -154,6 +178,8 @@ def build_board(out: str | Path) -> Board:
         row.labels = _mean_fractions([e.get("labels", {}) for _, e in members])
         row.true_documents = _mean([e.get("true_documents") for _, e in members])
         row.strategy = members[0][1].get("strategy", label)  # results written before the key: the label
+        row.knew = most([recorded_knowledge(c, snapshot) for c, _ in members])
+        row.selection_cost = _mean_cost([e.get("selection_cost") for _, e in members])
         row.recipe = _recipe_key(members[0][0])
         runs = [e.get("per_doc", {}).get(metric) for _, e in members]
         row.per_doc = runs if all(runs) else []
@@ -161,9 +187,21 @@ def build_board(out: str | Path) -> Board:
     rank = {THETA0: 0, EXPERT: 1, APPROX: 2}
     rows.sort(key=lambda r: (rank[r.kind], order.index(r.label) if r.label in order else len(order), r.label, r.k or 0))
     _fill_gaps(rows)
-    _fill_intervals(rows, metric)
+    fill_deltas(rows, metric)
     return Board(snapshot.get("name", Path(out).name), target, metric, higher, extra_columns, rows,
                  [{**e, "score": task_metric(c, target, metric)[0]} for c, e in zip(cells, extras)])
+
+
+def _mean_cost(costs: list[object]) -> dict[str, float] | None:
+    """Each ``selection_cost`` field averaged over the seeds that recorded one; None when none did."""
+    kept = [c for c in costs if isinstance(c, dict)]
+    if not kept:
+        return None
+    return {key: value for key in COST_KEYS if (value := _mean([_number(c.get(key)) for c in kept])) is not None}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _mean_fractions(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -196,9 +234,7 @@ def _recipe_key(cell: dict) -> str:
 def _fill_gaps(rows: list[Row]) -> None:
     theta0 = next((r.mean for r in rows if r.kind == THETA0), None)
     expert = next((r.mean for r in rows if r.kind == EXPERT), None)
-    random: dict[tuple, float] = {}
-    for r in sorted((r for r in rows if r.kind == APPROX and r.strategy == RANDOM), key=lambda r: r.label != RANDOM):
-        random.setdefault((r.k, r.recipe), r.mean)
+    random = {key: r.mean for key, r in reference_rows(rows, RANDOM).items()}
     for row in rows:
         if expert is None:
             continue
@@ -209,47 +245,44 @@ def _fill_gaps(rows: list[Row]) -> None:
             row.gap_random = (row.mean - base) / (expert - base)
 
 
-def _fill_intervals(rows: list[Row], metric: str) -> None:
-    """Each approximation row minus the random row of its k and recipe (not random itself)."""
-    random: dict[tuple, Row] = {}
-    for r in sorted((r for r in rows if r.kind == APPROX and r.strategy == RANDOM), key=lambda r: r.label != RANDOM):
-        random.setdefault((r.k, r.recipe), r)
-    for row in rows:
-        base = random.get((row.k, row.recipe)) if row.kind == APPROX else None
-        if base is not None and base is not row and row.per_doc and base.per_doc:
-            row.vs_random = paired_interval(row.per_doc, base.per_doc, metric)
-
-
-def _signed(value: float | None, digits: int = DIGITS) -> str:
-    return "" if value is None else f"{value:+.{digits}f}"
-
-
-def interval_text(interval: Interval | None, higher_is_better: bool) -> str:
-    """``+0.0320 [+0.0100, +0.0540] ✓`` (✓: the interval excludes 0 on the better side)."""
-    if interval is None:
-        return ""
-    wins = interval.low > 0 if higher_is_better else interval.high < 0
-    return (f"{_signed(interval.delta)} [{_signed(interval.low)}, {_signed(interval.high)}]"
-            + (" ✓" if wins else ""))
-
-
 def _fmt(value: float | None, digits: int = DIGITS) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
 def columns(board: Board) -> list[str]:
-    return ["strategy", "k", "seeds", board.metric, f"{board.metric}_std", "gap_closed_vs_random",
-            "gap_closed_vs_theta0", "delta_vs_random", "delta_vs_random_ci_low", "delta_vs_random_ci_high", *board.extra_columns, "selection_s", "training_s", "kept_epoch", *SIMILARITY_KEYS, "sources",
-            "labels", "true_documents"]
+    return ["strategy", "k", "seeds", "knew", board.metric, f"{board.metric}_std", "gap_closed_vs_random",
+            "gap_closed_vs_theta0", *[f"delta_vs_{ref}{part}" for ref in REFERENCES for part in DELTA_FIELDS],
+            *board.extra_columns, "selection_s", *[f"selection_{key}" for key in COST_KEYS], "training_s",
+            "kept_epoch", *SIMILARITY_KEYS, "sources", "labels", "true_documents"]
+
+
+def _delta_values(delta: Delta | None) -> list[str]:
+    """A Δ's CSV cells: delta, interval bounds, the interval's method, the reference's knew."""
+    if delta is None:
+        return [""] * len(DELTA_FIELDS)
+    interval = delta.interval
+    return [_fmt(interval.delta), _fmt(interval.low), _fmt(interval.high), interval.method, delta.reference_knew or ""]
+
+
+def _cost(row: Row, key: str, csv_cell: bool = True) -> str:
+    """A selection-cost mean: ``%.6g`` in the CSV, ``1.2e15`` in the Markdown; empty when absent."""
+    value = (row.selection_cost or {}).get(key)
+    if value is None:
+        return ""
+    if csv_cell:
+        return f"{value:.6g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def row_values(board: Board, row: Row) -> list[str]:
     """The CSV cells of a row (plain numbers, empty when unknown)."""
-    return [row.label, "" if row.k is None else str(row.k), " ".join(map(str, row.seeds)), _fmt(row.mean),
-            _fmt(row.std), _fmt(row.gap_random, 3), _fmt(row.gap_theta0, 3),
-            *[_fmt(getattr(row.vs_random, name, None)) for name in ("delta", "low", "high")],
+    return [row.label, "" if row.k is None else str(row.k), " ".join(map(str, row.seeds)), row.knew or "",
+            _fmt(row.mean), _fmt(row.std), _fmt(row.gap_random, 3), _fmt(row.gap_theta0, 3),
+            *[value for ref in REFERENCES for value in _delta_values(row.deltas.get(ref))],
             *[_fmt(row.extras.get(c)) for c in board.extra_columns], _fmt(row.selection_seconds, 1),
-            _fmt(row.training_seconds, 1), _kept(row), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS],
+            *[_cost(row, key) for key in COST_KEYS], _fmt(row.training_seconds, 1), _kept(row),
+            *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS],
             _fractions(row.sources, 3), _fractions(row.labels, 3), _fmt(row.true_documents, 1)]
 
 
@@ -273,26 +306,32 @@ def to_markdown(board: Board) -> str:
     direction = "higher" if board.higher_is_better else "lower"
     with_labels = any(row.labels for row in board.rows)
     with_true = any(row.true_documents for row in board.rows)
-    with_intervals = any(row.vs_random for row in board.rows)
+    shown = [ref for ref in REFERENCES if any(ref in row.deltas for row in board.rows)]
     with_kept = any(_kept(row) for row in board.rows)
-    header = ["strategy", "k", "seeds", f"{board.target} {board.metric} ({direction} is better)",
-              "gap closed vs random", *(["Δ vs random [95% CI]"] if with_intervals else []), "gap closed vs θ0", *board.extra_columns, "selection s", "training s",
+    with_cost = any(row.selection_cost for row in board.rows)
+    header = ["strategy", "k", "seeds", "knew", f"{board.target} {board.metric} ({direction} is better)",
+              "gap closed vs random", *[f"Δ vs {ref} [95% CI]" for ref in shown], "gap closed vs θ0",
+              *board.extra_columns, "selection s", *(["selection FLOPs"] if with_cost else []), "training s",
               *(["kept epoch"] if with_kept else []), *SIMILARITY_KEYS, *(["pseudo-labels %"] if with_labels else []),
               *(["true training docs"] if with_true else [])]
     lines = [f"# {board.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in board.rows:
         score = _fmt(row.mean) + ("" if row.std is None else f" ± {_fmt(row.std)}")
         pct = lambda v: "" if v is None else f"{round(100 * v, 1) + 0.0:.1f}%"  # noqa: E731  (+0.0: no "-0.0%")
-        cells = [row.label, "" if row.k is None else str(row.k), str(len(row.seeds)), score, pct(row.gap_random),
-                 *([interval_text(row.vs_random, board.higher_is_better)] if with_intervals else []),
+        cells = [row.label, "" if row.k is None else str(row.k), str(len(row.seeds)), row.knew or "", score,
+                 pct(row.gap_random), *[delta_text(row.deltas.get(ref), board.higher_is_better) for ref in shown],
                  pct(row.gap_theta0), *[_fmt(row.extras.get(c)) for c in board.extra_columns],
-                 _fmt(row.selection_seconds, 1), _fmt(row.training_seconds, 1),
+                 _fmt(row.selection_seconds, 1), *([_cost(row, "flops", csv_cell=False)] if with_cost else []),
+                 _fmt(row.training_seconds, 1),
                  *([_kept(row)] if with_kept else []), *[_fmt(row.similarity.get(k)) for k in SIMILARITY_KEYS]]
         if with_labels:
             cells.append(" ".join(f"{name} {100 * share:.0f}" for name, share in sorted(row.labels.items())))
         if with_true:
             cells.append(_fmt(row.true_documents, 1))
         lines.append("| " + " | ".join(cells) + " |")
+    deltas = [row.deltas[ref] for row in board.rows for ref in shown if ref in row.deltas]
+    for note in footnotes(deltas) if deltas else []:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,6 +24,12 @@ FEATURES = "features"
 LABELS = "labels"
 LOSS_FINETUNED = "loss_finetuned"
 LOSS_BASE = "loss_base"
+TARGET_TEXTS = "target_texts"
+BASE_ENCODER = "base_encoder"
+SENTENCE_ENCODER = "sentence_encoder"
+
+# texts -> (len(texts), d) float32 embeddings, one row per text.
+Encoder = Callable[[list[str]], np.ndarray]
 
 
 @dataclass
@@ -38,6 +45,13 @@ class CandidatePool:
     loss_base: np.ndarray | None = None
     features: list[GradientFeatures] = field(default_factory=list)
     sources: list[str] | None = None
+    # What a target-matching baseline aims at: θf's generations under the ``weights`` condition,
+    # unlabelled texts of the task's training split under ``task texts``.
+    target_texts: list[str] | None = None
+    # θ0's position-weighted mean of last hidden states (RDS+), and the shipped sentence model
+    # (all-MiniLM-L6-v2, L2-normalised); the pipeline passes encoders so strategies stay model-free.
+    base_encoder: Encoder | None = None
+    sentence_encoder: Encoder | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
