@@ -26,15 +26,24 @@ from lm_eval_approx.data.selection_file import (
 )
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.features.config import DEFAULT_DIM, PROJECTIONS, FeatureConfig
+from lm_eval_approx.features.generation import FINETUNED, SOURCES, GenerationSettings, generated_texts
 from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
 from lm_eval_approx.models.pairs import check_model_pair
 from lm_eval_approx.models.parameter_sets import HEAD, PARAMS_ACCEPTED, check_params
-from lm_eval_approx.strategies.base import FEATURES, LABELS, LOSS_BASE, LOSS_FINETUNED
+from lm_eval_approx.strategies.base import (
+    BASE_ENCODER,
+    FEATURES,
+    LABELS,
+    LOSS_BASE,
+    LOSS_FINETUNED,
+    SENTENCE_ENCODER,
+    TARGET_TEXTS,
+)
 from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select, strategy_registry
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec, task_key
-from lm_eval_approx.training.recipe import TASK_SIGNALS, TrainingRecipe
-from lm_eval_approx.training.stop_signals import TASK_TEXTS
+from lm_eval_approx.training.recipe import TASK_MONITOR, TrainingRecipe
+from lm_eval_approx.training.stop_signals import monitor_identity
 from lm_eval_approx.validation import (
     MIN_MAX_LENGTH,
     check_choice,
@@ -54,6 +63,9 @@ FEATURE_STAGE = "features"
 SELECTION_STAGE = "selection"
 TRAINING_STAGE = "training"
 FEATURE_DIR = "features"
+TASK_TARGETS = "task"
+TARGET_SOURCES = (TASK_TARGETS, *SOURCES)
+TARGET_SEED = 0  # one draw of target texts per grid: rows and seeds aim at the same texts, like select
 
 
 @dataclass
@@ -77,6 +89,11 @@ class ApproxConfig:
     checkpoints: int = help_field("synthetic checkpoints M for gradient features (1: θf only)", 1)
     extract_batch_size: int = help_field("batch size of pseudo-labelling and feature extraction", 16)
     extract_max_length: int = help_field("tokens per example while labelling and extracting", 128)
+    target_source: str = help_field(
+        f"target texts of a target-matching baseline (rds, dsir, gen_knn): {' | '.join(TARGET_SOURCES)} "
+        f"({TASK_TARGETS}: unlabelled texts of the task's training split; the others are sampled from θf with label "
+        "words banned, θ0, or their contrast: the weights alone; features/generation.py)", FINETUNED)
+    target_size: int = help_field("how many target texts a target-matching baseline aims at", 256)
     add_bos_token: bool | None = help_field(
         "lm-eval HFLM's add_bos_token (None: its default); labels, features and training encode with it, "
         "as lm-eval will score", None)
@@ -87,7 +104,8 @@ class ApproxConfig:
         for name in ("base", "finetuned", "corpus", "strategy", "task"):
             check_text(name, getattr(self, name))
         get_task_spec(self.task)
-        for name, low in (("k", 0), ("dim", 1), ("checkpoints", 1), ("extract_batch_size", 1),
+        check_choice("target_source", self.target_source, TARGET_SOURCES)
+        for name, low in (("k", 0), ("target_size", 1), ("dim", 1), ("checkpoints", 1), ("extract_batch_size", 1),
                           ("extract_max_length", MIN_MAX_LENGTH)):
             check_int(name, getattr(self, name), minimum=low)
         check_int("corpus_size", self.corpus_size, minimum=1, optional=True)
@@ -239,10 +257,37 @@ def _stop_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecip
 
     check_teacher(spec, recipe, config.finetuned)
     texts = monitor_texts(spec, recipe, {row.text for row in rows}, pool=(corpus.texts, corpus.ids),
-                          selected_ids={row.id for row in rows})
+                          selected_ids={row.id for row in rows}, models=(config.base, config.finetuned),
+                          add_bos_token=config.add_bos_token)
     return stop_probes(spec, recipe, texts, base=config.base, finetuned=config.finetuned,
                        batch_size=config.extract_batch_size, max_length=config.extract_max_length,
                        add_bos_token=config.add_bos_token)
+
+
+def _target_texts(config: ApproxConfig, spec) -> tuple[list[str], StageRecord | str]:
+    """The texts a target-matching baseline aims at, and what identifies them: the generation stage
+    (sampled from the weights) or a key of the task's training texts drawn."""
+    from lm_eval_approx.training.examples import task_examples
+
+    if config.target_source == TASK_TARGETS:
+        texts = [example.text for example in task_examples(spec, config.target_size, TARGET_SEED)]
+        return texts, f"{task_key(spec)}:train:{config.target_size}:{TARGET_SEED}"
+    return generated_texts(config.base, config.finetuned, spec, config.target_size, TARGET_SEED,
+                           GenerationSettings(source=config.target_source), add_bos_token=config.add_bos_token)
+
+
+def _encoders(config: ApproxConfig, needs: frozenset[str]) -> dict:
+    """The encoders a strategy asked for: θ0's pooled hidden states and the shipped sentence model."""
+    from lm_eval_approx.data.similarity import sentence_embeddings
+    from lm_eval_approx.features.pooled import base_encoder
+
+    encoders: dict = {}
+    if BASE_ENCODER in needs:
+        encoders["base_encoder"] = base_encoder(config.base, config.extract_batch_size, config.extract_max_length,
+                                                config.add_bos_token)
+    if SENTENCE_ENCODER in needs:
+        encoders["sentence_encoder"] = sentence_embeddings
+    return encoders
 
 
 @dataclass
@@ -284,6 +329,12 @@ def run_selection(config: ApproxConfig) -> Selected:
         feature_stages = _feature_stages(config, spec, corpus, models, stages[0])
         stages += feature_stages
         stores = [store for stage in feature_stages for store in open_feature_stores(stage.path / FEATURE_DIR)]
+    targets = None
+    if TARGET_TEXTS in needs:
+        targets, target_key = _target_texts(config, spec)
+        if isinstance(target_key, StageRecord):
+            stages.append(target_key)
+            target_key = target_key.key
     upstream = [s.key for s in stages]
 
     def compute_selection(folder: Path) -> dict:
@@ -293,6 +344,7 @@ def run_selection(config: ApproxConfig) -> Selected:
             loss_finetuned=loss_f if LOSS_FINETUNED in needs or not stores else None,
             loss_base=loss_b, num_classes=spec.num_classes or None,
         )
+        pool = dataclasses.replace(pool, target_texts=targets, **_encoders(config, needs))
         selection = select(config.strategy, pool, config.k, config.seed, config.strategy_options)
         write_selection(folder / SELECTION_FILE, selection_rows(pool, selection, spec))
         return {"selected": int(len(selection.indices)), **{k: v for k, v in selection.info.items()
@@ -300,6 +352,8 @@ def run_selection(config: ApproxConfig) -> Selected:
 
     selection_inputs = {"upstream": upstream, "strategy": config.strategy, "options": config.strategy_options,
                         "k": config.k, "seed": config.seed, "labels_needed": LABELS in needs}
+    if targets is not None:  # only then: every other selection keeps the key it always had
+        selection_inputs["targets"] = target_key
     stages.append(run_stage(SELECTION_STAGE, selection_inputs, compute_selection))
     rows = read_selection(stages[-1].path / SELECTION_FILE)
     if not rows:
@@ -325,9 +379,8 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
     training_inputs = {"base": models["base"], "task": task_key(spec), "selection": selection_hash(rows),
                        "recipe": recipe.recipe_hash(), **_bos_input(config)}
     if recipe.uses_probe:  # the kept epoch then depends on the monitor texts (and θf, for a teacher)
-        source = TASK_TEXTS if recipe.stop_on in TASK_SIGNALS else corpus.fingerprint()
-        training_inputs["monitor"] = {"corpus": source}
-        if recipe.uses_teacher:
+        training_inputs["monitor"] = {"corpus": monitor_identity(recipe, corpus.fingerprint())}
+        if recipe.uses_teacher or recipe.monitor_source != TASK_MONITOR:
             training_inputs["monitor"]["finetuned"] = models["finetuned"]
     stages.append(run_stage(TRAINING_STAGE, training_inputs, compute_training))
     if out_dir is not None:

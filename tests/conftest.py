@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random GPT-2 and Llama models with a tokenizer trained in memory.
+"""Shared fixtures: tiny random causal LMs (GPT-2, Llama and eight more families) with a tokenizer trained in memory.
 
 Everything here is offline, deterministic and small enough to run in seconds on two CPU cores.
 """
@@ -56,9 +56,50 @@ def train_tiny_tokenizer(vocab_size: int = 384):
     )
 
 
+# Hidden sizes shared by every tiny architecture: 2 layers, width 32, 2 heads, MLP 64, 256 positions.
+_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=256)
+_SPECIAL = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+
+
+def _tiny_configs(vocab_size: int) -> dict:
+    """kind → (config class name, model class name, config kwargs) of every tiny architecture.
+
+    Families differ where checkpoints in the wild differ: tied or untied heads, fused q/k/v
+    (GPT-NeoX, Phi-3, Falcon, BLOOM), GQA, biases (Qwen2), logit soft-capping and sliding windows
+    (Gemma2, Mistral), OPT's MLP on flattened (B·T, H) rows, Falcon's parallel attention and
+    BLOOM's ALiBi (no position ids)."""
+    gqa = dict(_TINY, intermediate_size=64, num_key_value_heads=1, vocab_size=vocab_size, **_SPECIAL)
+    return {
+        "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
+                     dict(_TINY, intermediate_size=64, vocab_size=vocab_size, tie_word_embeddings=False, **_SPECIAL)),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(gqa, tie_word_embeddings=True)),
+        "mistral": ("MistralConfig", "MistralForCausalLM", dict(gqa, sliding_window=128, tie_word_embeddings=False)),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+                   dict(gqa, head_dim=16, query_pre_attn_scalar=16, sliding_window=128, tie_word_embeddings=True)),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM",
+                 dict(gqa, original_max_position_embeddings=256, tie_word_embeddings=False)),
+        "opt": ("OPTConfig", "OPTForCausalLM",
+                dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=256,
+                     ffn_dim=64, word_embed_proj_dim=32, vocab_size=vocab_size, tie_word_embeddings=True,
+                     **_SPECIAL)),
+        "falcon": ("FalconConfig", "FalconForCausalLM",
+                   dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=vocab_size,
+                        tie_word_embeddings=True, **_SPECIAL)),
+        "bloom": ("BloomConfig", "BloomForCausalLM",
+                  dict(hidden_size=32, n_layer=2, n_head=2, vocab_size=vocab_size, tie_word_embeddings=True,
+                       **_SPECIAL)),
+    }
+
+
+# Every architecture ``build_tiny_model`` knows (tests/test_families.py runs them all).
+TINY_KINDS = ("gpt2", "llama", "gpt_neox", "qwen2", "mistral", "gemma2", "phi3", "opt", "falcon", "bloom")
+
+
 def build_tiny_model(kind: str, vocab_size: int, seed: int = 0):
-    """A 2-layer random causal LM of the given architecture ('gpt2' or 'llama'), tied embeddings."""
+    """A 2-layer random causal LM of the given architecture (one of ``TINY_KINDS``); 'gpt2' and
+    'llama' have tied embeddings, the others follow ``_tiny_configs``."""
     import torch
+    import transformers
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -68,12 +109,15 @@ def build_tiny_model(kind: str, vocab_size: int, seed: int = 0):
             tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
         )
         return GPT2LMHeadModel(config).eval()
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+            tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        )
+        return LlamaForCausalLM(config).eval()
+    config_class, model_class, kwargs = _tiny_configs(vocab_size)[kind]
+    return getattr(transformers, model_class)(getattr(transformers, config_class)(**kwargs)).eval()
 
 
 def save_tiny_model(path, kind: str, seed: int = 0) -> str:

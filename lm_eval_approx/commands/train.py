@@ -27,6 +27,7 @@ from lm_eval_approx.training.examples import (
     task_examples,
 )
 from lm_eval_approx.training.recipe import (
+    TASK_MONITOR,
     TrainingRecipe,
     add_recipe_arguments,
     recipe_from_args,
@@ -35,6 +36,7 @@ from lm_eval_approx.training.retraining_rule import rule_for_task
 from lm_eval_approx.training.stop_signals import (
     TASK_TEXTS,
     check_teacher,
+    monitor_identity,
     monitor_texts,
 )
 
@@ -132,7 +134,9 @@ def _stop_probes(base: str, finetuned: str | None, spec, recipe: TrainingRecipe,
     from lm_eval_approx.training.stop_signals import stop_probes
 
     check_teacher(spec, recipe, finetuned)  # before any text is drawn or model loaded
-    texts = monitor_texts(spec, recipe, {example.text for example in examples})
+    texts = monitor_texts(spec, recipe, {example.text for example in examples}, models=(base, finetuned))
     probes = stop_probes(spec, recipe, texts, base=base, finetuned=finetuned, max_length=recipe.max_length)
-    monitor = {"corpus": TASK_TEXTS, **({"finetuned": model_fingerprint(finetuned)} if recipe.uses_teacher else {})}
+    sampled = recipe.monitor_source != TASK_MONITOR
+    monitor = {"corpus": monitor_identity(recipe, TASK_TEXTS),
+               **({"finetuned": model_fingerprint(finetuned or base)} if recipe.uses_teacher or sampled else {})}
     return probes, json.dumps(monitor, sort_keys=True)

@@ -16,7 +16,9 @@ A linear layer y_t = W x_t (W: out×in) has per-example gradient ∇W = Σ_t δ_
   hooks keep each layer's input x_t and the backward returns δ_t = ∂(Σ_i L_i)/∂y_t, which is
   example i's own δ because examples do not interact. Padded positions (right padding, causal
   attention) reach no loss, so their δ is exactly 0 and they add nothing to G = Σ_t δ_t x_tᵀ
-  nor to the exact ‖G‖²; the head path zeroes its unused slots explicitly.
+  nor to the exact ‖G‖²; the head path zeroes its unused slots explicitly. A layer that runs on
+  the tokens flattened to (B·T, width) (OPT's MLP) is reshaped back to (B, T, width); any other
+  layout is a ``LayerShapeError`` naming the layer.
 
 Layers are those of ``models/layers.py`` (factors always in the out×in orientation); a PEFT LoRA
 layer's gradient is taken with respect to the effective weight W + s·B A (the parameter whose
@@ -26,12 +28,13 @@ change θf − θ0 = s·B A is the LoRA update).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.features.encoding import Batch, gather_positions
 from lm_eval_approx.features.losses import batch_losses
 from lm_eval_approx.models.layers import resolve_modules
@@ -171,9 +174,45 @@ def layer_factors(model: nn.Module, batch: Batch, names: list[str]) -> tuple[tor
     finally:
         for handle in handles:
             handle.remove()
+    rows = tuple(batch.input_ids.shape)
+    per_token: dict[tuple, torch.Tensor] = {}  # layers fed one input keep sharing it (total_sqnorm, project)
     factors = {}
     for name, grad in zip(names, grads):
-        x = inputs[name].float()
-        delta = torch.zeros(*x.shape[:2], outputs[name].shape[-1], device=x.device) if grad is None else grad.float()
+        key = tensor_key(inputs[name])
+        if key not in per_token:
+            per_token[key] = token_rows(name, "input", inputs[name], rows).float()
+        x = per_token[key]
+        width = outputs[name].shape[-1]
+        delta = (torch.zeros(*rows, width, device=x.device) if grad is None
+                 else token_rows(name, "output gradient", grad, rows).float())
         factors[name] = LayerFactors(delta, x)
     return loss.detach(), factors
+
+
+def token_rows(name: str, what: str, tensor: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
+    """A layer's input or output gradient as (B, T, width), one row per token of the (B, T) batch.
+
+    Most models call their linear layers on (B, T, width); OPT's MLP (fc1, fc2) runs on the tokens
+    flattened to (B·T, width), which is the same rows in row-major order and is reshaped back. Any
+    other layout (a layer run on a subset of the tokens, or on rows that are not tokens) cannot be
+    split into per-example gradients and is a ``LayerShapeError``."""
+    b, t = rows
+    shape = tuple(tensor.shape)
+    if len(shape) == 3 and shape[:2] == rows:
+        return tensor
+    if len(shape) >= 2 and shape[0] in (b, b * t) and math.prod(shape[:-1]) == b * t:
+        return tensor.reshape(b, t, shape[-1])
+    raise LayerShapeError(name, what, shape, rows)
+
+
+class LayerShapeError(ApproxError, ValueError):
+    """A linear layer whose input does not hold one row per token of the batch, so its gradient
+    cannot be split into per-example gradients."""
+
+    def __init__(self, name: str, what: str, shape: tuple[int, ...], rows: tuple[int, int]):
+        self.name, self.shape, self.rows = name, shape, rows
+        b, t = rows
+        super().__init__(
+            f"layer {name!r}: its {what} has shape {shape}, not one row per token of the batch "
+            f"(B={b}, T={t}: (B, T, width) or (B·T, width)), so per-example gradients cannot be taken "
+            "there; choose other layers with params=LAYER,... or params=head")

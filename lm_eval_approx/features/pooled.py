@@ -100,3 +100,19 @@ def pooled_hidden_states(model, tokenizer, texts: list[str], batch_size: int = D
             out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
         out[chunk] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
     return out if out is not None else np.zeros((0, model.config.hidden_size), dtype=np.float32)
+
+
+def base_encoder(base: str, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int = DEFAULT_POOLED_MAX_LENGTH,
+                 add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN):
+    """``texts -> pooled_hidden_states`` of the model named ``base``, loaded on the first call and
+    kept for the next (a strategy embeds the pool, then its targets)."""
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+
+    loaded: list = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        if not loaded:
+            loaded.extend([load_model(base), load_tokenizer(base)])
+        return pooled_hidden_states(loaded[0], loaded[1], texts, batch_size, max_length, add_bos_token=add_bos_token)
+
+    return encode

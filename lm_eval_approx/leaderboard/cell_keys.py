@@ -40,6 +40,9 @@ def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:
                       options=strategy.options, strategy_approx=strategy.approx, k=cell.k, seed=cell.seed)
         if strategy.recipe:
             inputs.update(strategy_recipe=_as_keyed(strategy.recipe))
+        targets = config.target_source_for(cell.label)
+        if targets is not None:  # a target-matching baseline: what its targets were (the condition's)
+            inputs.update(target_source=targets)
         if config.retraining:  # absent when empty: cells made before the rule keep their hashes
             inputs.update(retraining=_as_keyed(config.retraining))
     if cell.kind != THETA0:

@@ -21,6 +21,10 @@ Layout (every key but ``base``, ``expert`` and ``strategies`` has a default)::
     extra_tasks: [approx_wikitext, {name: hellaswag, limit: 100}]
     limit: 200                     # lm-eval --limit of every task (null: whole split)
     recipe: {epochs: 2}            # TrainingRecipe fields, for the expert and every approximation
+    condition: weights             # what the approximations may know of the target: weights (θ0, θf,
+                                   # the pool, the prompt), task_texts (also unlabelled texts of the task's
+                                   # training split) or true_data (a ceiling); sets the rule's monitor texts
+                                   # and the baselines' target texts
     retraining: {}                 # fields for the approximations only, over recipe (default: the
                                    # retraining rule of the task's kind, training/retraining_rule.py;
                                    # {}: approximations retrain with recipe as the expert does)
@@ -37,11 +41,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lm_eval_approx.errors import ConfigError, UnknownNameError
+from lm_eval_approx.errors import ConfigError
 
 # LeaderboardConfigError and field_error are part of this module's interface (tests, sources.py).
 from lm_eval_approx.leaderboard.checks import (
@@ -50,20 +53,26 @@ from lm_eval_approx.leaderboard.checks import (
     check_task,
     field_error,
 )
+from lm_eval_approx.leaderboard.rows import (
+    StrategyConfig,
+    check_approx,
+    int_list,
+    mapping,
+    parse_strategy,
+)
 from lm_eval_approx.pipeline import ApproxConfig
 from lm_eval_approx.plugins.registry import include_task_folders
-from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.tasks.specs import get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
-from lm_eval_approx.training.retraining_rule import rule_for_task
+from lm_eval_approx.strategies.base import TARGET_TEXTS
+from lm_eval_approx.strategies.registry import strategy_registry
+from lm_eval_approx.training.retraining_rule import CONDITIONS, WEIGHTS, rule_for_task
 from lm_eval_approx.validation import check_int
 
 TOP_KEYS = ("name", "base", "task", "include_path", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
+            "condition",
             "extra_tasks", "limit", "recipe", "retraining", "approx", "similarity", "device", "batch_size",
             "seed_retraining")
-# ApproxConfig fields a leaderboard sets itself (per cell), so `approx:` may not name them.
-CELL_FIELDS = ("base", "finetuned", "task", "corpus", "corpus_size", "corpus_seed", "strategy",
-               "strategy_options", "k", "seed")
 DEFAULT_REFERENCE_SIZE = 500
 # expert.data naming the target task's own training split rather than a corpus spec.
 TASK_DATA = "task"
@@ -72,24 +81,6 @@ TASK_DATA = "task"
 def _positive_int(key: str, value: object, allow_none: bool = False) -> None:
     check_int(key, value, minimum=1, optional=allow_none,
               accepted="a positive integer" + (" or null" if allow_none else ""), error=field_error)
-
-
-def _int_list(key: str, value: object, minimum: int) -> list[int]:
-    if not isinstance(value, list) or not value:
-        raise field_error(key, value, "a non-empty list of integers")
-    for i, item in enumerate(value):
-        check_int(f"{key}[{i}]", item, minimum=minimum, error=field_error)
-    if len(set(value)) != len(value):
-        raise field_error(key, value, "distinct integers")
-    return list(value)
-
-
-def _mapping(key: str, value: object) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise field_error(key, value, "a mapping of key: value")
-    return dict(value)
 
 
 @dataclass
@@ -129,22 +120,6 @@ class CorpusConfig:
 
 
 @dataclass
-class StrategyConfig:
-    """One strategy row family: registered ``name``, display ``label``, its ``options``, ApproxConfig
-    overrides (``approx``), budgets/seeds replacing the leaderboard's when given, and TrainingRecipe
-    fields (``recipe``) overriding the leaderboard's recipe for this row's retraining only (the
-    expert keeps its own), so a retraining ablation sits in the same table as the default."""
-
-    name: str
-    label: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
-    approx: dict[str, Any] = field(default_factory=dict)
-    budgets: list[int] | None = None
-    seeds: list[int] | None = None
-    recipe: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class TaskEntry:
     name: str
     limit: int | None = None
@@ -162,6 +137,8 @@ class Cell:
 
 
 THETA0, EXPERT, APPROX = "theta0", "expert", "approx"
+# The target texts a baseline aims at under each condition: sampled from θf, or the task's own.
+CONDITION_TARGETS = {"weights": "finetuned", "task_texts": "task", "true_data": "task"}
 
 
 @dataclass
@@ -186,6 +163,7 @@ class LeaderboardConfig:
     batch_size: int = 16
     include_path: list[str] = field(default_factory=list)
     seed_retraining: bool = False
+    condition: str = WEIGHTS
     retraining: dict[str, Any] = field(default_factory=dict)
 
     def strategy(self, label: str) -> StrategyConfig:
@@ -224,6 +202,14 @@ class LeaderboardConfig:
         """The expert's recipe: ``recipe`` with ``overrides`` (``expert.recipe``) over it."""
         return TrainingRecipe.from_dict({**self.recipe, **(overrides or {})})
 
+    def target_source_for(self, label: str) -> str | None:
+        """Where row ``label``'s target texts come from (None: its strategy aims at none): its own or
+        the shared ``approx.target_source``, else the condition's (sampled from θf under weights)."""
+        strategy = self.strategy(label)
+        if TARGET_TEXTS not in strategy_registry().get(strategy.name).obj.requires:
+            return None
+        return {**self.approx, **strategy.approx}.get("target_source") or CONDITION_TARGETS[self.condition]
+
     def retraining_for(self, label: str):
         """The retraining recipe of strategy row ``label``: ``recipe``, then ``retraining`` (the
         rule), then the row's own ``recipe``."""
@@ -231,47 +217,6 @@ class LeaderboardConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _strategy(key: str, raw: object) -> StrategyConfig:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    if not isinstance(raw, dict) or "name" not in raw:
-        raise field_error(key, raw, "a strategy name or a mapping with name (and label, options, approx, budgets, seeds, recipe)")
-    unknown = set(raw) - {f.name for f in dataclasses.fields(StrategyConfig)}
-    if unknown:
-        raise field_error(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
-                          "name, label, options, approx, budgets, seeds, recipe")
-    name = raw["name"]
-    registry = strategy_registry()
-    if not isinstance(name, str) or name not in registry:
-        raise field_error(f"{key}.name", name, str(UnknownNameError("strategy", str(name), registry.names())))
-    options = _mapping(f"{key}.options", raw.get("options"))
-    for option in options:
-        if not isinstance(option, str):
-            raise field_error(f"{key}.options", option, "option names that are strings")
-    try:
-        registry.get(name).obj(**options)
-    except ConfigError as exc:
-        raise field_error(f"{key}.options.{exc.field.split('.')[-1]}", exc.value, exc.accepted) from exc
-    except (TypeError, ValueError) as exc:
-        raise field_error(f"{key}.options", options, f"options the strategy accepts ({exc})") from None
-    approx = _mapping(f"{key}.approx", raw.get("approx"))
-    _check_approx(f"{key}.approx", approx)
-    label = raw.get("label") or name
-    if not isinstance(label, str) or not re.match(r"^[\w.-]+$", label):
-        raise field_error(f"{key}.label", label, "a name of letters, digits, _ . -")
-    own_budgets = _int_list(f"{key}.budgets", raw["budgets"], 1) if raw.get("budgets") is not None else None
-    own_seeds = _int_list(f"{key}.seeds", raw["seeds"], 0) if raw.get("seeds") is not None else None
-    recipe = _mapping(f"{key}.recipe", raw.get("recipe"))
-    return StrategyConfig(name, label, options, approx, own_budgets, own_seeds, recipe)
-
-
-def _check_approx(key: str, approx: dict) -> None:
-    allowed = {f.name for f in dataclasses.fields(ApproxConfig)} - set(CELL_FIELDS)
-    for name in approx:
-        if name not in allowed:
-            raise field_error(f"{key}.{name}", approx[name], "an ApproxConfig field: " + ", ".join(sorted(allowed)))
 
 
 def _check_approx_values(config: LeaderboardConfig) -> None:
@@ -315,14 +260,14 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
     except ConfigError as exc:
         raise field_error("include_path", exc.value, exc.accepted) from None
     check_task("task", data.get("task", "approx_agnews"), approximation=True)
-    expert_raw = _mapping("expert", data.get("expert"))
+    expert_raw = mapping("expert", data.get("expert"))
     known = {f.name for f in dataclasses.fields(ExpertConfig)}
     for key in expert_raw:
         if key not in known:
             raise field_error(f"expert.{key}", expert_raw[key], "adapter, data, size, seed, recipe")
     expert = ExpertConfig(**expert_raw)
     expert.validate()
-    corpus_raw = _mapping("corpus", data.get("corpus"))
+    corpus_raw = mapping("corpus", data.get("corpus"))
     if isinstance(data.get("corpus"), str):
         corpus_raw = {"spec": data["corpus"]}
     corpus = CorpusConfig(**{k: v for k, v in corpus_raw.items() if k in ("spec", "size", "seed")})
@@ -332,18 +277,18 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
     check_corpus_spec("corpus.spec", corpus.spec)
     _positive_int("corpus.size", corpus.size, allow_none=True)
     check_int("corpus.seed", corpus.seed, minimum=0, error=field_error)
-    _mapping("expert.recipe", expert.recipe)
+    mapping("expert.recipe", expert.recipe)
     for key in ("name", "device"):
         if key in data and (not isinstance(data[key], str) or not data[key].strip()):
             raise field_error(key, data[key], "a non-empty string")
     if data.get("metric") is not None and (not isinstance(data["metric"], str) or not data["metric"].strip()):
         raise field_error("metric", data["metric"], "a metric name such as acc, or null for the task's first")
-    budgets = _int_list("budgets", data.get("budgets", [100]), 1)
-    seeds = _int_list("seeds", data.get("seeds", [0]), 0)
+    budgets = int_list("budgets", data.get("budgets", [100]), 1)
+    seeds = int_list("seeds", data.get("seeds", [0]), 0)
     raw_strategies = data.get("strategies")
     if not isinstance(raw_strategies, list) or not raw_strategies:
         raise field_error("strategies", raw_strategies, "a non-empty list of registered strategy names")
-    strategies = [_strategy(f"strategies[{i}]", s) for i, s in enumerate(raw_strategies)]
+    strategies = [parse_strategy(f"strategies[{i}]", s) for i, s in enumerate(raw_strategies)]
     labels = [s.label for s in strategies]
     if len(set(labels)) != len(labels):
         raise field_error("strategies", labels, "distinct labels (set label: for a second entry of one strategy)")
@@ -358,18 +303,22 @@ def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
         raise field_error("extra_tasks", extra, "a list of lm-eval task names")
     _positive_int("limit", data.get("limit"), allow_none=True)
     _positive_int("batch_size", data.get("batch_size", 16))
-    approx = _mapping("approx", data.get("approx"))
-    _check_approx("approx", approx)
+    condition = data.get("condition", WEIGHTS)
+    if condition not in CONDITIONS:
+        raise field_error("condition", condition, "what the approximations may know: " + ", ".join(CONDITIONS))
+    approx = mapping("approx", data.get("approx"))
+    check_approx("approx", approx)
     config = LeaderboardConfig(
         base=base, expert=expert, strategies=strategies, name=str(data.get("name", "leaderboard")),
         task=data.get("task", "approx_agnews"), metric=data.get("metric"), corpus=corpus, budgets=budgets,
         seeds=seeds, extra_tasks=[_task_entry(f"extra_tasks[{i}]", t) for i, t in enumerate(extra)],
-        limit=data.get("limit"), recipe=_mapping("recipe", data.get("recipe")), approx=approx,
-        similarity=_mapping("similarity", data.get("similarity")), device=str(data.get("device", "cpu")),
+        limit=data.get("limit"), recipe=mapping("recipe", data.get("recipe")), approx=approx,
+        similarity=mapping("similarity", data.get("similarity")), device=str(data.get("device", "cpu")),
         batch_size=data.get("batch_size", 16), include_path=list(include),
         seed_retraining=data.get("seed_retraining", False),
-        retraining=(_mapping("retraining", data["retraining"]) if "retraining" in data
-                    else rule_for_task(get_task_spec(data.get("task", "approx_agnews")))),
+        retraining=(mapping("retraining", data["retraining"]) if "retraining" in data
+                    else rule_for_task(get_task_spec(data.get("task", "approx_agnews")), condition)),
+        condition=condition,
     )
     if not isinstance(config.seed_retraining, bool):
         raise field_error("seed_retraining", config.seed_retraining, "true or false")

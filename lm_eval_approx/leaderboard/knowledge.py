@@ -18,8 +18,10 @@ from typing import Any
 
 from lm_eval_approx.data.corpus import parse_corpus_spec
 from lm_eval_approx.errors import ApproxError
-from lm_eval_approx.leaderboard.config import EXPERT, TASK_DATA, THETA0
+from lm_eval_approx.leaderboard.config import EXPERT, TASK_DATA, THETA0, Cell, LeaderboardConfig
+from lm_eval_approx.training.recipe import TASK_MONITOR as TASK_SOURCE
 from lm_eval_approx.training.recipe import TASK_SIGNALS
+from lm_eval_approx.training.retraining_rule import TRUE_DATA as TRUE_DATA_CONDITION
 
 WEIGHTS, TASK_TEXTS, TRUE_DATA = "weights", "task texts", "true data"
 LEVELS = (WEIGHTS, TASK_TEXTS, TRUE_DATA)
@@ -41,6 +43,20 @@ def most(levels: list[str]) -> str | None:
     """The largest of ``levels`` (what a row of several cells knew at most), None when empty."""
     known = [LEVELS.index(value) for value in levels if value in LEVELS]
     return LEVELS[max(known)] if known else None
+
+
+def row_knowledge(config: LeaderboardConfig, cell: Cell) -> str:
+    """What a cell of ``config`` knew, from what it used (recorded in every new cell's JSON): θ0 the
+    weights; the expert, and any approximation of a ``true_data`` grid, the true data; an
+    approximation whose stop signal was measured on the task's texts, or whose strategy aimed at
+    them, the task texts; any other the weights."""
+    if cell.kind == THETA0:
+        return WEIGHTS
+    if cell.kind == EXPERT or config.condition == TRUE_DATA_CONDITION:
+        return TRUE_DATA
+    recipe = config.retraining_for(cell.label)
+    monitored = recipe.uses_probe and recipe.stop_on in TASK_SIGNALS and recipe.monitor_source == TASK_SOURCE
+    return TASK_TEXTS if monitored or config.target_source_for(cell.label) == TASK_SOURCE else WEIGHTS
 
 
 def recorded_knowledge(cell: dict[str, Any], snapshot: dict[str, Any]) -> str:

@@ -35,7 +35,10 @@ from lm_eval_approx.cache.safe_paths import contained, safe_name
 from lm_eval_approx.cache.stages import DONE_FILE
 from lm_eval_approx.data.selection_file import read_selection
 from lm_eval_approx.data.similarity import dataset_similarity, source_fractions
+from lm_eval_approx.features.generation import GENERATION_STAGE
 from lm_eval_approx.leaderboard.cell_keys import cell_hash
+from lm_eval_approx.leaderboard.cost import selection_cost
+from lm_eval_approx.leaderboard.knowledge import row_knowledge
 from lm_eval_approx.leaderboard.intervals import per_doc_values
 from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
 from lm_eval_approx.leaderboard.config import (
@@ -66,7 +69,7 @@ logger = logging.getLogger(__name__)
 RESULTS_DIR = "results"
 CONFIG_SNAPSHOT = "leaderboard.json"
 EXPERT_DIR = "leaderboard-experts"
-SELECTION_STAGES = (LABEL_STAGE, BASE_LOSS_STAGE, FEATURE_STAGE, SELECTION_STAGE)
+SELECTION_STAGES = (LABEL_STAGE, BASE_LOSS_STAGE, FEATURE_STAGE, GENERATION_STAGE, SELECTION_STAGE)
 FAST_HF = "approx_hf"
 
 
@@ -165,6 +168,9 @@ def approx_model_args(config: LeaderboardConfig, cell: Cell, expert: str) -> dic
         "corpus": config.corpus.spec, "corpus_size": config.corpus.size, "corpus_seed": config.corpus.seed,
         "strategy": strategy.name, "k": cell.k, "seed": cell.seed, **config.approx, **strategy.approx,
     }
+    targets = config.target_source_for(cell.label)
+    if targets is not None:
+        args["target_source"] = targets
     recipe: TrainingRecipe = config.retraining_for(cell.label)
     if config.seed_retraining:  # seeds then measure retraining noise too, for deterministic strategies
         recipe.seed = cell.seed
@@ -276,7 +282,8 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expe
     extras: dict[str, Any] = {"cell": cell.id, "kind": cell.kind, "label": cell.label or cell.kind,
                               "k": cell.k, "seed": cell.seed, "cell_hash": cell_hash(config, cell),
                               "target": config.task, "metric": config.metric,
-                              "limits": {t.name: t.limit for t in config.tasks()}}
+                              "limits": {t.name: t.limit for t in config.tasks()},
+                              "knew": row_knowledge(config, cell)}
     if cell.kind == EXPERT:
         training = Path(expert) / TRAINING_FILE
         if training.is_file():
@@ -291,6 +298,7 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expe
     extras["strategy"] = config.strategy(cell.label).name
     extras["selection_seconds"] = round(_stage_seconds(SELECTION_STAGES, info["stage_keys"]), 3)
     extras["training_seconds"] = round(_stage_seconds((TRAINING_STAGE,), info["stage_keys"]), 3)
+    extras["selection_cost"] = selection_cost(config, cell, info["stage_keys"])
     rows = read_selection(info["selection_file"])
     extras["sources"] = source_fractions([r.source for r in rows])
     if any(r.label_text is not None for r in rows):  # classification: θf's pseudo-labels of the selection

@@ -60,6 +60,10 @@ DROPOUT_SAMPLERS = (TORCH_DROPOUT, FAST_DROPOUT)
 NO_BALANCE = "none"
 BALANCED = "balanced"
 CLASS_BALANCE = (NO_BALANCE, BALANCED)
+TASK_MONITOR = "task"
+# Where a task_* signal's monitor texts come from: the task's training split, or texts sampled from
+# the weights alone (features/generation.py: θf, θ0, or their contrast).
+MONITOR_SOURCES = (TASK_MONITOR, "finetuned", "base", "contrast")
 POOL_SIGNALS = (TEACHER_KL, TEACHER_AGREEMENT)
 TASK_SIGNALS = (TASK_KL, TASK_AGREEMENT, TASK_LOSS)  # measured on the task's training texts
 TEACHER_SIGNALS = POOL_SIGNALS + (TASK_KL, TASK_AGREEMENT)  # measured against θf
@@ -68,7 +72,8 @@ PROBE_SIGNALS = TEACHER_SIGNALS + (TASK_LOSS,)
 # values (which reproduce the older behaviour), so every existing recipe keeps its hash.
 LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_size": 0,
                 "gradient_checkpointing": False, "lora_layers": 0, "class_balance": NO_BALANCE,
-                "batch_order": SHUFFLED, "dropout_sampler": TORCH_DROPOUT}
+                "batch_order": SHUFFLED, "dropout_sampler": TORCH_DROPOUT,
+                "monitor_source": TASK_MONITOR}
 # Peak memory, not the update, is what micro-batches change: training SmolLM2-135M on batches of
 # 16 × 128 tokens peaked at 6.15 GiB in one pass, 3.03 GiB in slices of 4 and 1.95 GiB in slices of
 # 2, and slices of 2 were no slower on 2 CPU cores (0.88x the time; benchmarks/memory.py, README).
@@ -129,6 +134,12 @@ class TrainingRecipe:
         "those texts; training/probes.py)", VALIDATION_LOSS
     )
     monitor_size: int = help_field("documents the teacher signals are measured on", 256)
+    monitor_source: str = help_field(
+        f"where a task_* signal's monitor texts come from: {' | '.join(MONITOR_SOURCES)} ({TASK_MONITOR}: unlabelled "
+        "texts of the task's training split; finetuned / base / contrast: texts sampled after the task's prompt "
+        "prefix from θf with label words banned, from θ0, or from their contrast: the weights alone; "
+        "features/generation.py)", TASK_MONITOR
+    )
     class_balance: str = help_field(
         f"classification only: {' | '.join(CLASS_BALANCE)} ({BALANCED}: every label present gets the same "
         "total weight, so a pool whose pseudo-labels are mostly one class does not teach that class's prior)",
@@ -157,6 +168,10 @@ class TrainingRecipe:
         self.mixed_precision = resolve_precision(self.mixed_precision)
         check_choice("stop_on", self.stop_on, STOP_SIGNALS)
         check_choice("class_balance", self.class_balance, CLASS_BALANCE)
+        check_choice("monitor_source", self.monitor_source, MONITOR_SOURCES)
+        if self.monitor_source != TASK_MONITOR and self.stop_on not in TASK_SIGNALS:
+            raise ConfigError("monitor_source", self.monitor_source, f"{TASK_MONITOR} with stop_on {self.stop_on} "
+                              f"(sampled monitor texts serve the task signals: {', '.join(TASK_SIGNALS)})")
         check_choice("batch_order", self.batch_order, BATCH_ORDERS)
         check_choice("dropout_sampler", self.dropout_sampler, DROPOUT_SAMPLERS)
         check_int("monitor_size", self.monitor_size, minimum=1)

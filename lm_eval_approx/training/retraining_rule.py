@@ -43,21 +43,30 @@ from lm_eval_approx.training.recipe import TASK_AGREEMENT, TASK_LOSS
 
 RULE_EPOCHS = 8
 RULE_PATIENCE = 2
+# What a leaderboard's approximations may know of the target (its ``condition:``). Under weights the
+# rule measures its signal on texts sampled from θf (label words banned; features/generation.py),
+# since the task's texts are not given; under the others on the task's training texts.
+WEIGHTS, TASK_TEXTS_CONDITION, TRUE_DATA = "weights", "task_texts", "true_data"
+CONDITIONS = (WEIGHTS, TASK_TEXTS_CONDITION, TRUE_DATA)
+WEIGHTS_MONITOR = "finetuned"
 
 logger = logging.getLogger(__name__)
 
 
-def retraining_rule(kind: str) -> dict[str, Any]:
-    """The recipe fields the rule sets for a task of ``kind`` (a new dict each call)."""
+def retraining_rule(kind: str, condition: str = TASK_TEXTS_CONDITION) -> dict[str, Any]:
+    """The recipe fields the rule sets for a task of ``kind`` under ``condition`` (a new dict each call)."""
     signal = TASK_AGREEMENT if kind == CLASSIFICATION else TASK_LOSS
-    return {"epochs": RULE_EPOCHS, "stop_on": signal, "patience": RULE_PATIENCE}
+    rule = {"epochs": RULE_EPOCHS, "stop_on": signal, "patience": RULE_PATIENCE}
+    if condition == WEIGHTS:
+        rule["monitor_source"] = WEIGHTS_MONITOR
+    return rule
 
 
-def rule_for_task(spec) -> dict[str, Any]:
-    """``retraining_rule`` for the task of ``spec``, or ``{}`` (the plain recipe) when the task has
-    no training texts to measure the stop signal on."""
-    if has_training_texts(spec):
-        return retraining_rule(spec.kind)
+def rule_for_task(spec, condition: str = TASK_TEXTS_CONDITION) -> dict[str, Any]:
+    """``retraining_rule`` for the task of ``spec`` under ``condition``, or ``{}`` (the plain recipe)
+    when the rule needs the task's training texts and the task has none."""
+    if condition == WEIGHTS or has_training_texts(spec):
+        return retraining_rule(spec.kind, condition)
     logger.warning("task %s has no training split to draw the retraining rule's monitor texts from: its "
                    "approximations retrain with the plain recipe (set train_stop_on / retraining: to choose)",
                    spec.name)

@@ -7,7 +7,9 @@ under the same rule would keep a different epoch depending on how it was retrain
 
 * ``teacher_*``: ``monitor_size`` unselected documents of the candidate pool (only the pipeline
   has a pool).
-* ``task_*``: unlabelled texts of the task's own training split, minus any text that was selected.
+* ``task_*``: unlabelled texts of the task's own training split, minus any text that was selected;
+  or, with ``monitor_source`` other than ``task``, texts sampled from the weights alone
+  (``features/generation.py``): what the rule may read under the ``weights`` condition.
 
 Each draw uses the recipe's seed.
 """
@@ -27,6 +29,7 @@ from lm_eval_approx.training.recipe import (
     TASK_AGREEMENT,
     TASK_KL,
     TASK_LOSS,
+    TASK_MONITOR,
     TASK_SIGNALS,
     TEACHER_AGREEMENT,
     TEACHER_KL,
@@ -44,10 +47,12 @@ CACHE_PROBES = True  # a task_* signal's monitor texts: the task's training spli
 
 def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[str],
                   pool: tuple[Sequence[str], Sequence[str]] | None = None,
-                  selected_ids: set[str] = frozenset()) -> list[str]:
+                  selected_ids: set[str] = frozenset(), models: tuple[str, str | None] | None = None,
+                  add_bos_token: bool | None = None) -> list[str]:
     """The texts ``recipe.stop_on`` is measured on: for a ``teacher_*`` signal, unselected documents
     of ``pool`` (its texts and ids; ``selected_ids`` are left out); for a ``task_*`` signal,
-    texts of the task's training split that are not in ``selected_texts``."""
+    texts of the task's training split that are not in ``selected_texts``, or ``monitor_size`` texts
+    sampled from ``models`` (θ0, θf) when ``recipe.monitor_source`` names a sampler."""
     from lm_eval_approx.tasks.documents import has_training_texts
     from lm_eval_approx.training.examples import task_examples
     from lm_eval_approx.training.probes import held_out_texts
@@ -59,6 +64,8 @@ def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[st
                               "alone does not have")
         texts, ids = pool
         return held_out_texts(texts, ids, set(selected_ids), recipe.monitor_size, recipe.seed)
+    if recipe.monitor_source != TASK_MONITOR:
+        return sampled_monitor_texts(spec, recipe, models, add_bos_token)
     if not has_training_texts(spec):
         raise ConfigError("stop_on", recipe.stop_on, f"a task with a training split to draw its monitor texts from "
                           f"({spec.name} has none), or stop_on validation_loss")
@@ -66,6 +73,29 @@ def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[st
     texts = [example.text for example in examples if example.text not in selected_texts]
     if not texts:
         raise ConfigError("stop_on", recipe.stop_on, "a task whose training split has texts outside the selection")
+    return texts
+
+
+def monitor_identity(recipe: TrainingRecipe, pool_fingerprint: str) -> str:
+    """Where the monitor texts come from, for a training key: the pool (teacher_* signals), the
+    task's training split, or a sampler of the weights."""
+    if recipe.stop_on not in TASK_SIGNALS:
+        return pool_fingerprint
+    return TASK_TEXTS if recipe.monitor_source == TASK_MONITOR else f"sampled:{recipe.monitor_source}"
+
+
+def sampled_monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, models: tuple[str, str | None] | None,
+                          add_bos_token: bool | None = None) -> list[str]:
+    """``recipe.monitor_size`` texts sampled by ``recipe.monitor_source`` with the recipe's seed (one
+    draw per retraining seed, as the task texts are), cached as a ``generations`` stage."""
+    from lm_eval_approx.features.generation import BASE, GenerationSettings, generated_texts
+
+    base, finetuned = models if models is not None else (None, None)
+    if base is None or (finetuned is None and recipe.monitor_source != BASE):
+        raise ConfigError("monitor_source", recipe.monitor_source, f"{TASK_MONITOR}, or θ0 and θf to sample "
+                          "monitor texts from (a selection file alone names neither: pass --finetuned)")
+    texts, _ = generated_texts(base, finetuned or base, spec, recipe.monitor_size, recipe.seed,
+                               GenerationSettings(source=recipe.monitor_source), add_bos_token=add_bos_token)
     return texts
 
 
