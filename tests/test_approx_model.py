@@ -112,6 +112,36 @@ def test_bad_config_is_named_before_compute(tiny_llama):
     assert config.params == "model.layers.0.mlp.up_proj,lm_head"
 
 
+def test_unknown_model_arg_is_a_named_error_before_any_compute(tiny_llama, monkeypatch):
+    """A key HFLM and from_pretrained do not take used to reach the model class as a bare TypeError
+    after the whole pipeline; now it is an UnknownModelArgError listing the accepted keys, raised
+    before anything runs. HFLM's, from_pretrained's and θ0's config keys still pass through."""
+    from lm_eval.api.registry import get_model
+
+    from lm_eval_approx.harness import approx_model
+    from lm_eval_approx.harness.approx_model import split_model_args
+    from lm_eval_approx.harness.model_args import UnknownModelArgError
+    from lm_eval_approx.harness.registration import APPROX_MODEL, register_models
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("the pipeline ran before the model args were checked")
+
+    monkeypatch.setattr(approx_model, "run_approximation", must_not_run)
+    register_models()
+    with pytest.raises(UnknownModelArgError, match="include_path") as caught:
+        get_model(APPROX_MODEL).create_from_arg_string(
+            f"base={tiny_llama},finetuned={tiny_llama},include_path=/tmp/tasks", {"batch_size": 4, "device": "cpu"})
+    message = str(caught.value)
+    assert isinstance(caught.value, ConfigError) and "--include_path" in message
+    for key in ("finetuned", "strategy", "train_<recipe field>", "batch_size", "add_bos_token", "attn_implementation"):
+        assert key in message, key
+    with pytest.raises(UnknownModelArgError, match="Did you mean 'max_length'"):
+        split_model_args({"base": tiny_llama, "finetuned": tiny_llama, "max_lenght": 64})
+    _, _, rest = split_model_args({"base": tiny_llama, "finetuned": tiny_llama, "batch_size": 4, "dtype": "float32",
+                                   "attn_implementation": "eager", "use_cache": False, "verify_packing": True})
+    assert set(rest) == {"batch_size", "dtype", "attn_implementation", "use_cache", "verify_packing"}
+
+
 def test_model_approx_through_lm_eval_cli(tiny_llama, expert_and_corpus, tmp_path):
     expert, corpus = expert_and_corpus
     mirror = tmp_path / "mirror" / "ag_news"
@@ -218,7 +248,7 @@ def test_add_bos_token_reaches_every_stage_and_its_keys(tiny_llama, expert_and_c
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))
     expert, corpus = expert_and_corpus
     config, _, rest = split_model_args({"base": tiny_llama, "finetuned": expert, "add_bos_token": "True"})
-    assert config.add_bos_token is True and rest["add_bos_token"] == "True"
+    assert config.add_bos_token is True and rest["add_bos_token"] is True  # HFLM gets the same boolean
     with pytest.raises(ConfigError, match="add_bos_token"):
         split_model_args({"base": tiny_llama, "finetuned": expert, "add_bos_token": "maybe"})
     seen = []

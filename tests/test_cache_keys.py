@@ -19,19 +19,21 @@ from lm_eval_approx.leaderboard.runner import RESULTS_DIR, finished_cells
 from lm_eval_approx.leaderboard.sources import load_config
 from lm_eval_approx.cache.paths import cache_path
 from lm_eval_approx.models.loading import DIGESTS_DIR, MODELS_DIR, _file_key
-from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.recipe import OLD_TRAINING_PATH, TrainingRecipe
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu"
 
 
 def test_recipe_hashes_are_unchanged():
-    """Micro-batches of 2 became the default after these were pinned: a recipe that spells out one
-    pass per batch (``micro_batch_size=0``) keeps its old hash, the new default has its own."""
-    assert TrainingRecipe(micro_batch_size=0).recipe_hash() == "4ebcc1be9804088f"
+    """Micro-batches of 2 and then the fast training path became defaults after these were pinned: a
+    recipe that spells out one pass per batch (``micro_batch_size=0``) and the old training path
+    keeps its old hash, the new defaults have their own."""
+    assert TrainingRecipe(micro_batch_size=0, **OLD_TRAINING_PATH).recipe_hash() == "4ebcc1be9804088f"
     custom = TrainingRecipe(epochs=2, lora_rank=8, learning_rate=1e-4, batch_size=8, max_length=64,
-                            micro_batch_size=0)
+                            micro_batch_size=0, **OLD_TRAINING_PATH)
     assert custom.recipe_hash() == "50c11ba02b690353"
     assert TrainingRecipe().recipe_hash() != "4ebcc1be9804088f"
+    assert TrainingRecipe(micro_batch_size=0).recipe_hash() != "4ebcc1be9804088f"
 
 
 def test_a_gguf_file_is_keyed_by_its_bytes_not_its_place(tmp_path):

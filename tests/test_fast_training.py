@@ -19,7 +19,7 @@ from lm_eval_approx.training.dropout import LEVELS, FastDropout, drop_threshold,
 from lm_eval_approx.training.loop import SHUFFLE_STRIDE, TRAINING_FILE, train_adapter, train_model
 from lm_eval_approx.training.loss import batch_example_losses
 from lm_eval_approx.training.model import prepare_model
-from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.recipe import OLD_TRAINING_PATH, TrainingRecipe
 from test_training import FAST, _adapter_tensors, _assert_same_tensors, crash_after_first_epoch, toy_examples
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -124,16 +124,18 @@ def test_the_recipe_swaps_every_lora_dropout(tiny_llama):
     lora_layers = [m for m in model.modules() if hasattr(m, "lora_A")]
     assert len(fast) == len(lora_layers) > 0
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
-    plain, _ = prepare_model(tiny_llama, TrainingRecipe())
+    plain, _ = prepare_model(tiny_llama, TrainingRecipe(dropout_sampler="torch"))
     assert not any(isinstance(m, FastDropout) for m in plain.modules())
     assert use_fast_dropout(plain) == len(lora_layers)
 
 
-def test_fast_fields_enter_the_hash_only_when_set():
-    base = TrainingRecipe()
+def test_fast_fields_enter_the_hash_only_when_not_the_old_path():
+    base = TrainingRecipe(**OLD_TRAINING_PATH)
     for change in ({"batch_order": "bucketed"}, {"dropout_sampler": "fast"}):
-        assert TrainingRecipe(**change).recipe_hash() != base.recipe_hash()
-    assert TrainingRecipe(batch_order="shuffled", dropout_sampler="torch").recipe_hash() == base.recipe_hash()
+        assert TrainingRecipe(**{**OLD_TRAINING_PATH, **change}).recipe_hash() != base.recipe_hash()
+    assert TrainingRecipe().recipe_hash() != base.recipe_hash()
+    assert TrainingRecipe(mixed_precision="no", batch_order="shuffled", dropout_sampler="torch").recipe_hash() \
+        == base.recipe_hash()
     for name, value in (("batch_order", "sorted"), ("dropout_sampler", "numpy")):
         with pytest.raises(ConfigError) as info:
             TrainingRecipe(**{name: value})
@@ -146,7 +148,7 @@ def test_the_fast_recipe_trains_resumes_and_shares_a_process_with_fp32(tiny_llam
     examples = toy_examples()
     fp32 = train_model(tiny_llama, AGNEWS, examples, TrainingRecipe(epochs=1, **FAST), tmp_path / "fp32", progress=False)
     assert fp32.history["epochs_run"] == 1
-    recipe = TrainingRecipe(epochs=3, patience=0, **FAST, **FAST_RECIPE)
+    recipe = TrainingRecipe(epochs=3, patience=0, **{**FAST, **FAST_RECIPE})
     straight = train_adapter(tiny_llama, AGNEWS, examples, recipe, tmp_path / "straight", progress=False)
 
     target = tmp_path / "resumed"

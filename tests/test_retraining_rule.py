@@ -156,9 +156,12 @@ def test_leaderboard_rows_retrain_under_the_rule_unless_the_config_says_otherwis
 
     raw = {"base": tiny_llama, "expert": {"data": "ag_news:train", "size": 8},
            "corpus": {"spec": "seed:wikitext2", "size": 20}, "budgets": [4],
-           "strategies": ["random", {"name": "select", "recipe": {"epochs": 3}}], "recipe": {"batch_size": 8}}
+           "strategies": ["random", {"name": "select", "recipe": {"epochs": 3}}], "recipe": {"batch_size": 8},
+           "condition": "task_texts"}
     ruled = config_from_dict(raw)
     assert ruled.retraining == retraining_rule(CLASSIFICATION)
+    weights = config_from_dict({**raw, "condition": "weights"})
+    assert weights.retraining == {**retraining_rule(CLASSIFICATION), "monitor_source": "finetuned"}
     assert ruled.recipe_for().epochs == 1 and ruled.recipe_for().stop_on == VALIDATION_LOSS  # the expert
     random_recipe, select_recipe = ruled.retraining_for("random"), ruled.retraining_for("select")
     assert (random_recipe.epochs, random_recipe.stop_on, random_recipe.batch_size) == (8, TASK_AGREEMENT, 8)

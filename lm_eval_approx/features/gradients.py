@@ -101,7 +101,6 @@ def merge_windows(loss: torch.Tensor, factors: dict[str, LayerFactors],
     return merged_loss, out
 
 
-@torch.no_grad()
 def head_factors(model: nn.Module, batch: Batch, head: str,
                  full_logits: bool = False) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
     """Per-example loss and head factors from one forward pass (see the module docstring).
@@ -109,31 +108,69 @@ def head_factors(model: nn.Module, batch: Batch, head: str,
     Where the model takes ``logits_to_keep`` as (B, R) positions, the head runs only at the R loss
     positions (the hook then sees the gathered inputs): for a 128-token document and a 3-token label
     that skips ~98% of the head's work, a fifth of SmolLM2's forward. ``full_logits=True`` is the
-    reference path (every position, gathered afterwards), which the tests hold the fast one to."""
+    reference path (every position, gathered afterwards), which the tests hold the fast one to.
+    A model that transforms the head's output into its logits (Gemma2's soft-capping) gets δ through
+    that transform (``head_output_delta``)."""
     module = resolve_modules(model, [head])[head]
-    captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
     at_positions = not full_logits and supports_head_positions(model)
-    try:
+    with head_capture(model, module) as captured:
         if at_positions:
-            z = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      logits_to_keep=batch.positions).logits.float()
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           logits_to_keep=batch.positions).logits
         else:
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            z = gather_positions(logits, batch.positions).float()
+
+    def select(values: torch.Tensor) -> torch.Tensor:
+        return values if at_positions else gather_positions(values, batch.positions)
+
+    with torch.no_grad():
+        z = select(logits).float()
+        if z.shape[:2] != batch.positions.shape:
+            raise HeadPositionsError(f"{type(model).__name__} returned logits of shape {tuple(z.shape)} for "
+                                     f"logits_to_keep positions of shape {tuple(batch.positions.shape)}")
+        loss = batch_losses(z, batch)
+        delta = torch.softmax(z, dim=-1)
+        delta.scatter_add_(-1, batch.targets.unsqueeze(-1), -torch.ones_like(batch.weights).unsqueeze(-1))
+        delta.mul_(batch.weights.unsqueeze(-1))
+    delta = head_output_delta(logits, captured["output"], select, delta)
+    used = (batch.weights > 0).unsqueeze(-1).float()
+    x = select(captured["input"]).detach().float() * used
+    return loss, {head: LayerFactors(delta, x)}
+
+
+@contextlib.contextmanager
+def head_capture(model: nn.Module, module: nn.Module):
+    """Runs the forward inside with every weight frozen and keeps the head's input and output: the
+    output is made a graph leaf, so ``head_output_delta`` can differentiate whatever the model does to
+    it after the head. Nothing before the head requires grad, so the body builds no graph."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, args, out):
+        captured["input"] = args[0]
+        captured["output"] = out.requires_grad_(True)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with frozen(model), torch.enable_grad():
+            yield captured
     finally:
         handle.remove()
-    if z.shape[:2] != batch.positions.shape:
-        raise HeadPositionsError(f"{type(model).__name__} returned logits of shape {tuple(z.shape)} for "
-                                 f"logits_to_keep positions of shape {tuple(batch.positions.shape)}")
-    loss = batch_losses(z, batch)
-    delta = torch.softmax(z, dim=-1)
-    delta.scatter_add_(-1, batch.targets.unsqueeze(-1), -torch.ones_like(batch.weights).unsqueeze(-1))
-    delta.mul_(batch.weights.unsqueeze(-1))
-    used = (batch.weights > 0).unsqueeze(-1).float()
-    inputs = captured[0] if at_positions else gather_positions(captured[0], batch.positions)
-    x = inputs.float() * used
-    return loss, {head: LayerFactors(delta, x)}
+
+
+def head_output_delta(logits: torch.Tensor, head_out: torch.Tensor, select, delta_z: torch.Tensor) -> torch.Tensor:
+    """δ with respect to the head's output u, given δ with respect to z = select(logits).float(), the
+    logits the loss reads (``select`` picks the loss entries of a logits-shaped tensor).
+
+    Most models return the head's output as their logits, and δ_u = δ_z. Gemma2 returns
+    z = c·tanh(u/c) (``final_logit_softcapping``), whose derivative 1 − (z/c)² would be lost by a
+    gradient taken at z; a model's elementwise tail after the head is therefore differentiated by
+    autograd, on the (B, R, V) loss entries only."""
+    if logits is head_out:
+        return delta_z
+    with torch.enable_grad():  # the caller may run under no_grad; the graph was recorded in head_capture
+        z = select(logits).float()
+        (grad,) = torch.autograd.grad(z, head_out, grad_outputs=delta_z)
+    return select(grad).float()
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from torch import nn
 from lm_eval_approx.errors import ConfigError, ModelPairError
 from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH, check_label_task
 from lm_eval_approx.features.encoding import Batch, Encoded, encode_classification
-from lm_eval_approx.features.gradients import LayerFactors
+from lm_eval_approx.features.gradients import LayerFactors, head_capture, head_output_delta
 from lm_eval_approx.features.projection import IdentityProjector
 from lm_eval_approx.models.layers import (
     WeightDelta,
@@ -85,7 +85,6 @@ def _keep_supported(model: nn.Module) -> bool:
     return KEEP_ARGUMENT in inspect.signature(plain.forward).parameters
 
 
-@torch.no_grad()
 def label_head_factors(model: nn.Module, batch: Batch, head: str, rows: list[int], labels,
                        keep_positions: bool = True) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
     """Per-example restricted loss L_i and factors (δ = p − e_y: (B, 1, C), x = h: (B, 1, H)) of the
@@ -94,6 +93,8 @@ def label_head_factors(model: nn.Module, batch: Batch, head: str, rows: list[int
     ``keep_positions`` runs the head on each row's label position only (``logits_to_keep`` as a
     (B, 1) index; the logits of every other position are never formed); False runs it on every position, the slow
     twin. ``batch`` must hold the first label token of each row at slot 0 (``first_label_encodings``).
+    δ goes through whatever the model does to the head's output (Gemma2's soft-capping:
+    ``gradients.head_output_delta``).
     """
     module = resolve_modules(model, [head])[head]
     device = batch.input_ids.device
@@ -110,17 +111,19 @@ def label_head_factors(model: nn.Module, batch: Batch, head: str, rows: list[int
         slot = torch.zeros_like(positions)
     else:
         slot = positions
-    captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
-    try:
+    with head_capture(model, module) as captured:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
-    finally:
-        handle.remove()
     pick = torch.arange(len(slot), device=device)
-    z = logits[pick, slot][:, rows_t].float()
-    h = captured[0][pick, slot].float()
-    logp = torch.log_softmax(z, dim=-1)
-    loss = -logp[pick, labels_t]
-    delta = logp.exp()
-    delta[pick, labels_t] -= 1.0
+
+    def select(values: torch.Tensor) -> torch.Tensor:
+        return values[pick, slot][:, rows_t]
+
+    with torch.no_grad():
+        z = select(logits).float()
+        logp = torch.log_softmax(z, dim=-1)
+        loss = -logp[pick, labels_t]
+        delta = logp.exp()
+        delta[pick, labels_t] -= 1.0
+    delta = head_output_delta(logits, captured["output"], select, delta)
+    h = captured["input"][pick, slot].detach().float()
     return loss, {head: LayerFactors(delta.unsqueeze(1), h.unsqueeze(1))}

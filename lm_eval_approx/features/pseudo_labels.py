@@ -123,8 +123,11 @@ def _packing_agrees(model, tokenizer, per_text: list[list[Encoded]], batch_size:
     """Packed against carrier-row log-probs on the first few documents: a position or attention
     scheme the packing does not model (``models/packing.py``) shows up as a disagreement."""
     sample = per_text[:PACKING_CHECK_TEXTS]
-    packed = _packed_choice_logprobs(model, tokenizer, sample, batch_size, max_length)
-    reference = _choice_logprobs(model, tokenizer, sample, batch_size)
+    # In full precision, whatever autocast the caller runs under: the check asks whether the packing
+    # models this architecture's positions and attention, and bf16 rounding (up to 0.08 here) is not that.
+    with torch.autocast(model_device(model).type, enabled=False):
+        packed = _packed_choice_logprobs(model, tokenizer, sample, batch_size, max_length)
+        reference = _choice_logprobs(model, tokenizer, sample, batch_size)
     worst = float(np.max(np.abs(packed - reference))) if packed.size else 0.0
     if worst > PACKING_ATOL:
         logger.warning("pseudo-labels: packed log-probs differ from unpacked ones by %.3g (> %.3g) on %s; "

@@ -15,8 +15,10 @@ adapter exactly like ``hf`` (with FastHFLM's one-forward-per-context scoring). K
   keeping the epoch that agrees best with θf on the task's unlabelled training texts);
 - ``allow_pickle=true`` to accept θ0/θf folders that hold only pickle checkpoints (read with
   ``weights_only=True``; refused otherwise, see safe_weights.py);
-- anything else goes to HFLM unchanged (batch_size, device, dtype, max_length, ...);
-  ``trust_remote_code`` is False unless given.
+- anything else goes to HFLM (batch_size, device, dtype, max_length, ...) if HFLM or
+  ``from_pretrained`` takes it (``harness/model_args.py``); any other key is an
+  ``UnknownModelArgError`` before any compute. ``trust_remote_code`` is False unless given;
+  ``add_bos_token`` goes to HFLM and to every encoding of the pipeline alike, as a boolean.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.harness.fast_hflm import FastHFLM
+from lm_eval_approx.harness.model_args import check_hf_args
 from lm_eval_approx.harness.tied_head import install as install_tied_head_fix
 from lm_eval_approx.models.loading import resolve_model
 from lm_eval_approx.models.safe_weights import (
@@ -65,8 +68,9 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
     for name in ("base", "finetuned"):
         if name not in config:
             raise ConfigError(name, None, f"--model_args {name}=MODEL (required by --model approx)")
+    check_hf_args(rest, str(config["base"]), config_fields | {"recipe", ALLOW_PICKLE_ARG})
     if "add_bos_token" in rest:  # HFLM's own argument: the pipeline must encode as HFLM will score
-        config["add_bos_token"] = _as_bool("add_bos_token", rest["add_bos_token"])
+        config["add_bos_token"] = rest["add_bos_token"] = _as_bool("add_bos_token", rest["add_bos_token"])
     approx = ApproxConfig(**config, strategy_options=options)
     base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else rule_for_task(get_task_spec(approx.task))
     if "target_modules" in base_recipe:

@@ -2,10 +2,14 @@
 
 ``approx_hf`` is ``harness/fast_hflm.py:FastHFLM`` (HFLM with one forward per distinct context);
 ``approx`` is ``harness/approx_model.py:ApproxLM`` (selection and retraining on construction). Both
-are lazy ``"module:Class"`` targets, imported when lm-eval first asks for them.
+are lazy ``"module:Class"`` targets, imported when lm-eval first asks for them. pyproject.toml
+declares the same targets as ``lm_eval.models`` entry points (and the task folder as an
+``lm_eval.tasks`` one), which lm-eval versions with entry-point plugins discover by themselves.
 """
 
 from __future__ import annotations
+
+from importlib.metadata import EntryPoint
 
 from lm_eval_approx.errors import ApproxError
 
@@ -16,13 +20,21 @@ APPROX_MODEL = "approx"
 APPROX_MODULE = "lm_eval_approx.harness.approx_model"
 APPROX_TARGET = f"{APPROX_MODULE}:ApproxLM"
 
+# The entry-point groups lm-eval's plugin discovery reads, and our task folder's entry.
+MODELS_GROUP, TASKS_GROUP = "lm_eval.models", "lm_eval.tasks"
+TASKS_ENTRY = "approx"
+
 
 class ModelRegistrationError(ApproxError, ValueError):
     """An lm-eval model type of ours is already registered to something else."""
 
 
 def _target_name(target: object) -> str:
-    """``"module:Class"`` of a registry entry, whether still a lazy string or already imported."""
+    """``"module:Class"`` of a registry entry: a lazy string, an installed entry point (lm-eval
+    versions that read the ``lm_eval.models`` entry points of pyproject.toml register ours as such)
+    or an imported class."""
+    if isinstance(target, EntryPoint):
+        target = target.value
     if isinstance(target, str):
         return target.replace(" ", "")
     return f"{getattr(target, '__module__', '')}:{getattr(target, '__qualname__', target)}"

@@ -16,10 +16,9 @@ from typing import Any
 
 from lm_eval_approx.leaderboard.config import APPROX, THETA0, Cell, LeaderboardConfig
 from lm_eval_approx.tasks.specs import get_task_spec, task_key
+from lm_eval_approx.training.recipe import OLD_TRAINING_PATH
 
 HASH_CHARS = 16
-# The training path every cell ran before 2026-12-06 (fp32, shuffled batches, torch's dropout sampler).
-OLD_TRAINING_PATH = {"mixed_precision": "no", "batch_order": "shuffled", "dropout_sampler": "torch"}
 
 
 def cell_hash(config: LeaderboardConfig, cell: Cell) -> str:

@@ -276,7 +276,8 @@ def train_model(
     bar.close()
 
     history["examples_per_second"] = history["examples_seen"] / max(history["train_seconds"], MIN_SECONDS)
-    model = accelerator.unwrap_model(model)
+    # Without the mixed-precision wrapper: the returned model computes what its saved weights reload to.
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if best_state is not None:
         _load_trainable(model, best_state)
     else:

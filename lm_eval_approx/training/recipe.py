@@ -74,6 +74,9 @@ LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_si
                 "gradient_checkpointing": False, "lora_layers": 0, "class_balance": NO_BALANCE,
                 "batch_order": SHUFFLED, "dropout_sampler": TORCH_DROPOUT,
                 "monitor_source": TASK_MONITOR}
+# The training path before the fast one became the default (a real grid row, 3 seeds: within the seed
+# noise): what a saved recipe that lacks these fields ran.
+OLD_TRAINING_PATH = {"mixed_precision": "no", "batch_order": SHUFFLED, "dropout_sampler": TORCH_DROPOUT}
 # Peak memory, not the update, is what micro-batches change: training SmolLM2-135M on batches of
 # 16 × 128 tokens peaked at 6.15 GiB in one pass, 3.03 GiB in slices of 4 and 1.95 GiB in slices of
 # 2, and slices of 2 were no slower on 2 CPU cores (0.88x the time; benchmarks/memory.py, README).
@@ -125,7 +128,7 @@ class TrainingRecipe:
     )
     mixed_precision: str = help_field(
         f"Accelerate mixed precision: {' | '.join(MIXED_PRECISION)} ({AUTO}: bf16 where the CPU or GPU computes it "
-        "natively, else no; stored resolved; training/precision.py)", "no"
+        "natively, else no; stored resolved; training/precision.py)", AUTO
     )
     stop_on: str = help_field(
         f"what picks the kept epoch and stops training: {' | '.join(STOP_SIGNALS)} (the teacher signals "
@@ -149,12 +152,12 @@ class TrainingRecipe:
     batch_order: str = help_field(
         f"how an epoch's examples become batches: {SHUFFLED} (a seeded permutation cut in order) | "
         f"{BUCKETED} (the same permutation, sorted by length within windows of a few batches, then the "
-        "batches shuffled: far less padding, other batch compositions; training/batching.py)", SHUFFLED
+        "batches shuffled: far less padding, other batch compositions; training/batching.py)", BUCKETED
     )
     dropout_sampler: str = help_field(
         f"how LoRA dropout masks are drawn: {TORCH_DROPOUT} (torch's Bernoulli sampler, PEFT's default) | "
         f"{FAST_DROPOUT} (15 random bits per element against a threshold: the same distribution up to "
-        "p rounded to 2^-15, about 2x cheaper on a CPU; training/dropout.py)", TORCH_DROPOUT
+        "p rounded to 2^-15, about 2x cheaper on a CPU; training/dropout.py)", FAST_DROPOUT
     )
 
     def __post_init__(self) -> None:
@@ -227,6 +230,8 @@ class TrainingRecipe:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError("recipe", text[:80], f"valid JSON ({exc.msg})") from None
+        if isinstance(record, dict):  # a saved recipe without these fields trained on the old path
+            record = {**OLD_TRAINING_PATH, **record}
         return cls.from_dict(record)
 
     @classmethod
