@@ -285,3 +285,26 @@ def test_a_weights_grid_records_what_each_row_knew_and_its_selection_cost(weight
     assert all(r["retraining"]["epochs_run"] >= 1 for r in records.values() if r["kind"] == "approx")
     table = (weights_run / "leaderboard.md").read_text()
     assert "knew" in table and "selection FLOPs" in table
+
+
+@pytest.mark.parametrize("head", [2, 3, 50])
+def test_nucleus_sampling_draws_the_nucleus_distribution_by_definition(head):
+    """The top-p nucleus found among the ``head`` likeliest tokens, or by a full sort when it is
+    larger, samples the definition's distribution: probabilities cut to the smallest prefix (by
+    descending probability) whose mass reaches p, renormalised."""
+    probs = torch.tensor([0.05, 0.4, 0.1, 0.25, 0.2])
+    top_p = 0.8
+    nucleus, mass = [], 0.0
+    for token in sorted(range(5), key=lambda t: -float(probs[t])):
+        if mass >= top_p:
+            break
+        nucleus.append(token)
+        mass += float(probs[token])
+    expected = torch.zeros(5)
+    expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
+    rows = 20000
+    scores = torch.log(probs).repeat(rows, 1)
+    picks = generation.sample_from(scores, top_p, torch.Generator().manual_seed(0), head=head)
+    freq = torch.bincount(picks, minlength=5).float() / rows
+    assert set(picks.tolist()) == set(nucleus)
+    assert torch.allclose(freq, expected, atol=0.015)

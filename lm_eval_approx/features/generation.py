@@ -37,6 +37,7 @@ PLACEHOLDER = "{text}"
 PLAUSIBILITY = 0.1  # contrastive decoding's α: tokens below α · max p_θf are never sampled
 GENERATION_STAGE = "generations"
 TEXTS_FILE = "texts.json"
+NUCLEUS_HEAD = 512  # tokens searched for the top-p nucleus before a row is sorted in full
 MAX_BATCHES_PER_TEXT = 4  # give up (named error) after this many batches' worth of short samples
 
 
@@ -50,7 +51,7 @@ class GenerationSettings:
     top_p: float = 0.95
     repetition_penalty: float = 1.3
     min_words: int = 5
-    batch_size: int = 32
+    batch_size: int = 128
 
     def __post_init__(self) -> None:
         check_choice("source", self.source, SOURCES)
@@ -125,12 +126,27 @@ def next_token_scores(logits, base_logits, generated, banned, settings: Generati
     return scores / settings.temperature
 
 
-def sample_from(scores, top_p: float, generator):
-    """One token per row from softmax(scores), restricted to the smallest top-p nucleus."""
+def sample_from(scores, top_p: float, generator, head: int = NUCLEUS_HEAD):
+    """One token per row from softmax(scores), restricted to the smallest top-p nucleus. The nucleus
+    is looked for among each row's ``head`` likeliest tokens first (a full sort of a 49k vocabulary
+    per row cost more than the model's forward); a row whose nucleus is larger is sorted in full."""
     import torch
 
     probs = torch.softmax(scores, dim=-1)
-    ordered, order = probs.sort(dim=-1, descending=True)
+    ordered, order = probs.topk(min(head, probs.shape[-1]), dim=-1)
+    wide = torch.nonzero(ordered.sum(dim=-1) < top_p).flatten()
+    picks = _nucleus_pick(ordered, order, top_p, generator)
+    if len(wide):
+        full, full_order = probs[wide].sort(dim=-1, descending=True)
+        picks[wide] = _nucleus_pick(full, full_order, top_p, generator)
+    return picks
+
+
+def _nucleus_pick(ordered, order, top_p: float, generator):
+    """Sample from each row's probabilities ``ordered`` (descending, token ids ``order``) cut to the
+    smallest prefix whose mass reaches ``top_p``."""
+    import torch
+
     keep = ordered.cumsum(dim=-1) - ordered < top_p  # always keeps the most likely token
     ordered = torch.where(keep, ordered, torch.zeros_like(ordered))
     picks = torch.multinomial(ordered / ordered.sum(dim=-1, keepdim=True), 1, generator=generator)
@@ -138,32 +154,36 @@ def sample_from(scores, top_p: float, generator):
 
 
 def _sample_batch(model, base_model, start: list[int], rows: int, banned, stops, settings, generator):
-    """Token ids each row generated before its stop token (stop token excluded)."""
+    """Token ids each row generated before its stop token (stop token excluded). A row that stops
+    leaves the batch (and the key-value caches), so the rest run on smaller batches."""
     import torch
 
     input_ids = torch.tensor([start] * rows, dtype=torch.long)
     stop = torch.tensor(stops, dtype=torch.long)
-    past = base_past = None
-    generated = None
-    done = torch.zeros(rows, dtype=torch.bool)
+    cache = base_cache = generated = None
+    alive = torch.arange(rows)
     out: list[list[int]] = [[] for _ in range(rows)]
     with torch.no_grad():
         for _ in range(settings.max_new_tokens):
-            step = model(input_ids=input_ids, cache=past, use_cache=True)
-            past = step.cache
-            base_logits = None
+            step = model(input_ids=input_ids, cache=cache, use_cache=True)
+            cache, base_logits = step.cache, None
             if base_model is not None:
-                base_step = base_model(input_ids=input_ids, cache=base_past, use_cache=True)
-                base_past, base_logits = base_step.cache, base_step.logits[:, -1]
+                base_step = base_model(input_ids=input_ids, cache=base_cache, use_cache=True)
+                base_cache, base_logits = base_step.cache, base_step.logits[:, -1]
             scores = next_token_scores(step.logits[:, -1], base_logits, generated, banned, settings)
             token = sample_from(scores, settings.top_p, generator)
-            ended = torch.isin(token, stop)
-            for row in torch.nonzero(~done & ~ended).flatten().tolist():
-                out[row].append(int(token[row]))
-            done |= ended
-            if bool(done.all()):
+            going = ~torch.isin(token, stop)
+            for row, tok in zip(alive[going].tolist(), token[going].tolist()):
+                out[row].append(int(tok))
+            if not bool(going.any()):
                 break
             generated = token[:, None] if generated is None else torch.cat([generated, token[:, None]], dim=1)
+            if not bool(going.all()):
+                keep = torch.nonzero(going).flatten()
+                cache.batch_select_indices(keep)
+                if base_cache is not None:
+                    base_cache.batch_select_indices(keep)
+                alive, generated, token = alive[keep], generated[keep], token[keep]
             input_ids = token[:, None]
     return out
 
