@@ -512,8 +512,8 @@ def test_a_retraining_on_a_teacher_signal_is_costed_at_its_cap_plus_its_probes()
     cells of one retraining seed share it: cached stages), at the choice rate."""
     from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
 
-    def retraining(*overrides):
-        return estimate(load_config(None, "cpu-small", list(overrides))).seconds["retraining"]
+    def retraining(*overrides):  # fp32: bf16 would scale the probe passes by its measured factor
+        return estimate(load_config(None, "cpu-small", ["recipe.mixed_precision=no", *overrides])).seconds["retraining"]
 
     plain = retraining("retraining={epochs: 8}")
     ruled = retraining("retraining={epochs: 8, stop_on: task_agreement, monitor_size: 100}")
@@ -523,9 +523,10 @@ def test_a_retraining_on_a_teacher_signal_is_costed_at_its_cap_plus_its_probes()
     two_draws = retraining("retraining={epochs: 8, stop_on: task_agreement, monitor_size: 100}", *seeded)
     assert two_draws - retraining("retraining={epochs: 8}", *seeded) == pytest.approx(
         (2 * cells * 8 + 2 * 2) * 100 / CPU_RATES["score_choice"])
-    lm_config = load_config(None, "cpu-msmarco", [])
+    texts = ["condition=task_texts", "recipe.mixed_precision=no"]  # monitor texts of the task, fp32
+    lm_config = load_config(None, "cpu-msmarco", texts)
     lm = estimate(lm_config).seconds["retraining"]  # task_loss: no θf pass
-    lm_plain = estimate(load_config(None, "cpu-msmarco", ["retraining={epochs: 8}"])).seconds["retraining"]
+    lm_plain = estimate(load_config(None, "cpu-msmarco", [*texts, "retraining={epochs: 8}"])).seconds["retraining"]
     lm_cells = len(lm_config.cells()) - 2
     draws = len({c.seed for c in lm_config.cells() if c.kind == "approx"}) if lm_config.seed_retraining else 1
     assert lm - lm_plain == pytest.approx((lm_cells * 8 + draws) * 256 / CPU_RATES["loss"])
@@ -552,14 +553,15 @@ def test_language_modelling_retraining_is_costed_at_the_whole_text_rate():
     train_text, a classification grid's at train (measured side by side, estimate.py)."""
     from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
 
-    config = load_config(None, "cpu-msmarco", ["retraining={}"])
+    old_path = ["recipe.mixed_precision=no", "recipe.batch_order=shuffled", "recipe.dropout_sampler=torch"]
+    config = load_config(None, "cpu-msmarco", ["retraining={}", *old_path])
     seconds = estimate(config).seconds
     cells = [cell for cell in config.cells() if cell.kind == "approx"]
     assert seconds["retraining"] == pytest.approx(
         sum(cell.k * config.retraining_for(cell.label).epochs for cell in cells) / CPU_RATES["train_text"])
     assert seconds["expert"] == pytest.approx(
         config.expert.size * config.recipe_for(config.expert.recipe).epochs / CPU_RATES["train_text"])
-    agnews = load_config(None, "cpu-small", ["retraining={}", "recipe={lora_layers: 0}"])
+    agnews = load_config(None, "cpu-small", ["retraining={}", "recipe={lora_layers: 0}", *old_path])
     expert_recipe = agnews.recipe_for(agnews.expert.recipe)
     assert expert_recipe.method == "lora" and not expert_recipe.lora_layers
     assert estimate(agnews).seconds["expert"] == pytest.approx(

@@ -308,3 +308,16 @@ def test_nucleus_sampling_draws_the_nucleus_distribution_by_definition(head):
     freq = torch.bincount(picks, minlength=5).float() / rows
     assert set(picks.tolist()) == set(nucleus)
     assert torch.allclose(freq, expected, atol=0.015)
+
+
+def test_the_estimate_counts_sampled_texts_once_per_draw_and_source():
+    from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
+
+    plain = config_from_dict(_grid(strategies=["random"], seeds=[0, 1], condition="task_texts", seed_retraining=True))
+    sampled = config_from_dict(_grid(strategies=["random"], seeds=[0, 1], seed_retraining=True))
+    extra = estimate(sampled).seconds["retraining"] - estimate(plain).seconds["retraining"]
+    assert extra == pytest.approx(2 * 256 / CPU_RATES["generate"])  # one draw per retraining seed
+    one = config_from_dict(_grid(strategies=["random", "dsir"], retraining={}))
+    two = config_from_dict(_grid(strategies=["random", "dsir", "gen_knn"], retraining={}))
+    added = estimate(two).seconds["labels+features"] - estimate(one).seconds["labels+features"]
+    assert added == pytest.approx((50 + 256) / CPU_RATES["embed_sentence"])  # the targets are shared

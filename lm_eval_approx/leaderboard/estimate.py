@@ -33,12 +33,15 @@ from fractions import Fraction
 
 from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.leaderboard.config import APPROX, LeaderboardConfig
-from lm_eval_approx.strategies.base import FEATURES, LOSS_BASE
+from lm_eval_approx.strategies.base import BASE_ENCODER, FEATURES, LOSS_BASE, SENTENCE_ENCODER, TARGET_TEXTS
 from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
 
 CPU_RATES = {"train": 2.0, "train_text": 1.1, "label_text": 6.0, "loss": 8.0, "features_head": 5.3, "features_changed": 2.6,
-             "score_choice": 5.5, "score_text": 1.0}
+             "score_choice": 5.5, "score_text": 1.0, "generate": 3.5, "embed_sentence": 40.0}
+# generate: texts sampled from θf after the prompt prefix (features/generation.py; 128 AG News samples
+# of up to 64 tokens in 34 s on two quiet cores, 2026-12-06). embed_sentence: all-MiniLM-L6-v2 (22M
+# parameters) on raw texts, about 6x θ0's loss rate for a model 6x smaller.
 # train_text: language-modelling retraining trains on whole passages, not on a label token after a
 # 64-word prompt; side by side on one thread each (session 14, 2026-12-03) an MS MARCO cell trained at
 # 0.76 examples/s and an AG News cell at 1.37/s, so 0.55 of the classification rate.
@@ -151,6 +154,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             for m in [s.approx.get("checkpoints", config.approx.get("checkpoints", 1))] for j in range(1, m + 1)
         }
         seconds["labels+features"] += sum(n / _feature_rate(rates, params) for params, _ in feature_sets)
+        seconds["labels+features"] += _target_seconds(config, strategies, needs, rates, n)
     monitored = set()
     for cell in cells:
         if cell.id in done:
@@ -165,15 +169,36 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
                 draw = (seed, recipe.monitor_size, recipe.mixed_precision)
                 passes = recipe.epochs * _fast_time(recipe, ("mixed_precision",))
                 passes += 0 if draw in monitored else (2 if recipe.uses_teacher else 1)
-                monitored.add(draw)
                 rate = rates["score_choice"] if recipe.uses_teacher else rates["loss"]  # task_loss: one loss pass
                 seconds["retraining"] += recipe.monitor_size * passes / rate
+                if draw not in monitored and recipe.monitor_source != "task":  # texts sampled per draw
+                    seconds["retraining"] += recipe.monitor_size / rates["generate"]
+                monitored.add(draw)
         for task in config.tasks():
             if task.limit is None:
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")
                 continue
             seconds["scoring"] += task.limit / _scoring_rate(rates, task.name)
     return Estimate([c.id for c in cells], seconds, unknown)
+
+
+def _target_seconds(config: LeaderboardConfig, strategies, needs, rates: dict[str, float], n: int) -> float:
+    """Target texts of the target-matching baselines: sampled once per source (shared by every row
+    and seed), then embedded with the pool by θ0 (rds) or the sentence model (gen_knn)."""
+    seconds, sources = 0.0, set()
+    for s, required in zip(strategies, needs):
+        if TARGET_TEXTS not in required:
+            continue
+        size = {**config.approx, **s.approx}.get("target_size", 256)
+        source = config.target_source_for(s.label)
+        if source != "task" and source not in sources:
+            seconds += size / rates["generate"]
+        sources.add(source)
+        if BASE_ENCODER in required:
+            seconds += (n + size) / rates["loss"]
+        if SENTENCE_ENCODER in required:
+            seconds += (n + size) / rates["embed_sentence"]
+    return seconds
 
 
 def describe(config: LeaderboardConfig, done: frozenset[str] = frozenset(), only: list[str] | None = None) -> str:

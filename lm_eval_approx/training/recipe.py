@@ -167,6 +167,8 @@ class TrainingRecipe:
             self.target_modules = tuple(self.target_modules)
         check_choice("method", self.method, METHODS)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
+        if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
+            self.mixed_precision = "no"
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         self.mixed_precision = resolve_precision(self.mixed_precision)
         check_choice("stop_on", self.stop_on, STOP_SIGNALS)
