@@ -67,7 +67,7 @@ def grid_config(work: Path, expert: Path, k: int, pool: int, limit: int, fast: b
 
 def setup(work: Path, pool: int) -> Path:
     """θf (cached in ``work``) and its pseudo-labels of the pool (cached as a stage)."""
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training.examples import task_examples
     from lm_eval_approx.training.loop import train_adapter
     from lm_eval_approx.training.recipe import TrainingRecipe
@@ -111,7 +111,7 @@ def child_grid(config: str, out: str, old: bool) -> None:
 def loop_seconds(fields: dict) -> float:
     """The training loop alone (one epoch, no probes) on the first cell's selection."""
     from lm_eval_approx.data.selection_file import read_selection
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training.loop import train_model
     from lm_eval_approx.training.recipe import TrainingRecipe
     import tempfile
@@ -130,7 +130,7 @@ def loop_seconds(fields: dict) -> float:
 def probe_setup_seconds(expert: Path, cached: bool) -> float:
     """A second cell's probe set-up: θf's distribution and θ0's values on its monitor texts."""
     from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training import stop_signals
     from lm_eval_approx.training.probes import record_probes
     from lm_eval_approx.training.recipe import TrainingRecipe

@@ -50,7 +50,8 @@ def grid_inputs(grid: str, k: int | None):
 
     from lm_eval_approx.data.corpus import load_corpus
     from lm_eval_approx.data.selection_file import SelectedExample
-    from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+    from lm_eval_approx.tasks.kinds import CLASSIFICATION
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training.recipe import TrainingRecipe
     from lm_eval_approx.training.retraining_rule import rule_for_task
     from lm_eval_approx.training.stop_signals import monitor_texts

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--cell needs --config")
         from lm_eval_approx.leaderboard.runner import expert_model
         from lm_eval_approx.leaderboard.sources import load_config
-        from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+        from lm_eval_approx.tasks.kinds import CLASSIFICATION
+        from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
         config = load_config(args.config)
         spec = get_task_spec(config.task)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval_approx.features.encoding import encode_classification
     from lm_eval_approx.features.pseudo_labels import _choice_logprobs, _packed_choice_logprobs
     from lm_eval_approx.models.loading import load_model, load_tokenizer
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
     model, tokenizer = load_model(MODEL).eval(), load_tokenizer(MODEL)
     texts = load_corpus("seed:wikitext2+seed:dbpedia", limit=args.docs, seed=0).texts

@@ -108,7 +108,7 @@ def child(args) -> None:
     from lm_eval_approx.features.build import build_feature_store
     from lm_eval_approx.features.pseudo_labels import pseudo_label
     from lm_eval_approx.models.loading import load_model, load_tokenizer
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     AGNEWS = get_task_spec("approx_agnews")
 
     work = Path(args.work)

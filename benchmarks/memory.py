@@ -39,7 +39,8 @@ VARIANTS = {
 CHILD = r"""
 import json, sys, tempfile, time
 from lm_eval_approx.data.selection_file import SelectedExample
-from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING, TaskSpec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING
+from lm_eval_approx.tasks.template_spec import TemplateSpec
 from lm_eval_approx.training.loop import train_model
 from lm_eval_approx.training.recipe import TrainingRecipe
 
@@ -48,11 +49,11 @@ words = ("markets rallied as investors weighed the central bank outlook and the 
          "from the capital while analysts expected further gains in technology shares ").split()
 text = " ".join(words[i % len(words)] for i in range(args["words"]))
 if args["task"] == "lm":
-    spec = TaskSpec(name="bench_lm", kind=LANGUAGE_MODELLING)
+    spec = TemplateSpec(name="bench_lm", kind=LANGUAGE_MODELLING)
     rows = [SelectedExample(id=str(i), text=f"{i} {text}") for i in range(args["examples"])]
 else:
-    spec = TaskSpec(name="bench_cls", kind=CLASSIFICATION, template="Article: {text}\nTopic:",
-                    choices=("World", "Sports", "Business", "Sci/Tech"))
+    spec = TemplateSpec(name="bench_cls", kind=CLASSIFICATION, template="Article: {text}\nTopic:",
+                        choices=("World", "Sports", "Business", "Sci/Tech"))
     rows = [SelectedExample(id=str(i), text=f"{i} {text}", label=i % 4) for i in range(args["examples"])]
 recipe = TrainingRecipe(epochs=1, validation_fraction=0.0, max_length=args["max_length"], **args["options"])
 began = time.perf_counter()

@@ -193,7 +193,7 @@ def prepare(work: Path, args) -> dict:
     from lm_eval_approx.data.mirror import mirror_file, mirror_missing
     from lm_eval_approx.features.encoding import encode_lm
     from lm_eval_approx.models.loading import load_tokenizer, resolve_model
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
     spec = get_task_spec(TASK)
     tokenizer = load_tokenizer(args.model)

@@ -49,7 +49,7 @@ def agnews_docs(limit: int) -> list[dict]:
 
 def requests_for(docs: list[dict], continuations: list[str]):
     from lm_eval.api.instance import Instance
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     AGNEWS = get_task_spec("approx_agnews")
 
     pairs = [(AGNEWS.context(doc["text"]), cont) for doc in docs for cont in continuations]
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval_approx.models.loading import resolve_model
     from lm_eval_approx.harness.fast_hflm import FastHFLM
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     AGNEWS = get_task_spec("approx_agnews")
 
     reference = HFLM(pretrained=resolve_model(MODEL), device="cpu", batch_size=args.batch_size, dtype="float32")

@@ -38,7 +38,7 @@ RUNS = {"new": ("lora", False), "old": ("lora", True), "full": ("full", False)}
 
 def examples(n: int):
     from lm_eval_approx.data.selection_file import SelectedExample
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     AGNEWS = get_task_spec("approx_agnews")
 
     return [SelectedExample(id=str(i), text=f"{i} {FILLER}", label=i % AGNEWS.num_classes) for i in range(n)]
@@ -50,7 +50,7 @@ def child(run: str, threads: int, batches: int) -> None:
     import torch
 
     from lm_eval_approx.training.recipe import TrainingRecipe
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     AGNEWS = get_task_spec("approx_agnews")
     from lm_eval_approx.training.loop import train_model
 

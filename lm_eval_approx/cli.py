@@ -9,6 +9,7 @@ import sys
 from lm_eval_approx import __version__
 from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.plugins.manager import call_each
+from lm_eval_approx.quiet import quiet_libraries
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"lm-eval-approx {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at INFO level, and show the known-benign warnings and progress bars of the "
+                             "libraries underneath (lm-eval, transformers, peft) that are hidden by default")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     call_each("register_commands", lambda plugin: subparsers)
     return parser
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with quiet_libraries(args.verbose):
+            return int(args.func(args) or 0)
     except ApproxError as exc:
         print(f"lm-eval-approx {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -41,7 +41,8 @@ from lm_eval_approx.strategies.base import (
 )
 from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select, strategy_registry
-from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec, task_key
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, task_key
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.recipe import TASK_MONITOR, TrainingRecipe
 from lm_eval_approx.training.stop_signals import monitor_identity
 from lm_eval_approx.validation import (

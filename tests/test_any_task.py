@@ -84,7 +84,7 @@ def test_jsonl_splits_read_mirror_relative_files(mirror):
 
 
 def test_training_documents_take_int_string_and_choice_targets(tmp_path, fresh_tasks):
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training.examples import task_examples
 
     folder, train = _task_folder(tmp_path)
@@ -106,7 +106,7 @@ def test_training_documents_take_int_string_and_choice_targets(tmp_path, fresh_t
 
 
 def test_a_task_without_training_split_asks_for_data(tmp_path, fresh_tasks):
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training.examples import task_examples
 
     folder, _ = _task_folder(tmp_path)

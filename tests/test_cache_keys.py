@@ -101,7 +101,7 @@ def test_cells_trained_in_slices_are_not_the_one_pass_cells(mirror):
 @pytest.mark.parametrize("name", ["msmarco", "msmarco_indomain"])
 def test_language_modelling_results_reopen_under_rolling_windows(mirror, name):
     """The MS MARCO grids were trained and featurised with passages cut at max_length; since long
-    passages are rolling windows (``tasks.specs.LM_TEXT_RULE``) none of their cells counts as
+    passages are rolling windows (``tasks.kinds.LM_TEXT_RULE``) none of their cells counts as
     finished, so ``--resume`` recomputes them instead of mixing the two rules in one table."""
     config = load_config(str(RESULTS / f"{name}.yaml"))
     assert list((RESULTS / name / RESULTS_DIR).glob("*.json"))

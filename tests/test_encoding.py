@@ -34,7 +34,7 @@ from lm_eval_approx.features.losses import example_losses
 from lm_eval_approx.models.layers import head_name
 from lm_eval_approx.models.loading import load_model, load_tokenizer
 from _specs import AGNEWS, MSMARCO
-from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.data import IGNORE_INDEX, render_examples, training_batch
 from lm_eval_approx.training.loss import batch_example_losses, full_example_losses
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.tasks import lm_eval_tasks
 from lm_eval_approx.tasks.lm_eval_spec import TaskPromptError
-from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
 SETTINGS = dict(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])

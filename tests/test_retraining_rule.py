@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lm_eval_approx.errors import ApproxError, ConfigError
-from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING
 from lm_eval_approx.training.recipe import TASK_AGREEMENT, TASK_LOSS, VALIDATION_LOSS, TrainingRecipe
 from lm_eval_approx.training.retraining_rule import retraining_rule
 
@@ -82,7 +82,7 @@ def test_task_agreement_is_measured_on_the_tasks_training_texts_and_matches_its_
     from lm_eval_approx.models.loading import load_model, load_tokenizer
     from lm_eval_approx.pipeline import ApproxConfig, run_approximation
     from lm_eval_approx.plugins.registry import include_task_folders
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training import probes as probes_module
     from lm_eval_approx.training.examples import task_examples
     from lm_eval_approx.training.loop import TRAINING_FILE, train_adapter
@@ -236,7 +236,7 @@ def test_the_train_command_retrains_a_selection_file_under_the_rule(tiny_llama, 
     from lm_eval_approx.cli import main
     from lm_eval_approx.data.selection_file import write_selection
     from lm_eval_approx.plugins.registry import include_task_folders
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training import probes as probes_module
     from lm_eval_approx.training.examples import task_examples
     from lm_eval_approx.training.loop import TRAINING_FILE, train_adapter

@@ -12,7 +12,7 @@ from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select
 from lm_eval_approx.data.selection_file import read_selection
 from lm_eval_approx.features.gradient_features import GradientFeatures
-from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
 from _synthetic import direct_select
 

@@ -16,11 +16,10 @@ import pytest
 
 from lm_eval_approx.cli import main
 from lm_eval_approx.errors import ConfigError, UnknownNameError
-from lm_eval_approx.tasks import lm_eval_spec, lm_eval_tasks, specs
+from lm_eval_approx.tasks import kinds, lm_eval_spec, lm_eval_tasks, specs
 from lm_eval_approx.tasks.lm_eval_spec import TaskKindError, TaskPromptError
-from lm_eval_approx.tasks.lm_eval_tasks import TaskLoadError, UnknownTaskError
+from lm_eval_approx.tasks.lm_eval_tasks import TaskLoadError, UnknownTaskError, get_task_spec
 from _specs import AGNEWS, MSMARCO
-from lm_eval_approx.tasks.specs import get_task_spec
 
 REVIEWS = [("a warm, funny and   moving film", 1), ("dull plot and wooden acting", 0),
            ("I laughed\nthe whole way through", 1), ("two hours I will never get back", 0)]
@@ -102,15 +101,21 @@ def _requests(task) -> dict[int, list[tuple]]:
     return out
 
 
-def test_kind_values_agree_with_the_builtin_specs():
-    assert (lm_eval_spec.CLASSIFICATION, lm_eval_spec.LANGUAGE_MODELLING) == (specs.CLASSIFICATION,
-                                                                             specs.LANGUAGE_MODELLING)
+def test_both_spec_implementations_have_the_task_spec_interface(user_tasks):
+    """``LmEvalTaskSpec`` (every task the pipeline builds) and ``TemplateSpec`` (the in-code twins)
+    are ``TaskSpec``s; the former names of ``tasks/specs.py`` are the same objects."""
+    for spec in (AGNEWS, MSMARCO, get_task_spec("user_sentiment", include_path=user_tasks),
+                 get_task_spec("user_passages", include_path=user_tasks)):
+        assert isinstance(spec, kinds.TaskSpec), spec
+    assert (specs.TaskSpec, specs.CLASSIFICATION, specs.task_key) == (kinds.TaskSpec, kinds.CLASSIFICATION,
+                                                                      kinds.task_key)
+    assert specs.get_task_spec is get_task_spec
 
 
 @pytest.mark.parametrize("name", ["user_sentiment", "user_sentiment_fn"])
 def test_multiple_choice_pairs_equal_lm_evals_requests(user_tasks, name):
     spec = get_task_spec(name, include_path=user_tasks)
-    assert spec.kind == specs.CLASSIFICATION and spec.text_field == "sentence" and spec.num_classes == 2
+    assert spec.kind == kinds.CLASSIFICATION and spec.text_field == "sentence" and spec.num_classes == 2
     assert spec.continuations() == [" negative", " positive"] and spec.label_name(1) == "positive"
     task = _lm_eval_task(user_tasks, name)
     requests = _requests(task)
@@ -152,7 +157,7 @@ def test_token_ids_we_train_and_featurise_are_hflms_for_lm_evals_instances(user_
     instances = sorted(task.instances, key=lambda i: (i.doc_id, i.idx))
     tokenizer, field = load_tokenizer(tiny_llama), spec.text_field
     texts = [doc[field] for doc in task.eval_docs]
-    if spec.kind == specs.CLASSIFICATION:
+    if spec.kind == kinds.CLASSIFICATION:
         theirs = _hflm_tokens(tiny_llama, instances, "loglikelihood", 256)
         ours = [encode_classification(tokenizer, spec, t, y, 256) for t in texts for y in range(spec.num_classes)]
         examples = [SelectedExample(id=f"{i}:{y}", text=t, label=y) for i, t in enumerate(texts)
@@ -179,7 +184,7 @@ def test_template_and_description_render_through_the_task(user_tasks):
 
 def test_rolling_text_equals_lm_evals_requests(user_tasks):
     spec = get_task_spec("user_passages", user_tasks)
-    assert (spec.kind, spec.text_field, spec.num_classes, spec.continuations()) == (specs.LANGUAGE_MODELLING,
+    assert (spec.kind, spec.text_field, spec.num_classes, spec.continuations()) == (kinds.LANGUAGE_MODELLING,
                                                                                   "passage", 0, [])
     task = _lm_eval_task(user_tasks, "user_passages")
     requests = _requests(task)
@@ -188,7 +193,7 @@ def test_rolling_text_equals_lm_evals_requests(user_tasks):
 
 def test_loglikelihood_with_a_target_from_the_text_is_language_modelling(user_tasks):
     spec = get_task_spec("user_last_word", user_tasks)
-    assert spec.kind == specs.LANGUAGE_MODELLING and spec.text_field == "passage"
+    assert spec.kind == kinds.LANGUAGE_MODELLING and spec.text_field == "passage"
     task = _lm_eval_task(user_tasks, "user_last_word")
     requests = _requests(task)
     for doc_id, doc in enumerate(task.eval_docs):
@@ -198,7 +203,7 @@ def test_loglikelihood_with_a_target_from_the_text_is_language_modelling(user_ta
 
 def test_loglikelihood_with_an_empty_context_takes_the_field_of_its_target(user_tasks):
     spec = get_task_spec("user_all_target", user_tasks)
-    assert (spec.kind, spec.text_field, spec.context("a b c")) == (specs.LANGUAGE_MODELLING, "passage", "a b c")
+    assert (spec.kind, spec.text_field, spec.context("a b c")) == (kinds.LANGUAGE_MODELLING, "passage", "a b c")
 
 
 def _mirror_of(tmp_path, monkeypatch, folder: str, rows: list[dict]) -> None:
@@ -224,7 +229,7 @@ def test_shipped_agnews_yaml_renders_what_the_python_spec_rendered(tmp_path, mon
     assert spec.continuations() == AGNEWS.continuations()
     for text in ODD_TEXTS:
         assert spec.context(text) == AGNEWS.context(text)
-    assert specs.task_key(spec) == "approx_agnews"
+    assert kinds.task_key(spec) == "approx_agnews"
     lm_eval_tasks.reset_task_caches()
 
 
@@ -235,7 +240,7 @@ def test_shipped_msmarco_yamls_render_the_whole_passage_and_share_one_key(tmp_pa
         assert spec.kind == MSMARCO.kind
         for text in ODD_TEXTS:
             assert spec.context(text) == MSMARCO.context(text), (name, text)
-        assert specs.task_key(spec) == f"approx_msmarco+{specs.LM_TEXT_RULE}"
+        assert kinds.task_key(spec) == f"approx_msmarco+{kinds.LM_TEXT_RULE}"
     lm_eval_tasks.reset_task_caches()
 
 
@@ -252,7 +257,7 @@ def test_editing_a_shipped_yaml_changes_its_key(tmp_path, monkeypatch):
     yaml = (configs_folder() / "approx_agnews.yaml").read_text().replace("Topic:", "Subject:")
     (edited / "approx_agnews_edited.yaml").write_text(yaml.replace("task: approx_agnews", "task: approx_agnews_edited"))
     spec = get_task_spec("approx_agnews_edited", include_path=[str(edited)])
-    assert specs.task_key(spec).startswith("approx_agnews_edited@")
+    assert kinds.task_key(spec).startswith("approx_agnews_edited@")
     assert spec.context("a b") == "Article: a b\nSubject:"
     lm_eval_tasks.reset_task_caches()
 
@@ -329,7 +334,7 @@ def test_tasks_approximable_lists_kinds_and_reasons(user_tasks, capsys):
 
 def test_cache_keys_record_a_user_task_by_its_prompt_and_a_builtin_by_its_name(tmp_path):
     """Editing a user task's prompt changes what cache keys record of it; in-code specs are names."""
-    from lm_eval_approx.tasks.specs import task_key
+    from lm_eval_approx.tasks.kinds import task_key
 
     reviews = _jsonl(tmp_path / "reviews.jsonl", [{"sentence": s, "label": y} for s, y in REVIEWS])
 

@@ -38,7 +38,7 @@ def test_bad_window_or_tokenizer_is_a_named_error(kwargs, field):
 def test_the_task_scores_one_request_per_passage_and_is_not_a_target(mirror, tiny_llama, tmp_path):
     from lm_eval_approx.tasks import configs_folder, lm_eval_tasks
     from lm_eval_approx.tasks.lm_eval_spec import TaskKindError
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
     text = (configs_folder() / "approx_msmarco_last32.yaml").read_text(encoding="utf-8")
     folder = tmp_path / "tasks"

@@ -10,7 +10,8 @@ from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.features.config import FeatureConfig
 from lm_eval_approx.models.pairs import check_model_pair
 from lm_eval_approx.plugins.registry import include_task_folders
-from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.examples import check_labels
 from lm_eval_approx.validation import add_field_arguments, field_values
 

@@ -46,8 +46,7 @@ def approximable_rows(include_path=None) -> list[dict]:
     """One row per task and group of the registered folders and ``include_path``: whether it can
     be approximated, its kind, text field and number of choices, or the reason it cannot."""
     from lm_eval_approx.errors import ApproxError, ConfigError
-    from lm_eval_approx.tasks.lm_eval_tasks import local_task_names
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec, local_task_names
 
     tasks, groups = local_task_names(include_path)
     rows = []
@@ -58,8 +57,7 @@ def approximable_rows(include_path=None) -> list[dict]:
         except ApproxError as exc:
             row["reason"] = exc.accepted if isinstance(exc, ConfigError) else str(exc)
         else:
-            # The built-in specs render the ``text`` field of their loaders' documents.
-            row.update(approximable=True, kind=spec.kind, text_field=getattr(spec, "text_field", "text"),
+            row.update(approximable=True, kind=spec.kind, text_field=spec.text_field,
                        choices=spec.num_classes)
         rows.append(row)
     return rows

@@ -19,7 +19,7 @@ from lm_eval_approx.errors import ApproxError, ConfigError, SelectionError
 from lm_eval_approx.features.store import FeatureStore
 from lm_eval_approx.strategies.pool import build_pool, selection_rows
 from lm_eval_approx.strategies.registry import select, strategy_registry
-from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
 CORPUS_META_KEYS = ("corpus", "corpus_spec")
 TASK_META_KEY = "task"

@@ -20,7 +20,7 @@ import logging
 import sys
 
 from lm_eval_approx.plugins.registry import include_task_folders
-from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.examples import (
     corpus_examples,
     selection_examples,

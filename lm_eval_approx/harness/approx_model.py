@@ -39,7 +39,7 @@ from lm_eval_approx.models.safe_weights import (
     pickle_allowed,
 )
 from lm_eval_approx.pipeline import ApproxConfig, ApproxResult, run_approximation
-from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.training.retraining_rule import rule_for_task
 

@@ -16,6 +16,7 @@ from lm_eval_approx.data.selection_file import SelectedExample
 from lm_eval_approx.errors import SelectionError, StoreMismatchError
 from lm_eval_approx.features.store import NO_LABEL
 from lm_eval_approx.strategies.base import CandidatePool, Selection
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
 
 
 def _aligned(corpus, ids: list[str]):
@@ -80,11 +81,11 @@ def build_pool(corpus=None, stores: Sequence[Any] = (), labels=None, loss_finetu
     )
 
 
-def selection_rows(pool: CandidatePool, selection: Selection, spec=None) -> list[SelectedExample]:
-    """Selection-file rows in pick order; ``spec`` (a TaskSpec) names the labels."""
+def selection_rows(pool: CandidatePool, selection: Selection, spec: TaskSpec | None = None) -> list[SelectedExample]:
+    """Selection-file rows in pick order; ``spec`` names the labels."""
     if pool.texts is None:
         raise SelectionError("the candidate pool has no texts: build it with the corpus the features came from")
-    classification = spec is not None and getattr(spec, "kind", None) == "classification"
+    classification = spec is not None and spec.kind == CLASSIFICATION
     rows = []
     for order, i in enumerate(np.asarray(selection.indices, dtype=np.int64)):
         label = int(pool.labels[i]) if pool.labels is not None and pool.labels[i] != NO_LABEL else None

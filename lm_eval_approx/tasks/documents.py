@@ -7,16 +7,18 @@ for a multiple-choice task, the label is ``doc_to_target(doc)``: a choice index,
 or the decimal string of an index. The expert is trained on the text field with the other fields
 empty, exactly as every candidate document is rendered, so θf and its approximation see examples
 of the same form (for a task whose prompt shows several fields this is a simplification, stated in
-docs/ARCHITECTURE.md). A built-in ``approx_*`` task reads the training split of its mirror corpus.
+docs/ARCHITECTURE.md). The shipped ``approx_*`` tasks are lm-eval tasks like any other: their
+training split is read from the data mirror by their ``custom_dataset`` loader (``tasks/data.py``).
 """
 
 from __future__ import annotations
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.tasks.specs import CLASSIFICATION
+from lm_eval_approx.tasks.kinds import CLASSIFICATION
+from lm_eval_approx.tasks.lm_eval_spec import LmEvalTaskSpec
 
 
-def _label_of(spec, doc: dict, index: int) -> int:
+def _label_of(spec: LmEvalTaskSpec, doc: dict, index: int) -> int:
     target = spec.task.doc_to_target(doc)
     if isinstance(target, str) and target.strip().isdigit():
         target = int(target.strip())
@@ -28,18 +30,14 @@ def _label_of(spec, doc: dict, index: int) -> int:
     return target
 
 
-def has_training_texts(spec) -> bool:
-    """True when the task has training texts to draw from: an lm-eval task with a training split,
-    or a built-in task with a mirror corpus."""
-    task = getattr(spec, "task", None)
-    return bool(spec.corpus) if task is None else bool(task.has_training_docs())
+def has_training_texts(spec: LmEvalTaskSpec) -> bool:
+    """True when the task has training texts to draw from: a training split."""
+    return bool(spec.task.has_training_docs())
 
 
-def training_documents(spec) -> list[tuple[str, int | None]]:
+def training_documents(spec: LmEvalTaskSpec) -> list[tuple[str, int | None]]:
     """(text, label) of every training document of an lm-eval task (label None for language modelling)."""
-    task = getattr(spec, "task", None)
-    if task is None:
-        raise ConfigError("task", spec.name, "an lm-eval task (built-in specs read their mirror corpus)")
+    task = spec.task
     if not task.has_training_docs():
         raise ConfigError("task", spec.name, "a task with a training_split (or give the expert's data with --data)")
     out = []

@@ -33,10 +33,6 @@ pseudo-labels, features and training see the strings lm-eval scores:
 The task's few-shot setting, system instruction and chat template are not applied: the training
 examples are single zero-shot documents. ``clip`` returns the text unchanged; the task's own
 functions decide what part of it they show.
-
-``CLASSIFICATION`` and ``LANGUAGE_MODELLING`` repeat the two kind values of ``tasks/specs.py``:
-specs.py's ``get_task_spec`` builds these specs, so this module cannot import it (the package
-allows no import cycle); tests/test_task_specs.py checks the values agree.
 """
 
 from __future__ import annotations
@@ -46,10 +42,9 @@ import json
 from typing import Any
 
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING
 from lm_eval_approx.validation import check_text
 
-CLASSIFICATION = "classification"
-LANGUAGE_MODELLING = "lm"
 MULTIPLE_CHOICE = "multiple_choice"
 ROLLING = "loglikelihood_rolling"
 LOGLIKELIHOOD = "loglikelihood"
@@ -212,8 +207,8 @@ def _no_target(doc, *args, **kwargs) -> str:
 
 
 class LmEvalTaskSpec:
-    """The TaskSpec interface (name, kind, context, continuations, choices, num_classes, clip,
-    label_name, corpus, description) of one lm-eval task, rendered by the task object itself."""
+    """The ``TaskSpec`` interface (``tasks/kinds.py``) of one lm-eval task, rendered by the task
+    object itself; ``task``, ``text_field`` and ``doc`` give the task's own documents."""
 
     def __init__(self, task, name: str, output_type: str, text_field: str, choices: tuple[str, ...]):
         self.task, self.name, self.output_type, self.text_field = task, name, output_type, text_field
@@ -223,7 +218,6 @@ class LmEvalTaskSpec:
         self.prompt_description = str(task.config.description or "")
         self.version = str(getattr(task, "VERSION", "") or "")
         self.fields = list(getattr(task, "features", None) or [])
-        self.corpus = ""
         self.description = f"lm-eval task {name} ({output_type}, text field {text_field!r})"
 
     @property

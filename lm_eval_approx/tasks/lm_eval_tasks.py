@@ -1,4 +1,4 @@
-"""Finding and loading lm-eval tasks by name, for specs built from any lm-eval task.
+"""Finding and loading lm-eval tasks by name, and ``get_task_spec``: the spec of any lm-eval task.
 
 A name is looked up first in an index of the registered task folders (``plugins.registry``
 ``task_folders``) plus the caller's ``include_path`` — fast, a few YAML files — and only when it
@@ -101,6 +101,18 @@ def lm_eval_task_spec(name: str, include_path=None, text_field: str | None = Non
     """The spec of lm-eval task ``name`` (see ``lm_eval_spec``), None when no index knows the name;
     a named error when the name is a group, the task fails to load or cannot be approximated."""
     return _cached_spec(name, search_paths(include_path), text_field)
+
+
+def get_task_spec(name: str, include_path=None, text_field: str | None = None) -> LmEvalTaskSpec:
+    """The spec of an approximation task by lm-eval task name: any lm-eval task in the registered
+    task folders (ours: ``approx_agnews``, ``approx_msmarco``, ...), ``include_path`` or lm-eval's own
+    tasks, rendered by the task itself (``tasks/lm_eval_spec.py``; a named error when it cannot be
+    approximated or its name is unknown)."""
+    spec = lm_eval_task_spec(name, include_path, text_field)
+    if spec is not None:
+        return spec
+    listed = sorted(local_task_names(include_path)[0])
+    raise UnknownTaskError(name, listed, sorted(set(builtin_task_names()) - set(listed)))
 
 
 @lru_cache(maxsize=64)

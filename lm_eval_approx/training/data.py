@@ -27,7 +27,7 @@ from lm_eval_approx.features.encoding import (
     encode_classification,
     encode_lm,
 )
-from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING, TaskSpec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING, TaskSpec
 from lm_eval_approx.validation import is_int
 
 IGNORE_INDEX = -100

@@ -11,7 +11,8 @@ from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.data.selection_file import SelectedExample, read_selection
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.tasks.documents import training_documents
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
+from lm_eval_approx.tasks.lm_eval_spec import LmEvalTaskSpec
 
 
 def check_labels(field: str, labels: list, ids: list[str], spec: TaskSpec) -> None:
@@ -42,8 +43,7 @@ def corpus_examples(data: str, spec: TaskSpec, limit: int | None, seed: int) -> 
     corpus = load_corpus(data, limit=limit, seed=seed)
     classification = spec.kind == CLASSIFICATION
     if classification and any(label is None for label in corpus.labels):
-        example = f" (e.g. {spec.corpus}:train)" if spec.corpus else ""
-        raise ConfigError("data", data, f"a corpus with true labels for the classification task {spec.name}{example}")
+        raise ConfigError("data", data, f"a corpus with true labels for the classification task {spec.name}")
     if classification:
         check_labels("data", corpus.labels, corpus.ids, spec)
     return [
@@ -57,17 +57,12 @@ def corpus_examples(data: str, spec: TaskSpec, limit: int | None, seed: int) -> 
     ]
 
 
-def task_examples(spec, limit: int | None, seed: int) -> list[SelectedExample]:
+def task_examples(spec: LmEvalTaskSpec, limit: int | None, seed: int) -> list[SelectedExample]:
     """``limit`` documents of the task's own training split drawn with ``seed`` (all, in order,
-    without a limit), with their true labels; ids are ``<task>:train:<row>``. A built-in spec
-    reads the training split of its mirror corpus instead (``corpus_examples``)."""
+    without a limit), with their true labels; ids are ``<task>:train:<row>``."""
     import numpy as np
 
     _check_limit(limit)
-    if getattr(spec, "task", None) is None:
-        if not spec.corpus:
-            raise ConfigError("data", None, f"--data: task {spec.name} names no corpus to train on")
-        return corpus_examples(f"{spec.corpus}:train", spec, limit, seed)
     docs = training_documents(spec)
     keep = range(len(docs))
     if limit is not None and limit < len(docs):

@@ -46,7 +46,7 @@ from lm_eval_approx.cache.atomic import replace_dir, write_json_atomic
 from lm_eval_approx.data.selection_file import SelectedExample, selection_hash
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import model_fingerprint, resolve_model
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec, task_key
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec, task_key
 from lm_eval_approx.training.data import (
     EpochShuffle,
     balance_classes,

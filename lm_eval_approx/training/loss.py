@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from lm_eval_approx.models.head_positions import HeadPositionsError, causal_lm
-from lm_eval_approx.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING
 from lm_eval_approx.training.data import IGNORE_INDEX
 
 

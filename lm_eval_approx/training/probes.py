@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
 from lm_eval_approx.training.recipe import TASK_LOSS, TEACHER_AGREEMENT, TEACHER_KL
 
 ACCURACY = "accuracy"

@@ -38,7 +38,7 @@ import logging
 from typing import Any
 
 from lm_eval_approx.tasks.documents import has_training_texts
-from lm_eval_approx.tasks.specs import CLASSIFICATION
+from lm_eval_approx.tasks.kinds import CLASSIFICATION
 from lm_eval_approx.training.recipe import TASK_AGREEMENT, TASK_LOSS
 
 RULE_EPOCHS = 8

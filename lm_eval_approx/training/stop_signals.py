@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lm_eval_approx.cache.stages import run_stage, stage_key
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec, task_key
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec, task_key
 from lm_eval_approx.training.recipe import (
     POOL_SIGNALS,
     TASK_AGREEMENT,
