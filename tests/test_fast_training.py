@@ -240,3 +240,23 @@ def test_auto_precision_resolves_by_the_hardware_and_is_stored_resolved(tmp_path
         assert recipe.mixed_precision == expected
         assert recipe.recipe_hash() == TrainingRecipe(mixed_precision=expected).recipe_hash()
         assert TrainingRecipe.from_json(recipe.to_json()) == recipe
+
+
+def test_the_packing_check_runs_in_full_precision_under_mixed_precision_training(tiny_llama, tmp_path, caplog):
+    """Accelerate wraps the trained model's forward in bf16 autocast; the probe's packing self-check
+    must still compare packed and carrier rows in fp32 (rounding is not a packing fault), so the
+    probe keeps packing: no fallback warning (without the fix, bf16 rounding tripped the check)."""
+    from lm_eval_approx.training.probes import teacher_probes
+
+    expert = train_adapter(tiny_llama, AGNEWS, toy_examples(), TrainingRecipe(epochs=1, **FAST), tmp_path / "expert",
+                           progress=False)
+    from lm_eval_approx.models.loading import load_model, load_tokenizer
+
+    probe = teacher_probes(load_model(str(expert)), load_tokenizer(tiny_llama), AGNEWS,
+                           [e.text for e in toy_examples(40)[24:]], 4, 64)
+    recipe = TrainingRecipe(epochs=1, stop_on="teacher_agreement", patience=0, **{**FAST, **FAST_RECIPE})
+    with caplog.at_level("WARNING", logger="lm_eval_approx.features.pseudo_labels"):
+        history = train_model(tiny_llama, AGNEWS, toy_examples(24), recipe, tmp_path / "bf16", progress=False,
+                              probes=[probe]).history
+    assert "scoring without packing" not in caplog.text
+    assert len(history["probes"]["teacher_agreement"]) == 2

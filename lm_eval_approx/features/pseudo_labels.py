@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,13 +120,30 @@ def _packed_choice_logprobs(model, tokenizer, per_text: list[list[Encoded]], bat
     return flat.reshape(len(per_text), len(per_text[0]) if per_text else 0)
 
 
+@contextmanager
+def _without_mixed_precision(model):
+    """The model's own forward for the duration: Accelerate's mixed precision wraps ``forward`` in
+    an autocast of its own (keeping the original as ``_original_forward``), which an outer
+    ``torch.autocast(enabled=False)`` cannot turn off."""
+    original = getattr(model, "_original_forward", None)
+    if original is None:
+        yield
+        return
+    wrapped = model.forward
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped
+
+
 def _packing_agrees(model, tokenizer, per_text: list[list[Encoded]], batch_size: int, max_length: int) -> bool:
     """Packed against carrier-row log-probs on the first few documents: a position or attention
     scheme the packing does not model (``models/packing.py``) shows up as a disagreement."""
     sample = per_text[:PACKING_CHECK_TEXTS]
     # In full precision, whatever autocast the caller runs under: the check asks whether the packing
     # models this architecture's positions and attention, and bf16 rounding (up to 0.08 here) is not that.
-    with torch.autocast(model_device(model).type, enabled=False):
+    with torch.autocast(model_device(model).type, enabled=False), _without_mixed_precision(model):
         packed = _packed_choice_logprobs(model, tokenizer, sample, batch_size, max_length)
         reference = _choice_logprobs(model, tokenizer, sample, batch_size)
     worst = float(np.max(np.abs(packed - reference))) if packed.size else 0.0
