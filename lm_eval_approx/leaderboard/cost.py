@@ -39,10 +39,12 @@ FORWARD, FORWARD_BACKWARD = 2, 6  # FLOPs per parameter per token
 
 @lru_cache(maxsize=4)
 def parameter_count(model: str) -> int:
-    """Parameters of the model named ``model`` (θ0), counted once per process."""
+    """Parameters of the model named ``model`` (θ0), counted once per process: from its files where
+    ``models/size.py`` can (no weights loaded: a 1B model costs 5 GB to load), else by loading it."""
     from lm_eval_approx.models.loading import load_model
+    from lm_eval_approx.models.size import parameter_count as without_loading
 
-    return int(sum(p.numel() for p in load_model(model).parameters()))
+    return without_loading(model) or int(sum(p.numel() for p in load_model(model).parameters()))
 
 
 @lru_cache(maxsize=1)

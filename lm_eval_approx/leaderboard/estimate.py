@@ -17,8 +17,21 @@ The CPU rates are what the ``results/cpu`` grids measured with SmolLM2-135M on t
 2026-12-02: 800 candidates in 126 s, and 300 test documents scored in ~53 s a model, loading
 included), θ0 losses ~8/s, LoRA training
 2.0 examples/s for classification and 1.1/s on whole passages (language modelling) (LoRA on the head only or on the top blocks: the default's rate over the time
-ratio ``benchmarks/memory.py`` measured for it). The GPU rates are an assumed speed-up, so the GPU figure is an order of magnitude,
-not a promise.
+ratio ``benchmarks/memory.py`` measured for it).
+
+The rates scale with θ0 and the device: rate(stage) = CPU_RATES[stage] · (P_ref / P) · throughput(device),
+so a stage's seconds grow as P / P_ref, with P θ0's parameter count (``models/size.py``: a table of
+the presets' models, safetensors headers, or the config built on the meta device; no weights are
+loaded) and P_ref = 134,515,008, SmolLM2-135M's, at which the CPU rates were measured. Cost
+proportional to parameters per token is an approximation: it is what the matrix products cost (a
+forward ~2P floating-point operations a token, a backward about twice that), and it ignores
+attention's T² term, the vocabulary projection's own share (a large vocabulary on a small model
+costs more than its share), tokenising and lm-eval's per-request overhead, which do not grow with P. The sentence model of ``gen_knn``
+(all-MiniLM-L6-v2) is not θ0 and keeps its rate. The device's throughput is a ratio per device class
+(``DEVICE_CLASSES``): 1 for the CPU the rates come from; for ``cuda``, an A100/H100 80 GB class at an
+assumed 100x. The GPU figure is not measured here (no GPU was at hand when the rates were taken): it
+is an order of magnitude, not a promise, and ``benchmarks/gpu_check.py`` prints the measured feature
+throughput to replace it.
 
 With ``--only PATTERN`` only the matching cells are planned (and only the feature sets their
 strategies need). With ``--resume --out DIR`` the cells already finished in DIR (same cell hash) are listed as done
@@ -28,11 +41,12 @@ estimate, because whether their cached stages survive is only known once the run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.leaderboard.config import APPROX, LeaderboardConfig
+from lm_eval_approx.models.size import SMOLLM2_135M_PARAMETERS, parameter_count
 from lm_eval_approx.strategies.base import BASE_ENCODER, FEATURES, LOSS_BASE, SENTENCE_ENCODER, TARGET_TEXTS
 from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
@@ -43,10 +57,32 @@ CPU_RATES = {"train": 2.0, "train_text": 1.1, "label_text": 6.0, "loss": 8.0, "f
 # of up to 64 tokens in 34 s on two quiet cores, 2026-12-06). embed_sentence: all-MiniLM-L6-v2 (22M
 # parameters) on raw texts, about 6x θ0's loss rate for a model 6x smaller.
 # train_text: language-modelling retraining trains on whole passages, not on a label token after a
-# 64-word prompt; side by side on one thread each (session 14, 2026-12-03) an MS MARCO cell trained at
+# 64-word prompt; side by side on one thread each (2026-12-03) an MS MARCO cell trained at
 # 0.76 examples/s and an AG News cell at 1.37/s, so 0.55 of the classification rate.
 HEAD_PARAMS = ("head", "head_labels")
-GPU_SPEEDUP = 40.0
+# The model CPU_RATES were measured with (SmolLM2-135M); every rate but the sentence model's scales
+# by REFERENCE_PARAMETERS / θ0's parameter count.
+REFERENCE_PARAMETERS = SMOLLM2_135M_PARAMETERS
+NOT_THETA0 = ("embed_sentence",)
+
+
+@dataclass(frozen=True)
+class DeviceClass:
+    """A kind of device and its throughput relative to the 2-core CPU the rates were measured on."""
+
+    name: str
+    throughput: float
+
+
+# cuda: NOT measured. An assumption from peak figures: the two reference cores computed the head
+# features at ~0.1 TFLOP/s (5.3 documents/s of ~90 tokens, ~2·134.5M operations a token), and an
+# A100's bf16 peak is 312 TFLOP/s (an H100's ~3x that); at 10% of the A100's peak, and with lm-eval's
+# per-request overhead and the small models' poor use of a GPU taken off, about 100x. Replace it with
+# what benchmarks/gpu_check.py measures on the GPU at hand.
+DEVICE_CLASSES = {
+    "cpu": DeviceClass("2 CPU cores (the measured rates)", 1.0),
+    "cuda": DeviceClass("one A100/H100-class 80 GB GPU (an assumed throughput, not measured)", 100.0),
+}
 # Training time of the cheaper LoRA recipes relative to the default, side by side in one run of
 # benchmarks/memory.py (SmolLM2-135M, 2026-12-02): the head alone, and the top 4 of 30 blocks + head
 # (used for any lora_layers > 0: rough, the cost grows with the number of adapted blocks).
@@ -64,15 +100,40 @@ class Estimate:
     cells: list[str]
     seconds: dict[str, float]
     unknown: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> float:
         return sum(self.seconds.values())
 
 
-def _rates(device: str) -> dict[str, float]:
-    scale = 1.0 if device == "cpu" else GPU_SPEEDUP
-    return {name: rate * scale for name, rate in CPU_RATES.items()}
+def device_class(device: str) -> DeviceClass:
+    """The class of ``device`` (``cuda:1`` is ``cuda``); an unknown kind is costed as the CPU."""
+    return DEVICE_CLASSES.get(str(device).split(":")[0], DEVICE_CLASSES["cpu"])
+
+
+def scaled_rates(parameters: int | None = None, device: str = "cpu") -> dict[str, float]:
+    """Documents per second of every stage for a θ0 of ``parameters`` (None: SmolLM2-135M's) on
+    ``device``: the measured CPU rate × P_ref / P × the device class's throughput."""
+    size = REFERENCE_PARAMETERS / (parameters or REFERENCE_PARAMETERS)
+    speed = device_class(device).throughput
+    return {name: rate * speed * (1.0 if name in NOT_THETA0 else size) for name, rate in CPU_RATES.items()}
+
+
+def _rates(config: LeaderboardConfig) -> tuple[dict[str, float], list[str]]:
+    """The rates of ``config`` (its θ0 and device) and what they assume, one line each."""
+    parameters = parameter_count(config.base)
+    kind = device_class(config.device)
+    if parameters is None:
+        size = (f"θ0 {config.base!r}: size not found on this machine (no folder, cached snapshot or known "
+                f"hub id), costed as SmolLM2-135M ({REFERENCE_PARAMETERS / 1e6:.1f}M parameters)")
+    else:
+        size = (f"θ0 {parameters / 1e6:,.1f}M parameters: {parameters / REFERENCE_PARAMETERS:.2f}x SmolLM2-135M's "
+                "per-document time (cost ∝ parameters)")
+    device = f"device {config.device}: {kind.name}, {kind.throughput:g}x the CPU rates"
+    if str(config.device).split(":")[0] not in DEVICE_CLASSES:
+        device = f"device {config.device}: not a known device class, costed at the CPU rates"
+    return scaled_rates(parameters, config.device), [size, device]
 
 
 def _is_choice_task(name: str) -> bool:
@@ -128,7 +189,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
     """Seconds for expert training, labels/features, and retraining and scoring of every cell
     chosen by ``only`` (all without it) and not in ``done`` (cell ids). A retraining under a stop
     signal is counted at its cap (``epochs``): an upper bound, since it may stop earlier."""
-    rates = _rates(config.device)
+    rates, notes = _rates(config)
     unknown: list[str] = []
     seconds = {"expert": 0.0, "labels+features": 0.0, "retraining": 0.0, "scoring": 0.0}
     if config.expert.data is not None:
@@ -179,7 +240,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")
                 continue
             seconds["scoring"] += task.limit / _scoring_rate(rates, task.name)
-    return Estimate([c.id for c in cells], seconds, unknown)
+    return Estimate([c.id for c in cells], seconds, unknown, notes)
 
 
 def _target_seconds(config: LeaderboardConfig, strategies, needs, rates: dict[str, float], n: int) -> float:
@@ -211,7 +272,9 @@ def describe(config: LeaderboardConfig, done: frozenset[str] = frozenset(), only
     head = f"leaderboard {config.name!r}: {count} on {config.device}"
     lines = [head + (f", {len(finished)} already finished (skipped by --resume)" if finished else "")]
     lines += [f"  {cell}" + ("  (done)" if cell in done else "") for cell in est.cells]
-    lines.append("estimated cost (rates: " + ", ".join(f"{k} {v:g}/s" for k, v in _rates(config.device).items()) + "):")
+    rates, _ = _rates(config)
+    lines.append("estimated cost (rates: " + ", ".join(f"{k} {v:.3g}/s" for k, v in rates.items()) + "):")
+    lines += [f"  {note}" for note in est.notes]
     lines += [f"  {part}: {secs / 60:.1f} min" for part, secs in est.seconds.items()]
     lines.append(f"  total: {est.total / 60:.1f} min" + (" + unknown parts" if est.unknown else ""))
     lines += [f"  not estimated: {what}" for what in dict.fromkeys(est.unknown)]
