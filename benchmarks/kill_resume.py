@@ -16,6 +16,23 @@ through lm-eval scoring inside a one-strategy leaderboard (needs the data mirror
 
     python benchmarks/kill_resume.py --trials 2                      # pipeline stages, 12 kills
     python benchmarks/kill_resume.py --mode leaderboard --trials 5   # all eight stages, 40 kills
+
+The executor modes run a five-cell leaderboard (θ0, θf, select, random × 2 seeds) the way
+``leaderboard/executors.py`` does, and kill the process running an approximation cell u × its
+serial duration after the cell started (the cell ledger, ``OUT/.cells/ledger.jsonl``, says which
+process runs which cell):
+
+    --mode ray           a Ray worker (a local one-CPU Ray cluster): Ray runs the task again
+    --mode ray-cluster   a whole node of a two-node local ``ray.cluster_utils.Cluster`` (one CPU
+                         each), removed while it runs a cell: Ray runs the task on the other
+    --mode slurm         a job of submitit's local executor (--workers 2): submitted again
+    --mode two-local     one of two plain ``leaderboard --resume`` processes on one folder and
+                         one cache: the other waits for the cell it held, then runs it
+
+Survived means: the grid completes (by the executor's retry, the other process or, failing that,
+a rerun with --resume); no cell is missing; every cell's scores equal the serial baseline's; the
+ledger records every cell scored exactly once; no stage was computed by two cells; every
+stage.json's checksums verify.
 """
 
 from __future__ import annotations
@@ -42,6 +59,8 @@ LEADERBOARD_STAGES = PIPELINE_STAGES + ("evaluation", "leaderboard")
 CORPUS_SIZE = 40
 TOPICS = ("peace talks in the capital", "the team won the match", "stocks and profits rose", "a new chip and software")
 CHILD_TIMEOUT_S = 900
+EXECUTOR_MODES = ("ray", "ray-cluster", "slurm", "two-local")
+EXECUTOR_STRATEGIES = ["select", {"name": "random", "seeds": [0, 1]}]
 MIN_SLEEP_S = 0.0
 
 
@@ -111,11 +130,11 @@ def _setup(work: Path, mode: str) -> None:
     save_tiny_model(work / "finetuned", "llama", seed=1)
     rows = [{"text": f"{TOPICS[(i * 3) % 4]} candidate {i}"} for i in range(CORPUS_SIZE)]
     (work / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if mode == "leaderboard":
+    if mode != "pipeline":
         from lm_eval_approx.leaderboard.sources import apply_overrides, read_yaml
 
         data = apply_overrides(read_yaml(preset="tiny"), [f"base={work / 'base'}"])
-        data.update(strategies=["select"], extra_tasks=[],
+        data.update(strategies=["select"] if mode == "leaderboard" else EXECUTOR_STRATEGIES, extra_tasks=[],
                     corpus={"spec": str(work / "candidates.jsonl"), "size": CORPUS_SIZE, "seed": 0})
         (work / "leaderboard.json").write_text(json.dumps(data))
 
@@ -279,10 +298,188 @@ def trial(stage: str, work: Path, mode: str, baseline: dict, rng: random.Random)
     return "survived", problems
 
 
+# ---- executor modes: kill the process (or node) running a cell ------------------------------------
+APPROX_CELL_PREFIXES = ("select-", "random-")
+START_TIMEOUT_S = 600
+EXECUTOR_FLAGS = {
+    "ray": ["--executor", "ray", "--workers", "1"],
+    "ray-cluster": ["--executor", "ray"],  # + --ray-address of the two-node cluster
+    "slurm": ["--executor", "slurm", "--slurm-cluster", "local", "--workers", "2"],
+    "two-local": [],
+}
+
+
+def _leaderboard(work: Path, cache: Path, out: Path, flags: list[str], log: Path) -> subprocess.Popen:
+    """A ``leaderboard --resume`` command on ``out`` and ``cache``."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", LM_EVAL_APPROX_LOAD_PLUGINS="",
+               LM_EVAL_APPROX_CACHE=str(cache))
+    cmd = [sys.executable, "-m", "lm_eval_approx.cli", "leaderboard", "--config", str(work / "leaderboard.json"),
+           "--out", str(out), "--resume", "--no-progress", *flags]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as handle:
+        return subprocess.Popen(cmd, stdout=handle, stderr=handle, cwd=ROOT, env=env)
+
+
+def _ledger(out: Path) -> list[dict]:
+    path = out / ".cells" / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _running_cells(out: Path) -> list[dict]:
+    """Start events of approximation cells not scored since (by the same process)."""
+    running = {}
+    for event in _ledger(out):
+        key = (event["cell"], event["pid"])
+        if event["event"] == "start" and event["cell"].startswith(APPROX_CELL_PREFIXES):
+            running[key] = event
+        elif event["event"] == "scored":
+            running.pop(key, None)
+    return list(running.values())
+
+
+def _grid_problems(cache: Path, out: Path, baseline: dict) -> list[str]:
+    """Cells lost or scored differently, cells scored twice, stages computed twice, damaged caches."""
+    scores = {p.stem: json.loads(p.read_text())["results"] for p in sorted((out / "results").glob("*.json"))}
+    problems = [f"cell lost: {cell}" for cell in baseline if cell not in scores]
+    problems += [f"scores differ: {cell}" for cell in scores if cell in baseline and scores[cell] != baseline[cell]]
+    scored: dict[str, int] = {}
+    for event in _ledger(out):
+        if event["event"] == "scored":
+            scored[event["cell"]] = scored.get(event["cell"], 0) + 1
+    problems += [f"{cell} scored {n} times" for cell, n in scored.items() if n > 1]
+    computed: dict[tuple, int] = {}
+    for path in (out / "results").glob("*.json"):
+        approx = json.loads(path.read_text())["config"].get("approx") or {}
+        for label, key in approx.get("stage_keys", {}).items():
+            computed[(label, key)] = computed.get((label, key), 0) + (not approx["stage_cached"][label])
+    problems += [f"stage {label} {key} computed by {n} cells" for (label, key), n in computed.items() if n > 1]
+    return problems + _verify_checksums(cache)
+
+
+class TwoNodes:
+    """A local Ray cluster of two one-CPU nodes; ``kill_worker`` removes the second one at once."""
+
+    def __init__(self):
+        from ray.cluster_utils import Cluster
+
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        self.add_worker()
+
+    def add_worker(self) -> None:
+        self.worker = self.cluster.add_node(num_cpus=1)
+        self.cluster.wait_for_nodes()
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def on_worker(self, pid: int) -> bool:
+        import psutil
+
+        raylet = self.worker.all_processes["raylet"][0].process.pid
+        try:
+            return pid in {p.pid for p in psutil.Process(raylet).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            return False
+
+    def kill_worker(self) -> None:
+        self.cluster.remove_node(self.worker, allow_graceful=False)
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+def executor_trial(mode: str, work: Path, baseline: dict, rng: random.Random, nodes: TwoNodes | None) -> tuple[str, list[str]]:
+    """One kill while a cell runs, then the grid to completion: (survived | failed | missed, notes)."""
+    root = Path(tempfile.mkdtemp(dir=work, prefix=f"trial-{mode}-"))
+    cache, out = work / "cache", work / "out"
+    for path in (cache, out):
+        shutil.rmtree(path, ignore_errors=True)
+    flags = EXECUTOR_FLAGS[mode] + (["--ray-address", nodes.address] if nodes else [])
+    drivers = [_leaderboard(work, cache, out, flags, root / f"driver{i}.log") for i in range(2 if mode == "two-local" else 1)]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    victim = None
+    while victim is None and time.monotonic() < deadline and all(d.poll() is None for d in drivers):
+        victim = next((e for e in _running_cells(out) if nodes is None or nodes.on_worker(e["pid"])), None)
+        time.sleep(0.05)
+    if victim is None:
+        for d in drivers:
+            d.wait(timeout=CHILD_TIMEOUT_S)
+        shutil.rmtree(root, ignore_errors=True)
+        return "missed", ["no approximation cell was seen running (on the worker node)"]
+    delay = rng.random() * baseline["seconds"][victim["cell"]]
+    time.sleep(max(0.0, victim["time"] + delay - time.time()))
+    if not any(e["pid"] == victim["pid"] and e["cell"] == victim["cell"] for e in _running_cells(out)):
+        for d in drivers:
+            d.wait(timeout=CHILD_TIMEOUT_S)
+        shutil.rmtree(root, ignore_errors=True)
+        return "missed", [f"{victim['cell']} finished before the kill ({delay:.1f} s in)"]
+    if nodes:
+        nodes.kill_worker()
+        what = f"removed the node running {victim['cell']}"
+    else:
+        os.kill(victim["pid"], signal.SIGKILL)
+        what = f"killed pid {victim['pid']} running {victim['cell']}"
+    notes = [f"{what} {time.time() - victim['time']:.1f} s after it started"]
+    codes = [d.wait(timeout=CHILD_TIMEOUT_S) for d in drivers]
+    survivors = [c for d, c in zip(drivers, codes) if d.pid != victim["pid"]]
+    if survivors and all(c == 0 for c in survivors):
+        notes.append("completed by " + ("the other process" if mode == "two-local" else "the executor's retry"))
+    else:
+        notes.append(f"exit codes {codes}; rerun with --resume")
+        rerun = _leaderboard(work, cache, out, flags, root / "rerun.log")
+        if rerun.wait(timeout=CHILD_TIMEOUT_S) != 0:
+            return "failed", notes + [f"the --resume rerun exited with {rerun.returncode}", f"kept in {_keep(cache, out, root)}"]
+    takers = [e["pid"] for e in _ledger(out) if e["event"] == "start" and e["cell"] == victim["cell"]]
+    notes.append(f"{victim['cell']} started by pids {takers}")
+    problems = _grid_problems(cache, out, baseline["scores"])
+    if problems:
+        return "failed", problems + notes + [f"kept in {_keep(cache, out, root)}"]
+    notes.append(f"{len(baseline['scores'])} cells, each scored once, no stage computed twice, caches verify")
+    shutil.rmtree(root, ignore_errors=True)
+    return "survived", notes
+
+
+def executor_trials(args) -> int:
+    work = args.work or Path(tempfile.mkdtemp(prefix="lm-eval-approx-kill-"))
+    work.mkdir(parents=True, exist_ok=True)
+    _setup(work, args.mode)
+    started = time.perf_counter()
+    base = _leaderboard(work, work / "baseline" / "cache", work / "baseline" / "out", [], work / "baseline.log")
+    if base.wait(timeout=CHILD_TIMEOUT_S) != 0:
+        print(f"baseline run failed with exit code {base.returncode}")
+        return 1
+    records = {p.stem: json.loads(p.read_text()) for p in (work / "baseline" / "out" / "results").glob("*.json")}
+    baseline = {"scores": {cell: r["results"] for cell, r in records.items()},
+                "seconds": {cell: r["config"]["leaderboard"]["wall_seconds"] for cell, r in records.items()}}
+    print("baseline (serial) seconds: " + ", ".join(f"{c} {s:.1f}" for c, s in sorted(baseline["seconds"].items())),
+          flush=True)
+    rng = random.Random(args.seed)
+    nodes = TwoNodes() if args.mode == "ray-cluster" else None
+    counts = {"survived": 0, "failed": 0, "missed": 0}
+    try:
+        for _ in range(args.trials):
+            outcome, notes = executor_trial(args.mode, work, baseline, rng, nodes)
+            counts[outcome] += 1
+            print(f"{args.mode}: {outcome} ({'; '.join(notes)})", flush=True)
+            if nodes and outcome != "missed":
+                nodes.add_worker()
+    finally:
+        if nodes:
+            nodes.shutdown()
+    kills = counts["survived"] + counts["failed"]
+    if args.work is None and counts["failed"] == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"kills survived / kills: {counts['survived']} / {kills} ({counts['missed']} missed) "
+          f"in {time.perf_counter() - started:.0f} s")
+    return 0 if counts["failed"] == 0 and kills > 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=2, help="kills per stage")
-    parser.add_argument("--mode", choices=("pipeline", "leaderboard"), default="pipeline")
+    parser.add_argument("--mode", choices=("pipeline", "leaderboard", *EXECUTOR_MODES), default="pipeline")
     parser.add_argument("--stages", default="", help="comma-separated subset of the stages to kill")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
@@ -292,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
+    if args.mode in EXECUTOR_MODES:
+        return executor_trials(args)
     stages = LEADERBOARD_STAGES if args.mode == "leaderboard" else PIPELINE_STAGES
     if args.stages:
         stages = tuple(s for s in args.stages.split(",") if s)

@@ -6,19 +6,29 @@
     lm-eval-approx leaderboard --config grid.yaml --out out/grid --resume --dry-run   # what is left
     lm-eval-approx leaderboard --config grid.yaml --out out/grid --resume --only 'random-*' --only 'select-k100-*'
     lm-eval-approx leaderboard --show out/demo
+    lm-eval-approx leaderboard --preset gpu --out out/gpu --workers 4      # 4 cells at a time, one GPU each
+    lm-eval-approx leaderboard --config grid.yaml --out /shared/grid --executor ray --ray-address auto
+    lm-eval-approx leaderboard --config grid.yaml --out /shared/grid --executor slurm --slurm-partition gpu
 
 Writes every cell's lm-eval results JSON under OUT/results/, then leaderboard.md, leaderboard.csv,
 the plots and leaderboard.html into OUT. Presets: tiny (needs --set base=PATH), cpu-small, cpu,
 cpu-msmarco, gpu.
+
+With --workers or --executor ray/slurm every cell runs in a process of its own (θf and θ0 first),
+under a lock in OUT/.cells: workers, machines or whole runs sharing OUT never run a cell twice,
+and stages cached in LM_EVAL_APPROX_CACHE (shared storage, for a cluster) are computed once.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.leaderboard.cluster_executors import DEFAULT_SLURM_MINUTES, RayExecutor, SlurmExecutor
 from lm_eval_approx.leaderboard.estimate import describe, estimate
+from lm_eval_approx.leaderboard.executors import DEFAULT_RETRIES, LocalPool
 from lm_eval_approx.leaderboard.html import HTML_FILE, write_html
 from lm_eval_approx.leaderboard.machine_probe import slowdown
 from lm_eval_approx.leaderboard.plots import write_plots
@@ -45,7 +55,44 @@ def add_parser(subparsers) -> None:
                         "pattern, repeatable; cells run in the order of the patterns; the tables cover every "
                         "finished cell")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    where = parser.add_argument_group("where the cells run")
+    where.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                       help="local: this machine (in this process, or --workers processes); ray: Ray tasks; "
+                       "slurm: SLURM job arrays through submitit")
+    where.add_argument("--workers", type=int, metavar="N", help="local: N cells at a time, each in a fresh "
+                       "process, pinned to one GPU each when there are GPUs; ray: the size in cells of the "
+                       "local Ray cluster started; slurm: array tasks running at a time")
+    where.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
+                       help="run a cell whose process died (killed, node lost) again up to N times")
+    where.add_argument("--num-cpus", type=float, default=1, help="ray, slurm: CPUs per cell")
+    where.add_argument("--num-gpus", type=float, help="ray, slurm: GPUs per cell (default: 1 when the config's "
+                       "device is cuda, else 0)")
+    where.add_argument("--ray-address", help="ray: join this cluster (auto, or HOST:PORT); default: start a local one")
+    where.add_argument("--slurm-partition", help="slurm: the partition")
+    where.add_argument("--slurm-time", type=int, default=DEFAULT_SLURM_MINUTES, metavar="MINUTES",
+                       help="slurm: the time limit of one cell's job")
+    where.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
+                       help="slurm: local runs the jobs as processes of this machine (submitit's local executor)")
     parser.set_defaults(func=leaderboard_command)
+
+
+def make_executor(args: argparse.Namespace):
+    """The executor the flags ask for; None: the cells run in this process, one after another."""
+    for flag, value in (("--workers", args.workers), ("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus),
+                        ("--slurm-time", args.slurm_time)):
+        if value is not None and value <= 0 and not (flag == "--num-gpus" and value == 0):
+            raise ConfigError(flag, value, "a positive number")
+    if args.retries < 0:
+        raise ConfigError("--retries", args.retries, "0 or more")
+    if args.ray_address and args.executor != "ray":
+        raise ConfigError("--ray-address", args.ray_address, "only with --executor ray")
+    if args.executor == "ray":
+        return RayExecutor(args.workers, args.retries, args.num_cpus, args.num_gpus, args.ray_address)
+    if args.executor == "slurm":
+        gpus = None if args.num_gpus is None else math.ceil(args.num_gpus)
+        return SlurmExecutor(args.workers, args.retries, math.ceil(args.num_cpus), gpus, args.slurm_partition,
+                             args.slurm_time, args.slurm_cluster)
+    return None if args.workers is None else LocalPool(args.workers, args.retries)
 
 
 # What a person who just ran a leaderboard needs next: where the outputs are, how to read the
@@ -122,8 +169,10 @@ def leaderboard_command(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")
+    executor = make_executor(args)
     print(upfront_cost(config, args), file=sys.stderr, flush=True)
-    run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress, only=args.only)
+    run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress, only=args.only,
+                    executor=executor)
     print(write_outputs(args.out), end="", file=sys.stdout)
     print("\n" + reading_guide(args.out, config.name), end="", file=sys.stderr)
     return 0

@@ -40,6 +40,7 @@ from lm_eval_approx.leaderboard.cell_keys import cell_hash
 from lm_eval_approx.leaderboard.cost import selection_cost
 from lm_eval_approx.leaderboard.knowledge import row_knowledge
 from lm_eval_approx.leaderboard.intervals import per_doc_values
+from lm_eval_approx.leaderboard.locks import claim_each, expert_lock_path, held, result_stamp
 from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
 from lm_eval_approx.leaderboard.config import (
     APPROX,
@@ -335,10 +336,17 @@ def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, mana
 
 
 def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = False,
-                    progress: bool = True, only: list[str] | None = None) -> list[Path]:
+                    progress: bool = True, only: list[str] | None = None, executor=None) -> list[Path]:
     """Run every unfinished cell (all cells without ``resume``) that ``only`` chooses (every cell
     without it; see ``LeaderboardConfig.chosen_cells``), in that order, and return their results
-    paths. Cells left out keep whatever results they have."""
+    paths. Cells left out keep whatever results they have.
+
+    ``executor`` (``leaderboard/executors.py``) runs each cell in a process of its own, θf and θ0
+    first; without it the cells run here, one after another. Either way a cell runs under its lock
+    (``leaderboard/locks.py``): one that another worker on the same folder is running is left to
+    it and waited for at the end (and taken over if that worker died), and one another worker
+    finished since the plan was made is not scored again (that would cost an evaluation and
+    overwrite its recorded costs with a cache hit's)."""
     out = Path(out)
     for cell in config.cells():
         results_path(out, cell)  # every cell's file name is checked before anything is computed
@@ -346,19 +354,24 @@ def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = F
     results_dir(out).mkdir(parents=True, exist_ok=True)
     write_json_atomic(contained(out, CONFIG_SNAPSHOT, field="leaderboard snapshot"), config.to_dict())
     todo = [c for c in cells if not (resume and finished(out, config, c))]
+    planned = {c.id: result_stamp(results_path(out, c)) for c in todo}
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=config.name, unit="cell", disable=not progress)
-    if todo:
+    if todo and executor is not None:
+        executor.run(config, out, todo, resume=resume, planned=planned, on_done=lambda: bar.update(1),
+                     on_phase=bar.set_postfix_str)
+    elif todo:
         manager = shared_task_manager()
         bar.set_postfix_str("expert")
-        expert = expert_model(config, progress=False)
+        with held(expert_lock_path(cache_path(EXPERT_DIR, field="expert folder"), config)):
+            expert = expert_model(config, progress=False)
         truth = true_data(config)
-        for cell in todo:
-            # Another worker on the same folder (a disjoint --only order) may have finished this cell
-            # since the plan was made: scoring it again would cost an evaluation and overwrite its
-            # recorded costs with a cache hit's.
-            if not (resume and finished(out, config, cell)):
-                run_cell(config, cell, out, expert, manager, truth,
-                         lambda phase, c=cell: bar.set_postfix_str(f"{c.id}: {phase}"))
-            bar.update(1)
+
+        def done(cell: Cell) -> bool:
+            return finished(out, config, cell) and (resume or result_stamp(results_path(out, cell)) != planned[cell.id])
+
+        def run(cell: Cell) -> None:
+            run_cell(config, cell, out, expert, manager, truth, lambda phase: bar.set_postfix_str(f"{cell.id}: {phase}"))
+
+        claim_each(out, todo, done, run, on_done=lambda: bar.update(1), on_phase=bar.set_postfix_str)
     bar.close()
     return [results_path(out, c) for c in cells]
