@@ -19,9 +19,17 @@ from lm_eval_approx.models.layers import (
     resolve_modules,
     weight_delta,
 )
-from lm_eval_approx.features.gradients import head_factors, layer_factors, merge_windows, total_sqnorm
+from lm_eval_approx.features.gradients import (
+    head_factors,
+    layer_factors,
+    loss_and_delta,
+    merge_windows,
+    row_gram,
+    total_sqnorm,
+)
+from lm_eval_approx.features.losses import batch_losses
 from lm_eval_approx.models.head_positions import supports_head_positions
-from lm_eval_approx.features.encoding import collate, encode_examples, flatten
+from lm_eval_approx.features.encoding import Batch, collate, encode_examples, flatten
 from _specs import AGNEWS, MSMARCO
 
 TEXTS = ["The team won the final match.", "Stocks fell as the central bank raised rates again today.",
@@ -118,6 +126,57 @@ def test_layer_factors_equal_per_example_backward(kind, spec, tiny_tokenizer):
             torch.testing.assert_close(factors[name].gradient()[i], want[name], atol=ATOL, rtol=1e-4)
             assert factors[name].sqnorm()[i].item() == pytest.approx(want[name].pow(2).sum().item(),
                                                                       rel=1e-3, abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("spec", [AGNEWS, MSMARCO], ids=["classification", "lm"])
+def test_layer_factors_fast_path_equals_full_logits(kind, spec, tiny_tokenizer):
+    """The backward from δ at the loss positions, the head run there only, against the full-logits twin;
+    the head, among the layers, has one factor row per loss position instead of one per token."""
+    model, _, batch = _setup(kind, spec, tiny_tokenizer)
+    names = list(linear_modules(model))
+    head = head_name(model)
+    loss, fast = layer_factors(model, batch, names)
+    want_loss, slow = layer_factors(model, batch, names, full_logits=True)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    assert fast[head].delta.shape[1] == batch.positions.shape[1] < slow[head].delta.shape[1]
+    for name in names:
+        torch.testing.assert_close(fast[name].gradient(), slow[name].gradient(), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(total_sqnorm(fast), total_sqnorm(slow), rtol=1e-4, atol=0)
+
+
+def test_loss_and_delta_is_the_loss_and_its_gradient_in_one_pass():
+    """The loss is ``batch_losses`` bit for bit and δ = w (softmax − onehot) its gradient, zero at unused
+    slots; built in the logits' own memory it is the same."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 4, 50, generator=gen) * 4
+    targets = torch.randint(0, 50, (3, 4), generator=gen)
+    weights = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.5, 0.5, 0.0, 0.0], [0.25] * 4])
+    batch = Batch(torch.zeros(3, 5, dtype=torch.long), torch.ones(3, 5, dtype=torch.long),
+                  torch.zeros(3, 4, dtype=torch.long), targets, weights)
+    loss, delta = loss_and_delta(z, batch)
+    assert torch.equal(loss, batch_losses(z, batch))
+    leaf = z.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(batch_losses(leaf, batch).sum(), leaf)
+    torch.testing.assert_close(delta, want, rtol=1e-5, atol=1e-7)
+    assert not delta[weights == 0].any()
+    own = z.clone()
+    same_loss, same_delta = loss_and_delta(own, batch, overwrite=True)
+    assert same_delta.data_ptr() == own.data_ptr()
+    assert torch.equal(same_loss, loss) and torch.equal(same_delta, delta)
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+@pytest.mark.parametrize("rows", [1, 5, 47, 63, 64, 100, 127])
+def test_row_gram_is_the_per_example_gram(rows, batch):
+    """Row counts just short of a multiple of 16 take the aligned products (reading neighbouring rows)."""
+    gen = torch.Generator().manual_seed(rows)
+    t = torch.randn(batch, rows, 40, generator=gen)
+    torch.testing.assert_close(row_gram(t), t @ t.transpose(1, 2), rtol=1e-6, atol=1e-5)
+    inner = torch.randn(batch + 2, rows, 40, generator=gen)[1:-1]
+    torch.testing.assert_close(row_gram(inner), inner @ inner.transpose(1, 2), rtol=1e-6, atol=1e-5)
+    strided = torch.randn(rows, batch, 40, generator=gen).transpose(0, 1)
+    torch.testing.assert_close(row_gram(strided), strided @ strided.transpose(1, 2), rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

@@ -14,7 +14,9 @@ A linear layer y_t = W x_t (W: out×in) has per-example gradient ∇W = Σ_t δ_
   example, which is exact for the projection and for ‖G‖² alike.
 - ``changed`` / explicit names: one forward and one backward with every weight frozen; forward
   hooks keep each layer's input x_t and the backward returns δ_t = ∂(Σ_i L_i)/∂y_t, which is
-  example i's own δ because examples do not interact. Padded positions (right padding, causal
+  example i's own δ because examples do not interact. The backward starts from the head's δ above
+  (the loss's gradient at the logits, in closed form), and where the model allows, the head runs
+  at the loss positions only, as for ``head``. Padded positions (right padding, causal
   attention) reach no loss, so their δ is exactly 0 and they add nothing to G = Σ_t δ_t x_tᵀ
   nor to the exact ‖G‖²; the head path zeroes its unused slots explicitly. A layer that runs on
   the tokens flattened to (B·T, width) (OPT's MLP) is reshaped back to (B, T, width); any other
@@ -36,9 +38,8 @@ from torch import nn
 
 from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.features.encoding import Batch, gather_positions
-from lm_eval_approx.features.losses import batch_losses
 from lm_eval_approx.models.layers import resolve_modules
-from lm_eval_approx.models.head_positions import HeadPositionsError, supports_head_positions
+from lm_eval_approx.models.head_positions import HeadPositionsError, causal_lm, supports_head_positions
 
 
 @dataclass
@@ -64,10 +65,32 @@ def total_sqnorm(factors: dict[str, LayerFactors]) -> torch.Tensor:
     for f in factors.values():
         key = tensor_key(f.x)
         if key not in grams:
-            grams[key] = f.x @ f.x.transpose(1, 2)
-        term = (grams[key] * (f.delta @ f.delta.transpose(1, 2))).sum(dim=(1, 2))
+            grams[key] = row_gram(f.x)
+        term = (grams[key] * row_gram(f.delta)).sum(dim=(1, 2))
         total = term if total is None else total + term
     return total
+
+
+GRAM_ALIGN = 16
+
+
+def row_gram(t: torch.Tensor) -> torch.Tensor:
+    """t tᵀ per example, (B, R, W) → (B, R, R).
+
+    On CPU a row count just short of a multiple of 16 (R = 63, 127: the loss positions of full 64-
+    and 128-token windows) runs ~1.5× slower than the next multiple (MKL, AVX-512). There each
+    example's product runs on R rounded up, its rows with the neighbour's adjacent ones, whose
+    entries are dropped (every kept entry is the same dot product): the first half of the batch
+    reads ahead into the next example, the second half back into the previous one, two batched
+    products with no example left alone (a lone product parallelises badly)."""
+    b, r, w = t.shape
+    pad = -r % GRAM_ALIGN
+    if t.device.type != "cpu" or b < 2 or pad == 0 or pad * GRAM_ALIGN > r or not t.is_contiguous():
+        return t @ t.transpose(1, 2)
+    half, rows = b // 2, r + pad
+    ahead = t.as_strided((half, rows, w), (r * w, w, 1))
+    behind = t.as_strided((b - half, rows, w), (r * w, w, 1), t.storage_offset() + (half * r - pad) * w)
+    return torch.cat([(ahead @ ahead.transpose(1, 2))[:, :r, :r], (behind @ behind.transpose(1, 2))[:, pad:, pad:]])
 
 
 def tensor_key(tensor: torch.Tensor) -> tuple:
@@ -125,17 +148,39 @@ def head_factors(model: nn.Module, batch: Batch, head: str,
 
     with torch.no_grad():
         z = select(logits).float()
-        if z.shape[:2] != batch.positions.shape:
-            raise HeadPositionsError(f"{type(model).__name__} returned logits of shape {tuple(z.shape)} for "
-                                     f"logits_to_keep positions of shape {tuple(batch.positions.shape)}")
-        loss = batch_losses(z, batch)
-        delta = torch.softmax(z, dim=-1)
-        delta.scatter_add_(-1, batch.targets.unsqueeze(-1), -torch.ones_like(batch.weights).unsqueeze(-1))
-        delta.mul_(batch.weights.unsqueeze(-1))
+        check_positions(model, z, batch)
+        # δ may take z's memory unless z is logits that head_output_delta still differentiates
+        loss, delta = loss_and_delta(z.detach(), batch, overwrite=z is not logits or logits is captured["output"])
     delta = head_output_delta(logits, captured["output"], select, delta)
     used = (batch.weights > 0).unsqueeze(-1).float()
     x = select(captured["input"]).detach().float() * used
     return loss, {head: LayerFactors(delta, x)}
+
+
+def check_positions(model: nn.Module, z: torch.Tensor, batch: Batch) -> None:
+    """Raises ``HeadPositionsError`` unless ``z`` holds one logit row per loss position."""
+    if z.shape[:2] != batch.positions.shape:
+        raise HeadPositionsError(f"{type(model).__name__} returned logits of shape {tuple(z.shape)} for "
+                                 f"logits_to_keep positions of shape {tuple(batch.positions.shape)}")
+
+
+def loss_and_delta(z: torch.Tensor, batch: Batch, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss and δ_z = ∂loss/∂z = w (softmax(z) − onehot(y)) from float logits (B, R, V) at the
+    loss positions, with one pass of exponentials: those of the log-sum-exp serve the softmax. The
+    loss takes the operations of ``torch.logsumexp`` in their order (max, shifted exp, sum, log), so
+    it equals ``losses.batch_losses`` bit for bit. ``overwrite`` builds δ in z's own memory: on CPU
+    a fresh (B, R, V) buffer can cost more than the exponentials (page faults on first touch)."""
+    weights = batch.weights.unsqueeze(-1)
+    targets = batch.targets.unsqueeze(-1)
+    picked = z.gather(-1, targets)
+    top = z.amax(dim=-1, keepdim=True)
+    top.masked_fill_(top.abs() == math.inf, 0)
+    exp = (z.sub_(top) if overwrite else z - top).exp_()
+    total = exp.sum(dim=-1, keepdim=True)
+    nll = total.log().add_(top) - picked
+    loss = (nll.squeeze(-1) * batch.weights).sum(dim=1)
+    delta = exp.mul_(weights / total).scatter_add_(-1, targets, -weights)
+    return loss, delta
 
 
 @contextlib.contextmanager
@@ -187,9 +232,19 @@ def frozen(model: nn.Module):
             p.requires_grad_(flag)
 
 
-def layer_factors(model: nn.Module, batch: Batch, names: list[str]) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
-    """Per-example loss and factors of the named layers: forward + one backward, weights frozen."""
+def layer_factors(model: nn.Module, batch: Batch, names: list[str],
+                  full_logits: bool = False) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+    """Per-example loss and factors of the named layers: forward + one backward, weights frozen.
+
+    The backward starts from δ_z of ``loss_and_delta`` at the logits the loss reads (autograd carries
+    it through any transform after the head, Gemma2's soft-capping), not from the loss, whose own
+    backward would run over the full vocabulary at every position. Where the model takes
+    ``logits_to_keep`` positions the head runs at the loss positions only (``head_factors``), and the
+    head's factors, when it is among ``names``, have one row per loss position; ``full_logits=True``
+    is the reference path, which the tests hold the fast one to."""
     modules = resolve_modules(model, names)
+    at_positions = not full_logits and supports_head_positions(model)
+    head = causal_lm(model).get_output_embeddings()
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
 
@@ -201,20 +256,35 @@ def layer_factors(model: nn.Module, batch: Batch, names: list[str]) -> tuple[tor
         return hook
 
     handles = [m.register_forward_hook(keep(n)) for n, m in modules.items()]
+    head_out: list[torch.Tensor] = []
+    if head is not None:
+        handles.append(head.register_forward_hook(lambda _m, _a, out: head_out.append(out)))
     embed = model.get_input_embeddings()
     handles.append(embed.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True)))
     try:
         with frozen(model), torch.enable_grad():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            loss = batch_losses(gather_positions(logits, batch.positions), batch)
-            grads = torch.autograd.grad(loss.sum(), [outputs[n] for n in names], allow_unused=True)
+            if at_positions:
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               logits_to_keep=batch.positions).logits
+                z = logits.float()
+                check_positions(model, z, batch)
+            else:
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                z = gather_positions(logits, batch.positions).float()
+            # δ may take z's memory where z's backward does not read z: a copy made here, or the head's
+            # own output (a linear layer's backward reads its input and weight only)
+            overwrite = z is not logits or any(logits is out for out in head_out)
+            with torch.no_grad():
+                loss, delta_z = loss_and_delta(z.detach(), batch, overwrite=overwrite)
+            grads = torch.autograd.grad(z, [outputs[n] for n in names], grad_outputs=delta_z, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
-    rows = tuple(batch.input_ids.shape)
+    tokens = tuple(batch.input_ids.shape)
     per_token: dict[tuple, torch.Tensor] = {}  # layers fed one input keep sharing it (total_sqnorm, project)
     factors = {}
     for name, grad in zip(names, grads):
+        rows = tuple(batch.positions.shape) if at_positions and modules[name] is head else tokens
         key = tensor_key(inputs[name])
         if key not in per_token:
             per_token[key] = token_rows(name, "input", inputs[name], rows).float()
@@ -223,7 +293,7 @@ def layer_factors(model: nn.Module, batch: Batch, names: list[str]) -> tuple[tor
         delta = (torch.zeros(*rows, width, device=x.device) if grad is None
                  else token_rows(name, "output gradient", grad, rows).float())
         factors[name] = LayerFactors(delta, x)
-    return loss.detach(), factors
+    return loss, factors
 
 
 def token_rows(name: str, what: str, tensor: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
