@@ -242,21 +242,23 @@ def test_a_strategy_recipe_changes_only_its_own_rows_retraining(monkeypatch):
 
 def test_the_training_path_names_a_cell_whether_stated_or_defaulted(monkeypatch):
     """Stating the old training path (fp32, shuffled, torch dropout) keeps a cell's hash as it was
-    before those fields existed; the fast path changes it, stated in the config or taken from the
-    defaults."""
+    before those fields existed; the fast path, now the default, changes it, stated in the config or
+    taken from the defaults."""
     monkeypatch.setattr(runner, "resolve_model", lambda name: name)
     old_path = {"mixed_precision": "no", "batch_order": "shuffled", "dropout_sampler": "torch"}
     plain = config_from_dict(_tiny_dict(strategies=["select"]))
     cell = next(c for c in plain.cells() if c.label == "select")
     pinned = config_from_dict(_tiny_dict(strategies=["select"], recipe=dict(plain.recipe, **old_path)))
-    assert runner.cell_hash(pinned, cell) == runner.cell_hash(plain, cell)
-    stated = config_from_dict(_tiny_dict(strategies=["select"], recipe=dict(plain.recipe, batch_order="bucketed")))
-    assert runner.cell_hash(stated, cell) != runner.cell_hash(plain, cell)
+    assert runner.cell_hash(pinned, cell) != runner.cell_hash(plain, cell)  # defaults: the fast path
+    stated = config_from_dict(_tiny_dict(strategies=["select"],
+                                         recipe=dict(plain.recipe, **{**old_path, "batch_order": "bucketed"})))
+    assert runner.cell_hash(stated, cell) != runner.cell_hash(pinned, cell)
     before = runner.cell_hash(plain, cell)
-    # A default that is not the old path (as the fast path's defaults are): hashed though not stated.
+    # Were the defaults the old path, nothing would name the training path: the hash would change.
     from lm_eval_approx.leaderboard import cell_keys
 
-    monkeypatch.setattr(cell_keys, "OLD_TRAINING_PATH", dict(old_path, batch_order="bucketed"))
+    defaults = plain.retraining_for("select")
+    monkeypatch.setattr(cell_keys, "OLD_TRAINING_PATH", {name: getattr(defaults, name) for name in old_path})
     assert runner.cell_hash(plain, cell) != before
 
 
@@ -328,9 +330,11 @@ def test_dry_run_with_resume_marks_finished_cells_and_drops_their_cost(tiny_run,
     assert "(done)" not in fresh and "already finished" not in fresh
     done_lines = [line for line in resumed.splitlines() if line.endswith("(done)")]
     assert len(done_lines) == len(list((out / "results").glob("*.json"))) > 0
-    minutes = {text: float(line.split(":")[1].split()[0]) for text in (fresh, resumed)
-               for line in text.splitlines() if line.strip().startswith("scoring:")}
-    assert minutes[resumed] < minutes[fresh]
+    from lm_eval_approx.leaderboard.estimate import estimate
+
+    config = load_config(None, "tiny", [f"base={base}"])
+    done = frozenset(line.split()[0] for line in done_lines)
+    assert estimate(config, done).seconds["scoring"] < estimate(config).seconds["scoring"]
 
 
 def test_only_runs_the_matching_cells_in_pattern_order(tiny_run, tmp_path, monkeypatch, capsys):

@@ -86,11 +86,19 @@ def test_each_log_filter_drops_its_message_only(caplog):
 def test_loading_bar_and_checkpointing_deprecation_are_hidden_unless_verbose(tiny_llama, capsys, verbose):
     from lm_eval_approx.models.loading import load_model
 
+    from transformers.utils import logging as hf_logging
+
     capsys.readouterr()
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        with quiet_libraries(verbose):
-            assert load_model(tiny_llama).is_gradient_checkpointing is False
+    shown = hf_logging.is_progress_bar_enabled()  # another test may have turned transformers' bars off
+    hf_logging.enable_progress_bar()
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with quiet_libraries(verbose):
+                assert load_model(tiny_llama).is_gradient_checkpointing is False
+    finally:
+        if not shown:
+            hf_logging.disable_progress_bar()
     assert ("Loading weights" in capsys.readouterr().err) == verbose
     assert any("`is_gradient_checkpointing` is deprecated" in str(w.message) for w in seen) == verbose
 
