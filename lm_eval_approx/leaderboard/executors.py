@@ -29,6 +29,7 @@ import os
 import queue
 import subprocess
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -80,7 +81,7 @@ def snapshot(config: LeaderboardConfig, out: Path) -> Path:
     return path
 
 
-class Executor:
+class Executor(ABC):
     """Runs tasks in processes of their own; subclasses say how (``_map``)."""
 
     driver_retries = True  # False where the cluster retries a dead task itself (Ray)
@@ -134,13 +135,14 @@ class Executor:
                 self.cwd)
 
     def _start(self) -> None:
-        pass
+        """Set up what the tasks run on (a Ray cluster, a submitit folder); a local pool needs nothing."""
 
     def _stop(self) -> None:
-        pass
+        """Release what ``_start`` set up; a local pool holds nothing."""
 
+    @abstractmethod
     def _map(self, tasks: list[Task], report: Callable[[Task, Outcome], object]) -> dict[Task, Outcome]:
-        raise NotImplementedError
+        """Run every task in a process of its own, calling ``report`` as each ends; their outcomes."""
 
 
 def visible_gpus() -> list[str]:
