@@ -7,6 +7,8 @@ TORCH_VERSION ?= 2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 DATA ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed
+# mkdocs and its theme print notices about their future on every build; the build itself is offline.
+DOCS := $(OFFLINE) NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true
 
 .PHONY: venv test test-fast demo clean
 
@@ -22,9 +24,12 @@ $(STAMP): pyproject.toml plugins/lm-eval-approx-stratified/pyproject.toml
 
 venv: $(STAMP)
 
-# The import contracts (pyproject.toml, [tool.importlinter]) run before the suite.
+# The import contracts (pyproject.toml, [tool.importlinter]) and the documentation site (mkdocs.yml;
+# --strict fails on any broken link or missing page) are checked before the suite.
 test: $(STAMP)
 	$(BIN)/lint-imports
+	site=$$(mktemp -d) && $(DOCS) $(BIN)/mkdocs build --strict --site-dir "$$site"; \
+		status=$$?; rm -rf "$$site"; exit $$status
 	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/python -m pytest tests -q
 
 test-fast: $(STAMP)

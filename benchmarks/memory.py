@@ -3,7 +3,7 @@
 Each variant trains θ0 (default: SmolLM2-135M) for one epoch on the same N AG News-shaped examples
 in its own child process, and the child's peak resident set size is read from ``os.wait4`` (the
 kernel's ru_maxrss, what ``/usr/bin/time -v`` reports). The reference is ``one_pass``: batch 16 in
-one forward/backward pass, the default before issue 18. Variants: the default recipe (micro-batches
+one forward/backward pass, the default before micro-batches. Variants: the default recipe (micro-batches
 of 4: the same update, fewer live activations), micro-batches of 2, gradient checkpointing, and
 default + checkpointing; and two cheaper recipes, which train a different model (not the same
 gradients): LoRA on the top 4 blocks + head (``lora_layers=4``) and on the head only. Printed: each

@@ -32,7 +32,7 @@ on the same loss are compared by cosine and norm ratio, the per-text losses of b
 compared, and the projected ‖g‖² of both on the warm-up batch are divided by the exact ‖g‖².
 
     python benchmarks/peers.py                    # 64 texts: 6 minutes on two busy shared cores
-    python benchmarks/peers.py --texts 2000       # the measurement: ~2.5 hours there
+    python benchmarks/peers.py --texts 2000       # the full measurement: ~2.5 hours there
 
 At batch 16 × 129 tokens each side peaked at about 7 GiB RSS, most of it what one batch's forward
 and backward hold; ``--batch-size`` lowers it. Needs ``LM_EVAL_APPROX_DATA`` (the texts),

@@ -159,7 +159,7 @@ def one_torch_thread():
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path_factory):
-    """Each test gets the shared session cache folder and no third-party plugins unless it asks."""
+    """Each test gets the test run's shared cache folder and no third-party plugins unless it asks."""
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("LM_EVAL_APPROX_LOAD_PLUGINS", "")
     yield

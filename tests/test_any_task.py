@@ -118,7 +118,7 @@ def test_a_task_without_training_split_asks_for_data(tmp_path, fresh_tasks):
 
 def test_new_yaml_task_expert_from_its_training_split_then_approx_through_include_path(
         tiny_llama, tmp_path, monkeypatch, capsys, fresh_tasks):
-    """The issue's end-to-end check: no code change, no --data for the expert."""
+    """The any-task end-to-end check: no code change, no --data for the expert."""
     from lm_eval_approx.cli import main
 
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path / "cache"))

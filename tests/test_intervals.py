@@ -143,54 +143,6 @@ def test_seed_retraining_seeds_each_cells_retraining(tiny_gpt2):
     assert caught.value.field == "seed_retraining"
 
 
-def _grid(folder, cells, target="approx_agnews", limit=6):
-    """A leaderboard folder of result files: cells = [(label, seed, per-document accuracies)]."""
-    import json
-
-    (folder / "results").mkdir(parents=True)
-    for label, seed, values in cells:
-        leaderboard = {"label": label, "seed": seed, "k": 4, "target": target, "limits": {target: limit},
-                       "per_doc": {"acc": {str(i): v for i, v in enumerate(values)}}}
-        (folder / "results" / f"{label}-s{seed}.json").write_text(json.dumps({"config": {"leaderboard": leaderboard}}))
-    return folder
-
-
-def test_paired_rows_compares_rows_of_one_grid_or_of_two_on_the_same_documents(tmp_path, capsys):
-    """benchmarks/paired_rows.py: shared seeds by default, every seed's mean with --all-seeds, a row
-    of another grid with --against-out, and a refusal when the two were scored on other documents."""
-    from conftest import load_benchmark
-
-    module = load_benchmark("paired_rows")
-    good, bad = [1, 1, 1, 1, 0, 1], [0, 1, 0, 0, 0, 1]
-    one = _grid(tmp_path / "one", [("quota", 0, good), ("quota", 1, good), ("select", 1, bad), ("select", 2, bad)])
-    other = _grid(tmp_path / "other", [("expert", 0, good)])
-    elsewhere = _grid(tmp_path / "elsewhere", [("expert", 0, good)], limit=5)
-
-    assert module.main(["--out", str(one), "--row", "quota", "--against", "select"]) == 0
-    out = capsys.readouterr().out
-    expected = paired_interval([_runs([good])[0]], [_runs([bad])[0]], "acc")
-    assert f"over seeds [1]: {expected.delta:+.3f} [{expected.low:+.3f}, {expected.high:+.3f}]" in out
-
-    assert module.main(["--out", str(one), "--row", "select", "--against-out", str(other), "--against", "expert",
-                        "--all-seeds"]) == 0
-    every = paired_interval(_runs([bad, bad]), _runs([good]), "acc")
-    assert f"(seeds [1, 2]) − expert (seeds [0]): {every.delta:+.3f}" in capsys.readouterr().out
-    assert module.main(["--out", str(one), "--row", "quota", "--against", "select", "--all-seeds"]) == 0
-    from lm_eval_approx.leaderboard.intervals import two_level_interval
-
-    levels = two_level_interval(_runs([good, good]), _runs([bad, bad]), "acc")
-    assert f"two-level (seeds, then documents): {levels.delta:+.3f} [{levels.low:+.3f}, {levels.high:+.3f}]" \
-        in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="share no seed; --all-seeds"):
-        module.main(["--out", str(one), "--row", "select", "--against-out", str(other), "--against", "expert"])
-    pairs = {"d0": [-2.0, 1.0], "d1": [-4.0, 1.0]}  # a perplexity from summed pairs, not a mean of them
-    assert module.score(pairs, "word_perplexity") == pytest.approx(math.exp(3.0))
-    assert module.score({"d0": 1.0, "d1": 0.0}, "acc") == 0.5
-    with pytest.raises(SystemExit, match="not scored on the same documents"):
-        module.main(["--out", str(one), "--row", "quota", "--against-out", str(elsewhere), "--against", "expert",
-                     "--all-seeds"])
-
-
 def _slow_two_level(row, reference, metric, iterations, seed, level=0.95):
     """From the definition: per draw, pick each side's runs with replacement, then the documents;
     average the picked runs per picked document and take the metric of each side."""

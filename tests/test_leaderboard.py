@@ -4,9 +4,11 @@ the report's arithmetic against a hand computation, and the HTML page in a real 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -131,14 +133,11 @@ def test_tiny_preset_end_to_end(tiny_run, capsys):
 
 def test_retraining_records_fills_cells_saved_before_the_record_from_the_stage_cache(tiny_run, tmp_path,
                                                                                       monkeypatch, capsys):
-    """benchmarks/retraining_records.py --write gives a cell saved without a ``retraining`` record the
+    """``leaderboard records --write`` gives a cell saved without a ``retraining`` record the
     one it would have saved (read from its cached training stage), changes nothing else, and
     regenerates the tables; a cell recorded already is left as it is."""
-    from conftest import load_benchmark
-
     out, _, cache = tiny_run
     monkeypatch.setenv("LM_EVAL_APPROX_CACHE", cache)
-    module = load_benchmark("retraining_records")
     old = tmp_path / "old"
     shutil.copytree(out, old)
     recorded = {}
@@ -149,7 +148,7 @@ def test_retraining_records_fills_cells_saved_before_the_record_from_the_stage_c
             path.write_text(json.dumps(cell, indent=2, ensure_ascii=False) + "\n")
     before = {p.name: json.loads(p.read_text()) for p in (old / "results").glob("*.json")}
     assert all(not any(row.kept_epochs) for row in build_board(old).rows if row.label != "random")
-    assert module.main(["--out", str(old), "--write"]) == 0
+    assert main(["leaderboard", "records", "--out", str(old), "--write"]) == 0
     printed = capsys.readouterr().out
     assert f"{len(recorded) - 2} results JSONs given a retraining record" in printed  # not θ0, not random s1
     for path in sorted((old / "results").glob("*.json")):
@@ -459,21 +458,57 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+# Written into the page's title once it is laid out, so --dump-dom carries the measurement out.
+MEASURE = ("<script>window.addEventListener('load', function(){var box = document.querySelector('div.board'), "
+           "page = document.documentElement, table = document.querySelector('#board'); document.title = "
+           "JSON.stringify({box: [box.scrollWidth, box.clientWidth], page: [page.scrollWidth, page.clientWidth], "
+           "table: table.getBoundingClientRect().width});});</script>")
+
+
+def _text(fragment: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
 def test_html_page_renders_in_headless_chromium(tiny_run, tmp_path):
+    """At 1400 px the page reads like leaderboard.md: its headers (no CSV column names), its cells (seed
+    counts, Δ with interval and marks, percentages), its notes, each row's context columns folded
+    under it, and a table that fits the window without a horizontal scroll."""
     import matplotlib.image as mpimg
+
+    from lm_eval_approx.leaderboard.report import columns, readable_table
 
     out, _, _ = tiny_run
     page = (out / "leaderboard.html").resolve()
-    assert "http://" not in page.read_text() and "https://" not in page.read_text()  # self-contained
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text  # self-contained
     shot = tmp_path / "shot.png"
-    _chromium(f"--screenshot={shot}", "--window-size=1200,900", page.as_uri())
+    _chromium(f"--screenshot={shot}", "--window-size=1400,900", page.as_uri())
     assert shot.is_file()
     assert mpimg.imread(shot)[..., :3].std() > MIN_PIXEL_STD
-    dom = _chromium("--dump-dom", page.as_uri()).stdout
+    measured = tmp_path / "measured.html"
+    measured.write_text(text.replace("</body>", MEASURE + "</body>"))
+    dom = _chromium("--window-size=1400,900", "--dump-dom", measured.as_uri()).stdout
     board = build_board(out)
-    assert dom.count("<tr") == len(board.rows) + 1  # header + one per row
-    assert all(f">{r.label}</td>" in dom for r in board.rows)
+    table = readable_table(board)
+    head = [_text(th) for th in re.findall(r"<th[^>]*>(.*?)</th>", dom)]
+    assert head == table.header[: table.leading]
+    assert not set(head) & (set(columns(board)) - set(table.header)), "a raw CSV column name in the header"
+    assert any(name.startswith("Δ vs random") for name in head)
+    rows = re.findall(r"<tbody[^>]*>(.*?)</tbody>", dom)  # a row: its result line, its folded context
+    assert len(rows) == len(board.rows)
+    for (row, cells), body in zip(table.rows, rows):
+        main_line = re.search(r'<tr class="main">(.*?)</tr>', body).group(1)
+        shown = [_text(td) for td in re.findall(r"<td[^>]*>(.*?)</td>", main_line)]
+        assert shown == cells[: table.leading], row.label
+        assert shown[head.index("seeds")] == str(len(row.seeds))
+        folded = [(_text(name), _text(value)) for name, value in re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", body)]
+        assert folded == [(n, v) for n, v in zip(table.header[table.leading :], cells[table.leading :]) if v], row.label
+    assert table.notes and all(note in _text(dom) for note in table.notes)
+    assert "¹" in _text(dom)  # one-seed rows: their Δ carries the mark, its note is under the table
+    size = json.loads(html.unescape(re.search(r"<title>(.*?)</title>", dom).group(1)))
+    assert size["box"][0] <= size["box"][1] and size["page"][0] <= size["page"][1], size
+    assert size["table"] <= size["box"][1], size
     assert dom.count("data:image/png;base64,") == 3
 
 
@@ -585,7 +620,7 @@ def test_scoring_is_costed_by_how_lm_eval_scores_each_task():
 def test_true_documents_counts_selected_documents_the_expert_trained_on(tiny_run, tmp_path, monkeypatch):
     from lm_eval_approx.leaderboard.config import APPROX
     from lm_eval_approx.data.selection_file import SelectedExample, write_selection
-    from lm_eval_approx.tasks.specs import get_task_spec
+    from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
     _, base, cache = tiny_run
     monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(_mirror()))

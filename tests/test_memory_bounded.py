@@ -1,4 +1,4 @@
-"""Pseudo-labels and feature extraction stream the corpus in bounded chunks (issue 8, "Load").
+"""Pseudo-labels and feature extraction stream the corpus in bounded chunks.
 
 Memory is measured with tracemalloc (Python and numpy allocations; the store is a memmap and torch
 tensors use their own allocator, both untraced): growing the corpus 4× may add only the per-document

@@ -1,4 +1,4 @@
-"""benchmarks/per_document_gain.py: each row's per-document gain over θ0 against the expert's."""
+"""``leaderboard gains``: each row's per-document gain over θ0 against the expert's, against its definition."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import load_benchmark
+
+from lm_eval_approx.cli import main
+from lm_eval_approx.leaderboard.document_gains import gain_summary
+from lm_eval_approx.leaderboard.paired_rows import RowComparisonError
 
 
 def _grid(folder: Path, cells, limit=4):
@@ -28,7 +31,6 @@ def _pearson(x, y):
 
 
 def test_per_document_gain_matches_its_definition_and_reads_rows_of_another_folder(tmp_path, capsys):
-    module = load_benchmark("per_document_gain")
     words = [10.0, 20.0, 5.0, 8.0]
     theta0 = [-40.0, -60.0, -30.0, -16.0]
     expert = [-20.0, -40.0, -10.0, -16.0]
@@ -45,23 +47,24 @@ def test_per_document_gain_matches_its_definition_and_reads_rows_of_another_fold
     row = [(a + b) / 2 for a, b in zip(per_word(seed0), per_word(seed1))]
     gain = [r - b for r, b in zip(row, base)]
     ref_gain = [r - b for r, b in zip(ref, base)]
-    summary = module.gain_summary(dict(enumerate(row)), dict(enumerate(base)), dict(enumerate(ref)))
+    summary = gain_summary(dict(enumerate(row)), dict(enumerate(base)), dict(enumerate(ref)))
     assert summary["mean_gain"] == pytest.approx(sum(gain) / 4)
     assert summary["share"] == pytest.approx(sum(gain) / sum(ref_gain))
     assert summary["improved"] == sum(g > 0 for g in gain) / 4
     assert summary["correlation"] == pytest.approx(_pearson(gain, ref_gain))
 
-    assert module.main(["--out", str(grid), "--metric", "word_perplexity", "--row", "select",
-                        "--row", f"{other}:indomain"]) == 0
+    assert main(["leaderboard", "gains", "--out", str(grid), "--metric", "word_perplexity", "--row", "select",
+                 "--row", f"{other}:indomain"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[2] == "| expert | 0 | +1.750 | 100% | 75% | 1.00 |"  # the last document: no gain
     assert table[3].startswith(f"| select | 0, 1 | {summary['mean_gain']:+.3f} | {summary['share']:.0%} |")
     assert table[4].startswith("| indomain | 0 |")
 
     elsewhere = _grid(tmp_path / "elsewhere", [("indomain", 0, pairs(ceiling))], limit=3)
-    with pytest.raises(SystemExit, match="not scored on the documents"):
-        module.main(["--out", str(grid), "--metric", "word_perplexity", "--row", f"{elsewhere}:indomain"])
-    with pytest.raises(SystemExit, match="no finished cell of row 'random'"):
-        module.main(["--out", str(grid), "--metric", "word_perplexity", "--row", "random"])
-    with pytest.raises(ValueError, match="same documents"):
-        module.gain_summary({0: 1.0}, {0: 0.0, 1: 0.0}, {0: 1.0, 1: 1.0})
+    assert main(["leaderboard", "gains", "--out", str(grid), "--metric", "word_perplexity",
+                 "--row", f"{elsewhere}:indomain"]) == 2
+    assert "not scored on the documents" in capsys.readouterr().err
+    assert main(["leaderboard", "gains", "--out", str(grid), "--metric", "word_perplexity", "--row", "random"]) == 2
+    assert "no finished cell of row 'random'" in capsys.readouterr().err
+    with pytest.raises(RowComparisonError, match="same documents"):
+        gain_summary({0: 1.0}, {0: 0.0, 1: 0.0}, {0: 1.0, 1: 1.0})

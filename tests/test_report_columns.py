@@ -106,6 +106,8 @@ def test_the_knew_column_and_a_delta_between_rows_that_knew_different_things(tmp
     assert table.splitlines()[2].startswith("| strategy | k | seeds | knew |")
     assert "| select | 5 | 1 | task texts |" in table
     assert "]¹† ✓" in table and "† the row and its reference knew different things" in table
+    page = render(board, [])  # the page prints the same cells and notes
+    assert ']¹† <span class="win">✓</span>' in page and "† the row and its reference knew different things" in page
     by_label = _csv(board)
     assert by_label["select"]["knew"] == "task texts" and by_label["select"]["delta_vs_random_reference_knew"] == "weights"
     assert by_label["theta0"]["knew"] == "weights"
@@ -150,6 +152,6 @@ def test_the_csv_and_the_page_carry_every_new_column(tmp_path):
         assert name in names, name
     assert len(set(names)) == len(names)
     assert all(len(row) == len(names) for row in csv.reader(to_csv(board).splitlines()))
-    page = render(board, [])
-    assert "<th>knew</th>" in page and "<th>selection_flops</th>" in page and "<th>delta_vs_random_interval</th>" in page
-    assert '<td data-v="2.5e+12">2.5e+12</td>' in page and "documents-only" in page
+    page = render(board, [])  # the page shows the Markdown's columns: result columns, context folded per row
+    assert "<th>knew</th>" in page and "<th>Δ vs random [95% CI]</th>" in page and "delta_vs" not in page
+    assert "<dt>selection FLOPs</dt><dd>2.5e12</dd>" in page and "¹ one seed: documents-only interval" in page

@@ -17,6 +17,12 @@ cpu-msmarco, gpu.
 With --workers or --executor ray/slurm every cell runs in a process of its own (θf and θ0 first),
 under a lock in OUT/.cells: workers, machines or whole runs sharing OUT never run a cell twice,
 and stages cached in LM_EVAL_APPROX_CACHE (shared storage, for a cluster) are computed once.
+
+A finished (or partial) grid is analysed by a subcommand, given instead of --config/--preset/--show:
+
+    lm-eval-approx leaderboard compare --out OUT --row select_quota --against select   # Δ of two rows
+    lm-eval-approx leaderboard gains --out OUT --row random --row select               # per-document gains
+    lm-eval-approx leaderboard records --out OUT [--write]                             # kept epochs
 """
 
 from __future__ import annotations
@@ -25,24 +31,39 @@ import argparse
 import math
 import sys
 
-from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.commands.leaderboard_analysis import ANALYSES, add_parsers
+from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.leaderboard.cluster_executors import DEFAULT_SLURM_MINUTES, RayExecutor, SlurmExecutor
 from lm_eval_approx.leaderboard.estimate import describe, estimate
 from lm_eval_approx.leaderboard.executors import DEFAULT_RETRIES, LocalPool
-from lm_eval_approx.leaderboard.html import HTML_FILE, write_html
+from lm_eval_approx.leaderboard.html import HTML_FILE
+from lm_eval_approx.models.devices import check_device_available
 from lm_eval_approx.leaderboard.machine_probe import slowdown
-from lm_eval_approx.leaderboard.plots import write_plots
-from lm_eval_approx.leaderboard.report import CSV_FILE, MD_FILE, build_board, to_markdown, write_tables
+from lm_eval_approx.leaderboard.outputs import write_outputs
+from lm_eval_approx.leaderboard.report import CSV_FILE, MD_FILE, build_board, to_markdown
 from lm_eval_approx.leaderboard.runner import finished_cells, run_leaderboard
 from lm_eval_approx.leaderboard.sources import load_config
+
+USAGE = ("%(prog)s (--config FILE | --preset NAME | --show DIR) [--out OUT] [options]\n"
+         f"       %(prog)s {{{','.join(ANALYSES)}}} --out OUT [options]")
+
+
+class NoGridError(ApproxError, ValueError):
+    """``leaderboard`` was given neither a grid to run or show nor an analysis subcommand."""
+
+    def __init__(self):
+        super().__init__("give one of --config FILE, --preset NAME or --show DIR to run or show a grid, "
+                         f"or a subcommand: {', '.join(ANALYSES)}")
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("leaderboard", help="run a grid of strategies × budgets × seeds and tabulate it",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="leaderboard YAML file")
-    source.add_argument("--preset", help="a shipped preset: tiny, cpu-small, cpu, cpu-msmarco, gpu")
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   usage=USAGE)
+    # Not required here: an analysis subcommand needs none of them (leaderboard_command checks a run has one).
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="FILE", help="leaderboard YAML file")
+    source.add_argument("--preset", metavar="NAME", help="a shipped preset: tiny, cpu-small, cpu, cpu-msmarco, gpu")
     source.add_argument("--show", metavar="DIR", help="print the table of a finished (or partial) run; computes nothing")
     parser.add_argument("--out", help="output folder (results/, tables, plots, leaderboard.html)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -64,9 +85,10 @@ def add_parser(subparsers) -> None:
                        "local Ray cluster started; slurm: array tasks running at a time")
     where.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
                        help="run a cell whose process died (killed, node lost) again up to N times")
-    where.add_argument("--num-cpus", type=float, default=1, help="ray, slurm: CPUs per cell")
-    where.add_argument("--num-gpus", type=float, help="ray, slurm: GPUs per cell (default: 1 when the config's "
-                       "device is cuda, else 0)")
+    where.add_argument("--num-cpus", type=float, help="ray, slurm: CPUs per cell (default: the config's "
+                       "resources.num_cpus, else 1)")
+    where.add_argument("--num-gpus", type=float, help="ray, slurm: GPUs per cell (default: the config's "
+                       "resources.num_gpus, else 1 when its device is cuda, else 0)")
     where.add_argument("--ray-address", help="ray: join this cluster (auto, or HOST:PORT); default: start a local one")
     where.add_argument("--slurm-partition", help="slurm: the partition")
     where.add_argument("--slurm-time", type=int, default=DEFAULT_SLURM_MINUTES, metavar="MINUTES",
@@ -74,10 +96,15 @@ def add_parser(subparsers) -> None:
     where.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
                        help="slurm: local runs the jobs as processes of this machine (submitit's local executor)")
     parser.set_defaults(func=leaderboard_command)
+    # Optional subcommands: without one, the options above run (or show) a grid as they always did.
+    add_parsers(parser.add_subparsers(dest="analysis", metavar="{" + ",".join(ANALYSES) + "}", prog=parser.prog,
+                                      title="analysis of a finished grid (reads results/, runs no model)"))
 
 
-def make_executor(args: argparse.Namespace):
-    """The executor the flags ask for; None: the cells run in this process, one after another."""
+def make_executor(args: argparse.Namespace, config=None):
+    """The executor the flags ask for; None: the cells run in this process, one after another. A
+    cluster cell asks for the CPUs and GPUs of ``--num-cpus`` / ``--num-gpus``, else of the config's
+    ``resources``."""
     for flag, value in (("--workers", args.workers), ("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus),
                         ("--slurm-time", args.slurm_time)):
         if value is not None and value <= 0 and not (flag == "--num-gpus" and value == 0):
@@ -86,12 +113,14 @@ def make_executor(args: argparse.Namespace):
         raise ConfigError("--retries", args.retries, "0 or more")
     if args.ray_address and args.executor != "ray":
         raise ConfigError("--ray-address", args.ray_address, "only with --executor ray")
+    flags = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
+    resources = {**(config.resources if config is not None else {}), **{k: v for k, v in flags.items() if v is not None}}
+    cpus, gpus = resources.get("num_cpus", 1), resources.get("num_gpus")
     if args.executor == "ray":
-        return RayExecutor(args.workers, args.retries, args.num_cpus, args.num_gpus, args.ray_address)
+        return RayExecutor(args.workers, args.retries, cpus, gpus, args.ray_address)
     if args.executor == "slurm":
-        gpus = None if args.num_gpus is None else math.ceil(args.num_gpus)
-        return SlurmExecutor(args.workers, args.retries, math.ceil(args.num_cpus), gpus, args.slurm_partition,
-                             args.slurm_time, args.slurm_cluster)
+        return SlurmExecutor(args.workers, args.retries, math.ceil(cpus), None if gpus is None else math.ceil(gpus),
+                             args.slurm_partition, args.slurm_time, args.slurm_cluster)
     return None if args.workers is None else LocalPool(args.workers, args.retries)
 
 
@@ -110,13 +139,6 @@ NEXT = {
 }
 NEXT_DEFAULT = ("approximate a finetune of your own task: README, \"Bring your own task\" "
                 "(finetune --task T, then --model approx with --include_path)")
-
-
-def write_outputs(out) -> str:
-    """Tables, plots and the HTML page from the results in ``out``; returns the Markdown table."""
-    board = write_tables(out)
-    write_html(board, write_plots(board, out), out)
-    return to_markdown(board)
 
 
 def reading_guide(out, name: str) -> str:
@@ -157,6 +179,8 @@ def upfront_cost(config, args: argparse.Namespace) -> str:
 
 
 def leaderboard_command(args: argparse.Namespace) -> int:
+    if not (args.config or args.preset or args.show):
+        raise NoGridError
     if args.show:
         print(to_markdown(build_board(args.show)), end="", file=sys.stdout)
         return 0
@@ -169,7 +193,9 @@ def leaderboard_command(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")
-    executor = make_executor(args)
+    executor = make_executor(args, config)
+    if args.executor == "local":  # a cluster's driver may have no GPU: its cells check where they run
+        check_device_available("device", config.device)
     print(upfront_cost(config, args), file=sys.stderr, flush=True)
     run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress, only=args.only,
                     executor=executor)

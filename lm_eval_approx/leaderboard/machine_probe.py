@@ -1,7 +1,7 @@
 """How fast this CPU is against the machine the estimate's rates were measured on.
 
 The CPU rates of ``estimate.py`` come from one 2-core machine; another 2-core machine took up to
-twice as long for every stage (README, "Timings from a fresh clone"). Rather than quote the
+twice as long for every stage (docs/getting-started.md, "Timings from a fresh clone"). Rather than quote the
 reference machine's minutes, the up-front line times a fixed workload here and scales by the
 ratio: the float32 matrix products of SmolLM2-135M's 30 decoder layers (hidden 576, MLP 1,536,
 grouped K/V 192) on ``PROBE_ROWS`` token rows, at the thread count torch uses, best of

@@ -299,8 +299,19 @@ def to_csv(board: Board) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(board: Board) -> str:
-    """The table people read: mean ± std, gaps as percentages, costs, similarity, for a
+@dataclass
+class Table:
+    """The table people read, as cells: the Markdown file and the HTML page both render it. The first
+    ``leading`` columns state each row's result; the rest give its context (the page folds them)."""
+
+    header: list[str]
+    rows: list[tuple[Row, list[str]]]
+    leading: int
+    notes: list[str]
+
+
+def readable_table(board: Board) -> Table:
+    """Mean ± std, gaps as percentages, Δ with its interval and marks, costs, similarity, for a
     classification target the pseudo-labels of each selection (percent per class), and, when some
     selection holds documents the expert was trained on, how many (a pool with true data in it)."""
     direction = "higher" if board.higher_is_better else "lower"
@@ -309,12 +320,12 @@ def to_markdown(board: Board) -> str:
     shown = [ref for ref in REFERENCES if any(ref in row.deltas for row in board.rows)]
     with_kept = any(_kept(row) for row in board.rows)
     with_cost = any(row.selection_cost for row in board.rows)
-    header = ["strategy", "k", "seeds", "knew", f"{board.target} {board.metric} ({direction} is better)",
-              "gap closed vs random", *[f"Δ vs {ref} [95% CI]" for ref in shown], "gap closed vs θ0",
-              *board.extra_columns, "selection s", *(["selection FLOPs"] if with_cost else []), "training s",
-              *(["kept epoch"] if with_kept else []), *SIMILARITY_KEYS, *(["pseudo-labels %"] if with_labels else []),
-              *(["true training docs"] if with_true else [])]
-    lines = [f"# {board.name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    leading = ["strategy", "k", "seeds", "knew", f"{board.target} {board.metric} ({direction} is better)",
+               "gap closed vs random", *[f"Δ vs {ref} [95% CI]" for ref in shown], "gap closed vs θ0"]
+    header = [*leading, *board.extra_columns, "selection s", *(["selection FLOPs"] if with_cost else []),
+              "training s", *(["kept epoch"] if with_kept else []), *SIMILARITY_KEYS,
+              *(["pseudo-labels %"] if with_labels else []), *(["true training docs"] if with_true else [])]
+    rows = []
     for row in board.rows:
         score = _fmt(row.mean) + ("" if row.std is None else f" ± {_fmt(row.std)}")
         pct = lambda v: "" if v is None else f"{round(100 * v, 1) + 0.0:.1f}%"  # noqa: E731  (+0.0: no "-0.0%")
@@ -328,9 +339,17 @@ def to_markdown(board: Board) -> str:
             cells.append(" ".join(f"{name} {100 * share:.0f}" for name, share in sorted(row.labels.items())))
         if with_true:
             cells.append(_fmt(row.true_documents, 1))
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append((row, cells))
     deltas = [row.deltas[ref] for row in board.rows for ref in shown if ref in row.deltas]
-    for note in footnotes(deltas) if deltas else []:
+    return Table(header, rows, len(leading), footnotes(deltas) if deltas else [])
+
+
+def to_markdown(board: Board) -> str:
+    """The readable table as Markdown, its notes under it."""
+    table = readable_table(board)
+    lines = [f"# {board.name}", "", "| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    lines += ["| " + " | ".join(cells) + " |" for _, cells in table.rows]
+    for note in table.notes:
         lines += ["", note]
     return "\n".join(lines) + "\n"
 
