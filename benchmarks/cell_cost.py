@@ -124,7 +124,7 @@ def loop_seconds(fields: dict) -> float:
     recipe = TrainingRecipe(micro_batch_size=0, epochs=1, **fields)
     with tempfile.TemporaryDirectory() as folder:
         history = train_model(BASE, get_task_spec(TASK), rows, recipe, folder, progress=False).history
-    return history["train_seconds"]
+    return history.train_seconds
 
 
 def probe_setup_seconds(expert: Path, cached: bool) -> float:
@@ -132,6 +132,7 @@ def probe_setup_seconds(expert: Path, cached: bool) -> float:
     from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
     from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
     from lm_eval_approx.training import stop_signals
+    from lm_eval_approx.training.history import TrainingHistory
     from lm_eval_approx.training.probes import record_probes
     from lm_eval_approx.training.recipe import TrainingRecipe
 
@@ -144,7 +145,7 @@ def probe_setup_seconds(expert: Path, cached: bool) -> float:
     for _ in range(rounds):
         began = time.perf_counter()
         probes = stop_signals.stop_probes(spec, recipe, texts, base=BASE, finetuned=str(expert))
-        record_probes({"probes": {}, "probe_seconds": 0.0}, probes, model, tokenizer,
+        record_probes(TrainingHistory(), probes, model, tokenizer,
                        start=(model_fingerprint(BASE), recipe.mixed_precision))
         seconds = time.perf_counter() - began
     stop_signals.CACHE_PROBES = True

@@ -80,7 +80,9 @@ def measure(spec, examples, texts, recipe, batches: int, finetuned: str | None) 
     from lm_eval_approx.training.batching import BucketedBatches, padded_positions
     from lm_eval_approx.training.data import EpochShuffle, normalise_weights, render_examples, split_validation, \
         training_batch
-    from lm_eval_approx.training.loop import SHUFFLE_STRIDE, _backward_in_parts, _validation_loss
+    from lm_eval_approx.training.epoch import backward_in_parts
+    from lm_eval_approx.training.loop import _validation_loss
+    from lm_eval_approx.training.prepared import SHUFFLE_STRIDE
     from lm_eval_approx.training.precision import accelerator_for
     from lm_eval_approx.training.model import prepare_model
     from lm_eval_approx.training.probes import run_probes
@@ -113,7 +115,7 @@ def measure(spec, examples, texts, recipe, batches: int, finetuned: str | None) 
         if step == 1:
             profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
             profile.__enter__()
-        _backward_in_parts(accelerator, model, batch, spec.kind, head, recipe.micro_batch_size, timed)
+        backward_in_parts(accelerator, model, batch, spec.kind, head, recipe.micro_batch_size, timed)
         began = time.perf_counter()
         accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
         optimizer.step()

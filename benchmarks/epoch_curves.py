@@ -25,8 +25,11 @@ these are recorded:
   The test split is never touched: the retraining rule is chosen from these curves and only then
   scored on test by the leaderboard.
 
-Every cell writes ``OUT/<label>-k<k>-s<seed>.json`` when done; training checkpoints every epoch in
-``OUT/.work``, so an interrupted run resumes where it stopped (run the same command again).
+θf and the samplers run on the config's ``device`` in its ``extract_dtype``, as the pipeline's stop
+probes do. Every cell writes ``OUT/<label>-k<k>-s<seed>.json`` when done (``monitor_size``: the
+held-out pool documents the teacher signals were measured on; ``sampled_sizes``: the samples);
+training checkpoints every epoch in ``OUT/.work``, so an interrupted run resumes where it stopped
+(run the same command again).
 
     python benchmarks/epoch_curves.py --config results/cpu/agnews.yaml --out results/cpu/agnews/epochs \\
         --cell select_2ep:300:0:8 --cell random_2ep:300:0:8
@@ -111,6 +114,7 @@ def run_cell(config, expert: str, cell: tuple[str, int, int, int], out: Path, de
     from lm_eval_approx.harness.approx_model import split_model_args
     from lm_eval_approx.leaderboard.config import APPROX, Cell
     from lm_eval_approx.leaderboard.runner import approx_model_args
+    from lm_eval_approx.models.devices import DEFAULT_DTYPE
     from lm_eval_approx.models.loading import load_model, load_tokenizer
     from lm_eval_approx.pipeline import run_selection
     from lm_eval_approx.tasks.kinds import CLASSIFICATION
@@ -131,20 +135,22 @@ def run_cell(config, expert: str, cell: tuple[str, int, int, int], out: Path, de
     spec = selected.spec
     classification = spec.kind == CLASSIFICATION
     tokenizer = load_tokenizer(approx.base)
-    # The weights condition's monitor texts: the leaderboard's draw (generation stage) when the size
-    # and the generation settings are its own.
+    # The weights condition's monitor texts: the leaderboard's draw (generation stage) when the size,
+    # the generation settings and the dtype are its own. θf and the samplers run where the
+    # pipeline's stop probes run them: the config's device, in its extract_dtype.
+    placement = {"device": approx.device, "dtype": approx.extract_dtype}
     settings = {} if sample_tokens is None else {"max_new_tokens": sample_tokens}
     samples = {source: generated_texts(approx.base, approx.finetuned, spec, monitor_size, recipe.seed,
                                        GenerationSettings(source=source, **settings),
-                                       add_bos_token=approx.add_bos_token)[0]
+                                       add_bos_token=approx.add_bos_token, **placement)[0]
                for source in sampled}
     max_length = approx.extract_max_length
-    monitor, probes = [], []
+    monitor_texts, probes = [], []  # the teacher signals' held-out pool documents (none: language modelling)
     if classification:
-        monitor = held_out_texts(selected.corpus.texts, selected.corpus.ids, {r.id for r in selected.rows},
-                                 monitor_size, recipe.seed)
-        teacher = load_model(approx.finetuned)
-        probes.append(teacher_probes(teacher, tokenizer, spec, monitor, batch_size, max_length))
+        monitor_texts = held_out_texts(selected.corpus.texts, selected.corpus.ids, {r.id for r in selected.rows},
+                                       monitor_size, recipe.seed)
+        teacher = load_model(approx.finetuned, approx.extract_dtype, approx.device)
+        probes.append(teacher_probes(teacher, tokenizer, spec, monitor_texts, batch_size, max_length))
         if dev is not None:
             probes.append(teacher_probes(teacher, tokenizer, spec, dev[0], batch_size, max_length,
                                          names=("dev_teacher_kl", "dev_teacher_agreement"), labels=dev[1],
@@ -160,31 +166,35 @@ def run_cell(config, expert: str, cell: tuple[str, int, int, int], out: Path, de
             probes.append(loss_probe(spec, texts, batch_size, max_length, approx.add_bos_token,
                                      name=sampled_signals(source, False)[0]))
 
-    def report(epoch: int, history: dict) -> None:
-        values = {name: history["probes"][name][-1] for name in history["probes"]}
-        losses = history["validation_loss"]
+    def report(epoch: int, history) -> None:
+        values = {name: curve[-1] for name, curve in history.probes.items()}
+        losses = history.validation_loss
         print(f"{cell_id} epoch {epoch}: " + (f"validation_loss {losses[-1]:.4f} " if losses else "")
               + " ".join(f"{n} {v:.4f}" for n, v in values.items()), flush=True)
         # The curves so far, so an interrupted cell still reports what it measured.
         partial = {"cell": cell_id, "strategy": approx.strategy, "k": k, "seed": seed, "epochs_done": epoch,
-                   "curves": {"validation_loss": [history["initial_validation_loss"], *history["validation_loss"]],
-                              **history["probes"]}}
+                   "curves": {"validation_loss": [history.initial_validation_loss, *history.validation_loss],
+                              **history.probes}}
         (out / f"{cell_id}.partial.json").write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
 
     began = time.perf_counter()
     # A checkpoint records the probes it was measured with: one made with other --sampled sources is not
     # resumed (its curves would lack epochs); without --sampled the key is the one it always was.
-    monitor = "sampled:" + "+".join(sampled) + (f":{sample_tokens}" if sample_tokens else "") if sampled else None
+    # So does a dtype other than float32 (θf's distributions and the samples differ under it).
+    resume_key = None
+    if sampled:
+        resume_key = "sampled:" + "+".join(sampled) + (f":{sample_tokens}" if sample_tokens else "")
+        resume_key += "" if approx.extract_dtype == DEFAULT_DTYPE else f":{approx.extract_dtype}"
     result = train_model(approx.base, spec, selected.rows, recipe, out / ".work" / cell_id, progress=False,
-                         on_epoch_end=report, probes=probes, monitor=monitor)
+                         on_epoch_end=report, probes=probes, monitor=resume_key)
     history = result.history
     record = {
         "cell": cell_id, "label": label, "strategy": approx.strategy, "k": k, "seed": seed, "epochs": epochs,
-        "recipe": recipe.to_dict(), "monitor_size": len(monitor), "dev_size": len(dev[0]) if dev else 0,
-        "curves": {"validation_loss": [history["initial_validation_loss"], *history["validation_loss"]],
-                   **history["probes"]},
-        "train_loss": history["train_loss"], "train_seconds": history["train_seconds"],
-        "probe_seconds": history["probe_seconds"], "wall_seconds": time.perf_counter() - began,
+        "recipe": recipe.to_dict(), "monitor_size": len(monitor_texts), "dev_size": len(dev[0]) if dev else 0,
+        "curves": {"validation_loss": [history.initial_validation_loss, *history.validation_loss],
+                   **history.probes},
+        "train_loss": history.train_loss, "train_seconds": history.train_seconds,
+        "probe_seconds": history.probe_seconds, "wall_seconds": time.perf_counter() - began,
         "selection_label_counts": _label_counts(selected.rows, spec.num_classes),
     }
     if samples:

@@ -6,6 +6,9 @@ token, and the mean-token LM loss), of ``changed`` features over every decoder l
 loss, forward + backward with frozen weights; ‖g‖² projected, the default, and exact), and of the
 dense-projection oracle where its matrix fits. Each method runs once per round, rounds interleave the methods (the machine is shared), and
 the best round per method is reported (the least disturbed by other load). Goals: head ≥ 0.8× forward, changed ≥ 0.4× forward.
+The last line compares θf's pseudo-labels plus head features of a batch of AG-News-like documents (three
+one-token choices, one three-token choice) taken in two passes (the packed pseudo-label forward of
+``pseudo_labels.py``, then the features of the chosen labels) with the fused single forward (``fused.py``).
 ``--clock cpu`` times each method by the process's CPU time instead of the wall clock: on a machine
 other jobs share, it leaves out the time the process waits for a core (use it with ``--threads 1``:
 with more threads it sums their time, spin-waits included).
@@ -23,11 +26,16 @@ import torch
 
 from lm_eval_approx.models.layers import changed_modules, head_name, layer_shape, linear_modules
 from lm_eval_approx.features.gradients import head_factors, layer_factors, total_sqnorm
-from lm_eval_approx.features.encoding import Batch
+from lm_eval_approx.features.encoding import Batch, Encoded, collate
+from lm_eval_approx.features.fused import PseudoLabelChoice, carrier_of
 from lm_eval_approx.features.projection import DENSE_MAX_ELEMENTS, make_projector
+from lm_eval_approx.features.pseudo_labels import _packed_choice_logprobs
 
 BATCH, TOKENS, DIM = 16, 64, 4096
 PERTURBATION = 1e-3
+# AG News under the SmolLM2 tokenizer: " World", " Sports", " Business" one token, " Sci/Tech" three
+CHOICE_TOKENS = (1, 1, 1, 3)
+TWO_PASSES, FUSED = "pseudo-labels + head features (two passes)", "pseudo-labels + head features (fused)"
 
 
 def smollm2_config():
@@ -76,6 +84,37 @@ def batches(vocab: int):
     return lm, cls
 
 
+def choice_documents(vocab: int) -> list[list[Encoded]]:
+    """Each document's encodings, one per choice: a shared context, then the choice's tokens."""
+    generator = torch.Generator().manual_seed(1)
+    choices = torch.randint(1, vocab, (sum(CHOICE_TOKENS),), generator=generator).split(CHOICE_TOKENS)
+    contexts = torch.randint(1, vocab, (BATCH, TOKENS - max(CHOICE_TOKENS)), generator=generator).tolist()
+    return [[Encoded(ctx + c.tolist(), len(ctx), 1.0) for c in choices] for ctx in contexts]
+
+
+def labelled_features(model_f, head, proj):
+    """(two passes, fused): pseudo-labels then head features of the chosen labels, and both from one forward."""
+    documents = choice_documents(model_f.config.vocab_size)
+    pad = type("Pad", (), {"pad_token_id": 0})()
+
+    def project(loss_factors):
+        with torch.no_grad():
+            proj.project(loss_factors[1])
+            total_sqnorm(loss_factors[1])
+
+    def two_passes():
+        labels = _packed_choice_logprobs(model_f, pad, documents, BATCH, TOKENS).argmax(axis=1)
+        batch = collate([encodings[y] for encodings, y in zip(documents, labels)], 0)
+        project(head_factors(model_f, batch, head))
+
+    def fused():
+        carriers = [carrier_of(encodings) for encodings in documents]
+        batch = collate([c.encoding for c in carriers], 0)
+        project(head_factors(model_f, batch, head, choose=PseudoLabelChoice(carriers, "cpu")))
+
+    return two_passes, fused
+
+
 def methods(model0, model_f):
     lm, cls = batches(model_f.config.vocab_size)
     head = head_name(model_f)
@@ -106,6 +145,7 @@ def methods(model0, model_f):
     if dense_dim >= 1:
         dense = make_projector("dense", {head: (out, inp)}, min(DIM, dense_dim))
         table[f"dense head (classification, d={dense.dim})"] = features(cls, [head], dense, head_factors)
+    table[TWO_PASSES], table[FUSED] = labelled_features(model_f, head, head_proj)
     return table, len(changed)
 
 
@@ -130,8 +170,9 @@ def measure(name, config, rounds, clock=time.perf_counter):
     for key, value in rate.items():
         print(f"| {key} | {value:.1f} | {value / rate['forward']:.2f}x |")
     for key in rate:
-        if key != "forward":
+        if key not in ("forward", TWO_PASSES, FUSED):
             print(f"{name} {key} / forward: {rate[key] / rate['forward']:.2f}x")
+    print(f"{name} pseudo-labels + head features, two passes / fused: {rate[FUSED] / rate[TWO_PASSES]:.2f}x")
 
 
 def main() -> None:

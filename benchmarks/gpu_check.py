@@ -1,8 +1,8 @@
-"""One prepared check of a GPU: gradient-feature throughput against a forward, and one tiny
-leaderboard cell end to end, on the device.
+"""One prepared check of a GPU: gradient-feature throughput against a forward, one tiny
+leaderboard cell end to end, and every model-running stage of the pipeline, on the device.
 
-    python benchmarks/gpu_check.py                        # cuda, bf16, the real configs, then one cell
-    python benchmarks/gpu_check.py --device cpu --small   # CPU smoke test (seconds): small configs
+    python benchmarks/gpu_check.py                        # cuda, bf16, the real configs, one cell, the stages
+    python benchmarks/gpu_check.py --device cpu --small   # CPU smoke test (a minute): small configs
 
 (a) Throughput. Random-init models of the real configs of SmolLM2-135M, GPT-2 (124M) and
 Llama-3.2-1B, written below (nothing is downloaded; their parameter counts are checked against the
@@ -17,14 +17,22 @@ for that size and device (``leaderboard/estimate.py``): the measured ratio to pu
 ``DEVICE_CLASSES``.
 
 (b) One cell. The tiny preset's ``select`` cell (k = 4 of 40 candidates, expert on 16 documents)
-on a 2-layer random Llama with a tokenizer trained here, ``device`` set to the device, in a fresh
-cache: expert training, θf's labels, head features, selection, LoRA retraining and lm-eval scoring.
-Data come from the mirror of ``LM_EVAL_APPROX_DATA`` when it holds the files, else from a small
-generated mirror (plumbing, not accuracy, is checked). It prints the cell's score, stage seconds and
-peak GPU memory, and where each ``load_model`` call put its model: a cuda run whose labels or
-features were computed on the CPU says so.
+on a 2-layer random Llama with a tokenizer trained here, ``device`` set to the device and
+``approx.extract_dtype`` to ``--dtype``, in a fresh cache: expert training, θf's labels, head
+features, selection, LoRA retraining and lm-eval scoring. Data come from the mirror of
+``LM_EVAL_APPROX_DATA`` when it holds the files, else from a small generated mirror (plumbing, not
+accuracy, is checked). It prints the cell's score, stage seconds and peak GPU memory, and where each
+``load_model`` call put its model: a cuda run whose labels or features were computed on the CPU, or
+in another dtype, says so.
 
-Exit status 0 when both parts ran; 2 when ``--device cuda`` is asked for on a machine without CUDA.
+(c) The stages. ``run_selection`` of likelihood_ratio (θf's labels and losses, θ0's losses), select
+(gradient features), rds (θf's samples, θ0's pooled states) and gen_knn (the sentence encoder) on two
+random 2-layer Llamas (θ0, and θf of another seed), once on the device in ``--dtype`` and once on the
+CPU in float32, each in a fresh cache. Per strategy: seconds of each run, as ``<strategy> cpu float32
+/ <device> <dtype>: N.NNx``; how far the device's labels and losses are from the CPU's; the picks both
+made; and every model load that did not land on the device in the dtype (a NOTE).
+
+Exit status 0 when every part ran; 2 when ``--device cuda`` is asked for on a machine without CUDA.
 """
 
 from __future__ import annotations
@@ -199,8 +207,9 @@ def generated_mirror(folder: Path) -> Path:
     return folder
 
 
-def tiny_model(folder: Path) -> str:
-    """A 2-layer random Llama and a byte-level BPE tokenizer trained here, saved to ``folder``."""
+def tiny_model(folder: Path, seed: int = 0) -> str:
+    """A 2-layer random Llama (weights of ``seed``) and a byte-level BPE tokenizer trained here (the
+    same for every seed), saved to ``folder``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -213,7 +222,7 @@ def tiny_model(folder: Path) -> str:
                             trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                         pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
                          tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
@@ -223,10 +232,12 @@ def tiny_model(folder: Path) -> str:
 
 
 def record_model_loads() -> tuple[list[tuple[str, str, str]], callable]:
-    """Wraps ``load_model`` where the package imported it, recording (caller, device, dtype) of each
-    model it returns; returns the records and a function that restores the originals."""
+    """Wraps ``load_model`` where the package imported it, and the sentence encoder's loader,
+    recording (caller, device, dtype) of each model they return; returns the records and a function
+    that restores the originals."""
     import importlib
 
+    from lm_eval_approx.data import similarity
     from lm_eval_approx.models import loading
 
     for module in ("lm_eval_approx.pipeline", "lm_eval_approx.features.build", "lm_eval_approx.features.generation",
@@ -245,24 +256,67 @@ def record_model_loads() -> tuple[list[tuple[str, str, str]], callable]:
                if getattr(m, "__name__", "").startswith("lm_eval_approx") and getattr(m, "load_model", None) is original]
     for module in patched:
         module.load_model = load_model
+    embedder = similarity._embedder
+
+    def sentence_embedder(*args, **kwargs):
+        tokenizer, model = embedder(*args, **kwargs)
+        first = next(model.parameters())
+        loads.append((similarity.__name__, str(first.device), str(first.dtype)))
+        return tokenizer, model
+
+    similarity._embedder = sentence_embedder
 
     def restore():
         for module in patched:
             module.load_model = original
+        similarity._embedder = embedder
     return loads, restore
 
 
+def restoring_env(part):
+    """``part(args)`` with ``LM_EVAL_APPROX_DATA`` and ``LM_EVAL_APPROX_CACHE`` put back afterwards."""
+    def run(args) -> int:
+        saved = {name: os.environ.get(name) for name in ("LM_EVAL_APPROX_DATA", "LM_EVAL_APPROX_CACHE")}
+        try:
+            return part(args)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    return run
+
+
+def use_mirror(root: Path) -> None:
+    """``LM_EVAL_APPROX_DATA`` when it holds the tiny preset's files, else a generated mirror in ``root``."""
+    mirror = os.environ.get("LM_EVAL_APPROX_DATA")
+    if not (mirror and (Path(mirror) / "ag_news" / "train.jsonl").is_file()
+            and (Path(mirror) / "seed" / "dbpedia.jsonl").is_file()):
+        os.environ["LM_EVAL_APPROX_DATA"] = str(generated_mirror(root / "data"))
+        print("\n(no data mirror at LM_EVAL_APPROX_DATA: a generated one is used)")
+
+
+# Loads that are meant to be elsewhere: training places θ0 itself (its precision is the recipe's), and
+# the feature stage computes the target θ0 − θf from a float32 pair on the CPU whatever the dtype
+# (a bfloat16 difference of two full models rounds away small updates; features/build.py).
+OWN_PLACEMENT = ("lm_eval_approx.training.",)
+FLOAT32_TARGET = ("lm_eval_approx.features.build", "cpu", "torch.float32")
+
+
+def misplaced(loads: list[tuple[str, str, str]], args) -> list[str]:
+    """The callers whose model is not on the asked device kind in the asked dtype (and is not meant
+    to be elsewhere)."""
+    kind = args.device.split(":")[0]
+    return [caller for caller, device, dtype in loads
+            if (device.split(":")[0] != kind or dtype != str(DTYPES[args.dtype]))
+            and not caller.startswith(OWN_PLACEMENT) and (caller, device, dtype) != FLOAT32_TARGET]
+
+
+@restoring_env
 def one_cell(args) -> int:
     """The tiny preset's select cell on the device, in a fresh cache; 0 when it wrote its results."""
-    saved = {name: os.environ.get(name) for name in ("LM_EVAL_APPROX_DATA", "LM_EVAL_APPROX_CACHE")}
-    try:
-        return _one_cell(args)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return _one_cell(args)
 
 
 def _one_cell(args) -> int:
@@ -270,11 +324,7 @@ def _one_cell(args) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         root = Path(tmp)
-        mirror = os.environ.get("LM_EVAL_APPROX_DATA")
-        if not (mirror and (Path(mirror) / "ag_news" / "train.jsonl").is_file()
-                and (Path(mirror) / "seed" / "dbpedia.jsonl").is_file()):
-            os.environ["LM_EVAL_APPROX_DATA"] = str(generated_mirror(root / "data"))
-            print("\n(no data mirror at LM_EVAL_APPROX_DATA: a generated one is used)")
+        use_mirror(root)
         os.environ["LM_EVAL_APPROX_CACHE"] = str(root / "cache")
         base = tiny_model(root / "tiny-llama")
         out = root / "out"
@@ -284,7 +334,8 @@ def _one_cell(args) -> int:
         start = time.perf_counter()
         try:
             code = cli(["leaderboard", "--preset", "tiny", "--set", f"base={base}", "--set", f"device={args.device}",
-                        "--out", str(out), "--only", "select-k4-s0", "--no-progress"])
+                        "--set", f"approx.extract_dtype={args.dtype}", "--out", str(out), "--only", "select-k4-s0",
+                        "--no-progress"])
         finally:
             restore()
         wall = time.perf_counter() - start
@@ -301,10 +352,65 @@ def _one_cell(args) -> int:
             print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
         for caller, device, dtype in loads:
             print(f"load_model from {caller}: {device} {dtype}")
-        off = [caller for caller, device, _ in loads if args.device.startswith("cuda") and device == "cpu"]
+        off = misplaced(loads, args)
         if off:
-            print(f"NOTE: {len(off)} of {len(loads)} model loads stayed on the CPU in a {args.device} run "
-                  f"({', '.join(sorted(set(off)))}); training and lm-eval scoring place their own models")
+            print(f"NOTE: {len(off)} of {len(loads)} model loads were not on {args.device} in {args.dtype} "
+                  f"({', '.join(sorted(set(off)))})")
+    return 0
+
+
+STAGE_STRATEGIES = ("likelihood_ratio", "select", "rds", "gen_knn")
+
+
+@restoring_env
+def stage_check(args) -> int:
+    """Part (c): each strategy's ``run_selection`` on the device in ``--dtype`` and on the CPU in
+    float32, each in a fresh cache; 0 when every run selected its documents."""
+    import numpy as np
+
+    from lm_eval_approx.approx_config import ApproxConfig
+    from lm_eval_approx.pipeline import LABELS_FILE, LOSS_FILE, run_selection
+
+    print(f"\n## the stages on {args.device} in {args.dtype} against the CPU in float32")
+    with tempfile.TemporaryDirectory(prefix="gpu-check-stages-") as tmp:
+        root = Path(tmp)
+        use_mirror(root)
+        base, finetuned = tiny_model(root / "base", seed=0), tiny_model(root / "finetuned", seed=1)
+        loads, restore = record_model_loads()
+        runs: dict[tuple[str, str], dict] = {}
+        try:
+            for strategy in STAGE_STRATEGIES:
+                for reference, (device, dtype) in enumerate(((args.device, args.dtype), ("cpu", "float32"))):
+                    os.environ["LM_EVAL_APPROX_CACHE"] = str(root / f"cache-{reference}")
+                    config = ApproxConfig(base=base, finetuned=finetuned, corpus="seed:wikitext2+seed:dbpedia",
+                                          corpus_size=40, strategy=strategy, k=4, dim=64, target_size=8,
+                                          extract_batch_size=8, extract_max_length=64, device=device,
+                                          extract_dtype=dtype)
+                    first = len(loads)
+                    start = time.perf_counter()
+                    selected = run_selection(config)
+                    runs[strategy, reference] = {"seconds": time.perf_counter() - start, "stages": selected.stages,
+                                                 "picks": {row.id for row in selected.rows}}
+                    if reference:
+                        del loads[first:]  # only the device runs' loads are checked
+        finally:
+            restore()
+        for strategy in STAGE_STRATEGIES:
+            on, ref = runs[strategy, 0], runs[strategy, 1]
+            labels = [np.load(run["stages"][0].path / LABELS_FILE) for run in (on, ref)]
+            losses = [np.load(run["stages"][0].path / LOSS_FILE).astype(np.float64) for run in (on, ref)]
+            worst = float(np.max(np.abs(losses[0] - losses[1]) / np.maximum(np.abs(losses[1]), 1e-12)))
+            print(f"{strategy} cpu float32 / {args.device} {args.dtype}: {ref['seconds'] / on['seconds']:.2f}x "
+                  f"({on['seconds']:.2f} s against {ref['seconds']:.2f} s)")
+            print(f"{strategy}: labels agree on {np.mean(labels[0] == labels[1]):.1%}, θf losses within {worst:.1e} "
+                  f"(relative), {len(on['picks'] & ref['picks'])} of {len(ref['picks'])} picks shared")
+        for caller in sorted({caller for caller, _, _ in loads}):
+            kinds = sorted({f"{device} {dtype}" for c, device, dtype in loads if c == caller})
+            print(f"load_model from {caller}: {', '.join(kinds)}")
+        off = misplaced(loads, args)
+        if off:
+            print(f"NOTE: {len(off)} of {len(loads)} model loads were not on {args.device} in {args.dtype} "
+                  f"({', '.join(sorted(set(off)))})")
     return 0
 
 
@@ -317,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, help="tokens per document (default 128, 32 with --small)")
     parser.add_argument("--rounds", type=int, help="timed rounds after a warm-up (default 3, 1 with --small)")
     parser.add_argument("--models", default=",".join(REAL_CONFIGS), help="comma-separated: " + ", ".join(REAL_CONFIGS))
-    parser.add_argument("--skip-cell", action="store_true", help="throughput only")
+    parser.add_argument("--skip-cell", action="store_true", help="throughput only: no cell, no stage check")
+    parser.add_argument("--skip-stages", action="store_true", help="no stage check (part c)")
     args = parser.parse_args(argv)
     if args.device.split(":")[0] not in ("cuda", "cpu"):
         parser.error(f"--device {args.device}: cuda or cpu")
@@ -338,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         report_throughput(name, throughput(name, args), args)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()  # the model of the last one is gone with its closures
-    return 0 if args.skip_cell else one_cell(args)
+    if args.skip_cell:
+        return 0
+    return one_cell(args) or (0 if args.skip_stages else stage_check(args))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ through lm-eval scoring inside a one-strategy leaderboard (needs the data mirror
 
     python benchmarks/kill_resume.py --trials 2                      # pipeline stages, 12 kills
     python benchmarks/kill_resume.py --mode leaderboard --trials 5   # all eight stages, 40 kills
+    python benchmarks/kill_resume.py --mode weights --trials 3       # the weights condition's stages
+
+``--mode weights`` runs the leaderboard under the ``weights`` condition: a ``gen_knn`` row whose
+target texts are sampled from θf (the ``generations`` stage) and whose retraining rule monitors
+texts sampled from θf too (a second ``generations`` entry, inside the training stage).
 
 The executor modes run a five-cell leaderboard (θ0, θf, select, random × 2 seeds) the way
 ``leaderboard/executors.py`` does, and kill the process running an approximation cell u × its
@@ -56,6 +61,16 @@ MARK = "@@"
 # values at θ0) run inside the training stage, before its first epoch.
 PIPELINE_STAGES = ("labels", "features", "selection", "monitor_teacher", "probe_start", "training")
 LEADERBOARD_STAGES = PIPELINE_STAGES + ("evaluation", "leaderboard")
+WEIGHTS_STAGES = ("generations", "selection", "monitor_teacher", "probe_start", "training", "evaluation",
+                  "leaderboard")
+# The stages of each mode in the order they start; a trial removes the killed stage and every later
+# one (all of their cache entries) from the baseline's cache before it starts.
+MODE_STAGES = {"pipeline": PIPELINE_STAGES, "leaderboard": LEADERBOARD_STAGES, "weights": WEIGHTS_STAGES}
+# Cached stages of each mode (the others, evaluation and leaderboard, write results JSON only).
+CACHED_STAGES = {mode: tuple(s for s in stages if s not in ("evaluation", "leaderboard"))
+                 for mode, stages in MODE_STAGES.items()}
+WEIGHTS_RULE = {"epochs": 2, "stop_on": "task_agreement", "patience": 1, "monitor_size": 8,
+                "monitor_source": "finetuned"}
 CORPUS_SIZE = 40
 TOPICS = ("peace talks in the capital", "the team won the match", "stocks and profits rose", "a new chip and software")
 CHILD_TIMEOUT_S = 900
@@ -84,10 +99,11 @@ def _child(args) -> int:
         return record
 
     from lm_eval_approx.cache import stages
+    from lm_eval_approx.features import generation
     from lm_eval_approx.training import stop_signals
 
     # The probe-start stage looks run_stage up in cache.stages when it runs; the others imported it.
-    pipeline.run_stage = stop_signals.run_stage = stages.run_stage = marked_stage
+    pipeline.run_stage = stop_signals.run_stage = stages.run_stage = generation.run_stage = marked_stage
     mark("start", "leaderboard")
     if args.mode == "pipeline":
         from lm_eval_approx.pipeline import ApproxConfig, run_approximation
@@ -136,6 +152,9 @@ def _setup(work: Path, mode: str) -> None:
         data = apply_overrides(read_yaml(preset="tiny"), [f"base={work / 'base'}"])
         data.update(strategies=["select"] if mode == "leaderboard" else EXECUTOR_STRATEGIES, extra_tasks=[],
                     corpus={"spec": str(work / "candidates.jsonl"), "size": CORPUS_SIZE, "seed": 0})
+        if mode == "weights":
+            data.update(condition="weights", strategies=["gen_knn"], retraining=dict(WEIGHTS_RULE),
+                        approx={**data.get("approx", {}), "target_size": 8})
         (work / "leaderboard.json").write_text(json.dumps(data))
 
 
@@ -181,8 +200,13 @@ class Run:
         return code
 
     def stages(self) -> dict[str, tuple[str, bool]]:
-        """``{stage: (key, cached)}`` of every stage that ended (evaluation/leaderboard: no key)."""
-        return {rest[0]: (rest[1], rest[2] == "1") for _, kind, rest in self.events if kind == "end"}
+        """``{stage: (key, cached)}`` of every stage that ended (evaluation/leaderboard: no key; a stage
+        that ran under several keys, as ``generations`` may: its last)."""
+        return {name: (key, cached) for name, key, cached in self.ended()}
+
+    def ended(self) -> set[tuple[str, str, bool]]:
+        """``(stage, key, cached)`` of every stage run that ended, under every key it ran with."""
+        return {(rest[0], rest[1], rest[2] == "1") for _, kind, rest in self.events if kind == "end"}
 
     def durations(self) -> dict[str, float]:
         starts, spans = {}, {}
@@ -235,17 +259,20 @@ def _verify_checksums(cache: Path) -> list[str]:
     return problems
 
 
-def _prepare(base_cache: Path, base_out: Path, keys: dict, stage: str, cache: Path, out: Path) -> None:
-    """The baseline's state just before ``stage`` started (``leaderboard``: nothing at all)."""
+def _prepare(base_cache: Path, base_out: Path, mode: str, stage: str, cache: Path, out: Path) -> None:
+    """The baseline's state just before ``stage`` started (``leaderboard``: nothing at all): every
+    entry of the killed stage and of the cached stages after it removed, and the approximation
+    cells' results (everything but θ0's and the expert's)."""
     if stage == "leaderboard":
         return
     shutil.copytree(base_cache, cache)
     shutil.copytree(base_out, out)
-    later = PIPELINE_STAGES[PIPELINE_STAGES.index(stage):] if stage in PIPELINE_STAGES else ()
-    for name in later:
-        shutil.rmtree(cache / "stages" / name / keys[name][0])
-    for path in (out / "results").glob("select*.json"):
-        path.unlink()
+    cached = CACHED_STAGES[mode]
+    for name in cached[cached.index(stage):] if stage in cached else ():
+        shutil.rmtree(cache / "stages" / name, ignore_errors=True)
+    for path in (out / "results").glob("*.json"):
+        if path.stem not in ("theta0", "expert"):
+            path.unlink()
 
 
 def _keep(cache: Path, out: Path, root: Path) -> Path:
@@ -261,7 +288,7 @@ def trial(stage: str, work: Path, mode: str, baseline: dict, rng: random.Random)
     cache, out = work / "cache", work / "out"  # the baseline's paths: model paths are part of stage keys
     for path in (cache, out):
         shutil.rmtree(path, ignore_errors=True)
-    _prepare(baseline["cache"], baseline["out"], baseline["keys"], stage, cache, out)
+    _prepare(baseline["cache"], baseline["out"], mode, stage, cache, out)
     killed = Run(work, cache, out, mode, root / "killed.log")
     started = killed.wait_for_start(stage)
     if started is None:
@@ -285,12 +312,12 @@ def trial(stage: str, work: Path, mode: str, baseline: dict, rng: random.Random)
         problems = [f"outputs unreadable: {exc!r}"]
     after = _finished_files(cache, out)
     problems += [f"finished file rewritten: {p}" for p, t in before.items() if after.get(p) != t]
-    reported = rerun.stages()
+    reported = rerun.ended()
     finished = {(Path(p).parent.parent.name, Path(p).parent.name) for p in before if p.endswith("stage.json")}
-    problems += [f"finished stage {name} {key} reported as {reported[name]}"
-                 for name, key in finished if name in reported and reported[name] != (key, True)]
+    problems += [f"finished stage {name} {key} was computed again" for name, key, cached in reported
+                 if not cached and (name, key) in finished]
     problems += [f"stage {name} {key} reported cached but was not finished before the rerun"
-                 for name, (key, cached) in reported.items() if cached and (name, key) not in finished]
+                 for name, key, cached in reported if cached and (name, key) not in finished]
     problems += _verify_checksums(cache)
     if problems:
         return "failed", problems + [f"kept in {_keep(cache, out, root)}"]
@@ -479,7 +506,7 @@ def executor_trials(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=2, help="kills per stage")
-    parser.add_argument("--mode", choices=("pipeline", "leaderboard", *EXECUTOR_MODES), default="pipeline")
+    parser.add_argument("--mode", choices=(*MODE_STAGES, *EXECUTOR_MODES), default="pipeline")
     parser.add_argument("--stages", default="", help="comma-separated subset of the stages to kill")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
@@ -491,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         return _child(args)
     if args.mode in EXECUTOR_MODES:
         return executor_trials(args)
-    stages = LEADERBOARD_STAGES if args.mode == "leaderboard" else PIPELINE_STAGES
+    stages = MODE_STAGES[args.mode]
     if args.stages:
         stages = tuple(s for s in args.stages.split(",") if s)
     work = args.work or Path(tempfile.mkdtemp(prefix="lm-eval-approx-kill-"))

@@ -62,7 +62,7 @@ def child(run: str, threads: int, batches: int) -> None:
     before = psutil.Process().memory_info().rss
     with tempfile.TemporaryDirectory() as work:
         history = train_model(BASE, AGNEWS, rows, recipe, work, progress=False, full_logits=full_logits).history
-    print(RESULT_PREFIX + json.dumps({"examples_per_second": history["examples_per_second"], "rss_before": before}))
+    print(RESULT_PREFIX + json.dumps({"examples_per_second": history.examples_per_second, "rss_before": before}))
 
 
 def measure(run: str, threads: int, batches: int) -> dict:

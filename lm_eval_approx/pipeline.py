@@ -4,6 +4,7 @@ corpus → pseudo-labels (θf) → [θ0 losses] → [gradient features] → sele
 
 Bracketed stages run only when the strategy needs them (``Strategy.requires``). The result is
 the folder of a PEFT adapter (or full model) that lm-eval scores with ``peft=`` on top of θ0.
+What one approximation is, ``ApproxConfig``, lives in ``approx_config.py``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from lm_eval_approx.data.selection_file import (
     selection_hash,
     write_selection,
 )
+from lm_eval_approx.approx_config import TASK_TARGETS, ApproxConfig
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.features.config import DEFAULT_DIM, PROJECTIONS, FeatureConfig
-from lm_eval_approx.features.generation import FINETUNED, SOURCES, GenerationSettings, generated_texts
+from lm_eval_approx.features.config import FeatureConfig
+from lm_eval_approx.features.generation import GenerationSettings, generated_texts
+from lm_eval_approx.models.devices import EXTRACT_DTYPE_KEY, check_device_available
 from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
 from lm_eval_approx.models.pairs import check_model_pair
-from lm_eval_approx.models.parameter_sets import HEAD, PARAMS_ACCEPTED, check_params
 from lm_eval_approx.strategies.base import (
     BASE_ENCODER,
     FEATURES,
@@ -40,18 +42,10 @@ from lm_eval_approx.strategies.base import (
     TARGET_TEXTS,
 )
 from lm_eval_approx.strategies.pool import build_pool, selection_rows
-from lm_eval_approx.strategies.registry import select, strategy_registry
-from lm_eval_approx.tasks.kinds import CLASSIFICATION, task_key
-from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
-from lm_eval_approx.training.recipe import TASK_MONITOR, TrainingRecipe
-from lm_eval_approx.training.stop_signals import monitor_identity
-from lm_eval_approx.validation import (
-    MIN_MAX_LENGTH,
-    check_choice,
-    check_int,
-    check_text,
-    help_field,
-)
+from lm_eval_approx.strategies.registry import select
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec, task_key
+from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.stop_signals import monitor_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -64,66 +58,7 @@ FEATURE_STAGE = "features"
 SELECTION_STAGE = "selection"
 TRAINING_STAGE = "training"
 FEATURE_DIR = "features"
-TASK_TARGETS = "task"
-TARGET_SOURCES = (TASK_TARGETS, *SOURCES)
 TARGET_SEED = 0  # one draw of target texts per grid: rows and seeds aim at the same texts, like select
-
-
-@dataclass
-class ApproxConfig:
-    """One approximation: which models, which candidates, which strategy, how many documents."""
-
-    base: str = help_field("θ0: model folder, hub id, .gguf file or alias (smollm2-135m)", "")
-    finetuned: str = help_field("θf: a full model folder or a PEFT adapter folder on top of θ0", "")
-    task: str = help_field("approximation task whose loss and template are used (approx_agnews, approx_msmarco)", "approx_agnews")
-    corpus: str = help_field("candidate corpus spec (seed:wikitext2+seed:dbpedia, a file, ...)", "seed:wikitext2+seed:dbpedia")
-    corpus_size: int | None = help_field("draw this many candidates from the corpus (None: all)", None)
-    corpus_seed: int = help_field("seed of the candidate draw", 0)
-    strategy: str = help_field("registered strategy name (lm-eval-approx strategies)", "select")
-    strategy_options: dict[str, Any] = help_field("options of the strategy (e.g. batch_size for select_batched)", None)
-    k: int = help_field("number of documents to select", 100)
-    seed: int = help_field("seed of the strategy (and of nothing upstream)", 0)
-    params: str = help_field(f"gradient parameter set: {PARAMS_ACCEPTED}", HEAD)
-    dim: int = help_field("projected feature dimension", DEFAULT_DIM)
-    projection: str = help_field(f"{', '.join(PROJECTIONS)}", PROJECTIONS[0])
-    projection_seed: int = help_field("seed of the projection matrices", 0)
-    checkpoints: int = help_field("synthetic checkpoints M for gradient features (1: θf only)", 1)
-    extract_batch_size: int = help_field("batch size of pseudo-labelling and feature extraction", 16)
-    extract_max_length: int = help_field("tokens per example while labelling and extracting", 128)
-    target_source: str = help_field(
-        f"target texts of a target-matching baseline (rds, dsir, gen_knn): {' | '.join(TARGET_SOURCES)} "
-        f"({TASK_TARGETS}: unlabelled texts of the task's training split; the others are sampled from θf with label "
-        "words banned, θ0, or their contrast: the weights alone; features/generation.py)", FINETUNED)
-    target_size: int = help_field("how many target texts a target-matching baseline aims at", 256)
-    add_bos_token: bool | None = help_field(
-        "lm-eval HFLM's add_bos_token (None: its default); labels, features and training encode with it, "
-        "as lm-eval will score", None)
-
-    def __post_init__(self) -> None:
-        if self.strategy_options is None:
-            self.strategy_options = {}
-        for name in ("base", "finetuned", "corpus", "strategy", "task"):
-            check_text(name, getattr(self, name))
-        get_task_spec(self.task)
-        check_choice("target_source", self.target_source, TARGET_SOURCES)
-        for name, low in (("k", 0), ("target_size", 1), ("dim", 1), ("checkpoints", 1), ("extract_batch_size", 1),
-                          ("extract_max_length", MIN_MAX_LENGTH)):
-            check_int(name, getattr(self, name), minimum=low)
-        check_int("corpus_size", self.corpus_size, minimum=1, optional=True)
-        if self.corpus_size is not None and self.k > self.corpus_size:
-            raise ConfigError("k", self.k, f"at most corpus_size={self.corpus_size} documents")
-        for name in ("corpus_seed", "seed", "projection_seed"):
-            check_int(name, getattr(self, name), minimum=0)
-        check_params(self.params)
-        check_choice("projection", self.projection, PROJECTIONS)
-        if self.add_bos_token is not None and not isinstance(self.add_bos_token, bool):
-            raise ConfigError("add_bos_token", self.add_bos_token, "true, false or None")
-        if not isinstance(self.strategy_options, dict) or not all(isinstance(o, str) for o in self.strategy_options):
-            raise ConfigError("strategy_options", self.strategy_options, "a mapping of option names to values")
-        strategy_registry().get(self.strategy)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -169,7 +104,7 @@ def _label_stage(config, spec, corpus, models) -> StageRecord:
     from lm_eval_approx.features.pseudo_labels import pseudo_label
 
     def compute(folder: Path) -> dict:
-        model, tokenizer = load_model(config.finetuned), load_tokenizer(config.base)
+        model, tokenizer = load_model(config.finetuned, config.extract_dtype, config.device), load_tokenizer(config.base)
         if spec.kind == CLASSIFICATION:
             result = pseudo_label(model, tokenizer, spec, corpus.texts, config.extract_batch_size, config.extract_max_length,
                                   add_bos_token=config.add_bos_token)
@@ -184,7 +119,7 @@ def _label_stage(config, spec, corpus, models) -> StageRecord:
         return {"label_counts": counts}
 
     inputs = {"finetuned": models["finetuned"], "task": task_key(spec), "corpus": corpus.fingerprint(),
-              "max_length": config.extract_max_length, **_bos_input(config)}
+              "max_length": config.extract_max_length, **_extract_input(config)}
     return run_stage(LABEL_STAGE, inputs, compute)
 
 
@@ -194,14 +129,15 @@ def _base_loss_stage(config, spec, corpus, models, labels_stage) -> StageRecord:
     def compute(folder: Path) -> dict:
         labels = np.load(labels_stage.path / LABELS_FILE)
         given = labels if spec.kind == CLASSIFICATION else None
-        loss = example_losses(load_model(config.base), load_tokenizer(config.base), spec, corpus.texts, given,
+        model = load_model(config.base, config.extract_dtype, config.device)
+        loss = example_losses(model, load_tokenizer(config.base), spec, corpus.texts, given,
                               config.extract_batch_size, config.extract_max_length,
                               add_bos_token=config.add_bos_token)
         np.save(folder / LOSS_FILE, loss)
         return {}
 
     inputs = {"base": models["base"], "labels": labels_stage.key, "max_length": config.extract_max_length,
-              **_bos_input(config)}
+              **_extract_input(config)}
     return run_stage(BASE_LOSS_STAGE, inputs, compute)
 
 
@@ -209,8 +145,15 @@ STAGE_ALPHA_SEPARATOR = "@"
 
 
 def _bos_input(config: ApproxConfig) -> dict:
-    """``add_bos_token`` as a stage input when set (unset keeps the keys stages always had)."""
-    return {} if config.add_bos_token is None else {"add_bos_token": config.add_bos_token}
+    """``add_bos_token`` as a stage input (unset, keys leave it out: ``cache/keys.py`` ``KEY_RULES``)."""
+    return {"add_bos_token": config.add_bos_token}
+
+
+def _extract_input(config: ApproxConfig) -> dict:
+    """What a stage running θ0 or θf records beyond its data: ``add_bos_token`` and the models' dtype
+    (keyed when set, and when not float32). The device is not recorded: it changes where, not what,
+    is computed."""
+    return {**_bos_input(config), EXTRACT_DTYPE_KEY: config.extract_dtype}
 
 
 def _feature_stages(config, spec, corpus, models, labels_stage) -> list[StageRecord]:
@@ -230,7 +173,7 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
         projection=config.projection, seed=config.projection_seed, checkpoints=alpha.denominator,
         checkpoint=checkpoint, batch_size=config.extract_batch_size, max_length=config.extract_max_length,
         corpus=config.corpus, corpus_limit=config.corpus_size, corpus_seed=config.corpus_seed,
-        add_bos_token=config.add_bos_token,
+        add_bos_token=config.add_bos_token, dtype=config.extract_dtype, device=config.device,
     )
 
     def compute(folder: Path) -> dict:
@@ -241,28 +184,21 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
 
     inputs = {**models, "labels": labels_stage.key, "params": config.params, "dim": config.dim,
               "projection": config.projection, "projection_seed": config.projection_seed,
-              "checkpoints": alpha.denominator, "max_length": config.extract_max_length, **_bos_input(config)}
-    if checkpoint is not None:  # θf's own store keeps the key it had before stages were per α
-        inputs["checkpoint"] = checkpoint
+              "checkpoints": alpha.denominator, "max_length": config.extract_max_length, **_extract_input(config)}
+    inputs["checkpoint"] = checkpoint  # None (θf's own store) is left out of the key: cache/keys.py KEY_RULES
     return run_stage(FEATURE_STAGE, inputs, compute)
 
 
 def _stop_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecipe) -> list:
     """The probe of a recipe's stop signal on its monitor texts (``training/stop_signals.py``): the
-    task loss (``task_loss``), or θf against the retrained model (the teacher signals)."""
-    from lm_eval_approx.training.stop_signals import (
-        check_teacher,
-        monitor_texts,
-        stop_probes,
-    )
+    task loss (``task_loss``), or θf against the retrained model (the teacher signals); θf and the
+    samplers of monitor texts run on the config's device in its ``extract_dtype``."""
+    from lm_eval_approx.training.stop_signals import build_stop_probes
 
-    check_teacher(spec, recipe, config.finetuned)
-    texts = monitor_texts(spec, recipe, {row.text for row in rows}, pool=(corpus.texts, corpus.ids),
-                          selected_ids={row.id for row in rows}, models=(config.base, config.finetuned),
-                          add_bos_token=config.add_bos_token)
-    return stop_probes(spec, recipe, texts, base=config.base, finetuned=config.finetuned,
-                       batch_size=config.extract_batch_size, max_length=config.extract_max_length,
-                       add_bos_token=config.add_bos_token)
+    return build_stop_probes(spec, recipe, rows, base=config.base, finetuned=config.finetuned,
+                             pool=(corpus.texts, corpus.ids), batch_size=config.extract_batch_size,
+                             max_length=config.extract_max_length, add_bos_token=config.add_bos_token,
+                             device=config.device, dtype=config.extract_dtype)
 
 
 def _target_texts(config: ApproxConfig, spec) -> tuple[list[str], StageRecord | str]:
@@ -274,20 +210,25 @@ def _target_texts(config: ApproxConfig, spec) -> tuple[list[str], StageRecord | 
         texts = [example.text for example in task_examples(spec, config.target_size, TARGET_SEED)]
         return texts, f"{task_key(spec)}:train:{config.target_size}:{TARGET_SEED}"
     return generated_texts(config.base, config.finetuned, spec, config.target_size, TARGET_SEED,
-                           GenerationSettings(source=config.target_source), add_bos_token=config.add_bos_token)
+                           GenerationSettings(source=config.target_source), add_bos_token=config.add_bos_token,
+                           device=config.device, dtype=config.extract_dtype)
 
 
 def _encoders(config: ApproxConfig, needs: frozenset[str]) -> dict:
-    """The encoders a strategy asked for: θ0's pooled hidden states and the shipped sentence model."""
+    """The encoders a strategy asked for, on the config's device and dtype: θ0's pooled hidden
+    states and the shipped sentence model."""
+    from functools import partial
+
     from lm_eval_approx.data.similarity import sentence_embeddings
     from lm_eval_approx.features.pooled import base_encoder
 
     encoders: dict = {}
+    placement = {"device": config.device, "dtype": config.extract_dtype}
     if BASE_ENCODER in needs:
         encoders["base_encoder"] = base_encoder(config.base, config.extract_batch_size, config.extract_max_length,
-                                                config.add_bos_token)
+                                                config.add_bos_token, **placement)
     if SENTENCE_ENCODER in needs:
-        encoders["sentence_encoder"] = sentence_embeddings
+        encoders["sentence_encoder"] = partial(sentence_embeddings, **placement)
     return encoders
 
 
@@ -296,7 +237,7 @@ class Selected:
     """Everything up to the selection: the task, the candidate pool, the stages run so far and the
     selected rows (what ``run_approximation`` retrains θ0 on)."""
 
-    spec: Any
+    spec: TaskSpec
     corpus: Any
     stages: list[StageRecord]
     rows: list
@@ -310,11 +251,12 @@ def run_selection(config: ApproxConfig) -> Selected:
     """Run (or reuse) every stage up to and including the selection.
 
     θ0 and θf are checked as a pair first (``models/pairs.py``), so a pair that cannot be approximated fails
-    in seconds, before any labelling or extraction."""
+    in seconds, before any labelling or extraction, and so is a device this machine lacks."""
     from lm_eval_approx.features.build import open_feature_stores
 
-    spec = get_task_spec(config.task)
-    strategy_cls = strategy_registry().get(config.strategy).obj
+    check_device_available("device", config.device)
+    config = config.resolve()  # the task (and its data) and the strategy, before any model is loaded
+    spec, strategy_cls = config.task_spec, config.strategy_class
     needs = strategy_cls.requires
     check_model_pair(config.base, config.finetuned, config.params if FEATURES in needs else None)
     corpus = load_corpus(config.corpus, config.corpus_size, config.corpus_seed)
@@ -367,6 +309,7 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
     of the selection file when given."""
     from lm_eval_approx.training.loop import train_adapter
 
+    config = config.resolve()
     selected = run_selection(config)
     spec, corpus, rows, stages = selected.spec, selected.corpus, selected.rows, list(selected.stages)
     models = _models_key(config)
@@ -379,10 +322,9 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
 
     training_inputs = {"base": models["base"], "task": task_key(spec), "selection": selection_hash(rows),
                        "recipe": recipe.recipe_hash(), **_bos_input(config)}
-    if recipe.uses_probe:  # the kept epoch then depends on the monitor texts (and θf, for a teacher)
-        training_inputs["monitor"] = {"corpus": monitor_identity(recipe, corpus.fingerprint())}
-        if recipe.uses_teacher or recipe.monitor_source != TASK_MONITOR:
-            training_inputs["monitor"]["finetuned"] = models["finetuned"]
+    if recipe.uses_probe:  # the kept epoch then depends on the monitor texts (and θf and its dtype, for a teacher)
+        training_inputs["monitor"] = monitor_inputs(recipe, corpus.fingerprint(), config.finetuned,
+                                                    config.extract_dtype)
     stages.append(run_stage(TRAINING_STAGE, training_inputs, compute_training))
     if out_dir is not None:
         out = Path(out_dir)

@@ -83,7 +83,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             run(module)
             self.callback(module)
 
-        spec.loader.exec_module = exec_module
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]  # wraps this loader instance's method
         return spec
 
 

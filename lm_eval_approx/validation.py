@@ -31,12 +31,12 @@ ErrorFactory = Callable[[str, Any, str], Exception]
 # fits is checked where the example is encoded, with a named error.
 MIN_MAX_LENGTH = 2
 # Field types whose flags argparse converts; every other field's flag keeps the string.
-FLAG_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float}
+FLAG_TYPES: dict[object, type] = {"int": int, "int | None": int, "float": float, "float | None": float}
 
 
 def help_field(text: str, default: Any, choices: Iterable[str] | None = None):
-    """A dataclass field whose ``metadata["help"]`` documents it (CLI help and README come from it);
-    ``choices`` become the argparse choices of its flag."""
+    """A dataclass field whose ``metadata["help"]`` documents it (CLI help and the docs'
+    configuration reference come from it); ``choices`` become the argparse choices of its flag."""
     metadata: dict[str, Any] = {"help": text}
     if choices is not None:
         metadata["choices"] = tuple(choices)

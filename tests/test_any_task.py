@@ -167,7 +167,7 @@ def test_leaderboard_on_a_user_task_named_by_include_path(tiny_llama, tmp_path, 
     pool = _write_jsonl(tmp_path / "pool.jsonl", [{"text": f"pool text {i} about {w}"}
                                                  for i, w in enumerate(["sun", "rain", "dust"] * 6)])
     raw = _config(tiny_llama, folder, corpus={"spec": pool, "size": 12, "seed": 0})
-    config = config_from_dict(raw)
+    config = config_from_dict(raw).resolve()
     out = tmp_path / "board"
     run_leaderboard(config, out, progress=False)
     cells = {json.loads(p.read_text())["config"]["leaderboard"]["cell"]: json.loads(p.read_text())
@@ -182,7 +182,7 @@ def test_leaderboard_on_a_user_task_named_by_include_path(tiny_llama, tmp_path, 
     from lm_eval_approx.tasks.lm_eval_tasks import reset_task_caches
 
     reset_task_caches()
-    assert cell_hash(config_from_dict(raw), config.cells()[2]) != before
+    assert cell_hash(config_from_dict(raw).resolve(), config.cells()[2]) != before
 
 
 @pytest.mark.parametrize("changes, key", [
@@ -194,8 +194,8 @@ def test_leaderboard_user_task_config_errors_name_the_key(tiny_llama, tmp_path, 
     from lm_eval_approx.leaderboard.config import config_from_dict
 
     folder, _ = _task_folder(tmp_path)
-    with pytest.raises(ApproxError) as caught:
-        config_from_dict(_config(tiny_llama, folder, corpus={"spec": "seed:wikitext2"}, **changes))
+    with pytest.raises(ApproxError) as caught:  # the folder's existence: when the config is resolved
+        config_from_dict(_config(tiny_llama, folder, corpus={"spec": "seed:wikitext2"}, **changes)).resolve()
     assert caught.value.field == key
 
 

@@ -91,11 +91,11 @@ def test_interrupted_stage_is_not_reported_cached(tmp_path, monkeypatch):
 
 def test_bad_config_is_named_before_compute(tiny_llama):
     with pytest.raises(UnknownNameError, match="select"):
-        ApproxConfig(base=tiny_llama, finetuned=tiny_llama, strategy="selct")
+        ApproxConfig(base=tiny_llama, finetuned=tiny_llama, strategy="selct").resolve()
     with pytest.raises(ConfigError, match="k"):
         ApproxConfig(base=tiny_llama, finetuned=tiny_llama, k=-1)
     with pytest.raises(UnknownNameError, match="approx_agnews"):
-        ApproxConfig(base=tiny_llama, finetuned=tiny_llama, task="agnews")
+        ApproxConfig(base=tiny_llama, finetuned=tiny_llama, task="agnews").resolve()
     from lm_eval_approx.harness.approx_model import split_model_args
 
     with pytest.raises(ConfigError, match="train_epochz"):

@@ -58,6 +58,7 @@ def test_a_cell_records_the_sampled_signals_every_epoch_and_the_rules_replay_the
         assert len(curves[name]) == EPOCHS + 1 and all(v is not None for v in curves[name]), name
     assert classification or not set(old) & set(curves)  # no accuracy, no choice distributions
     assert record["sampled_sizes"] == {"finetuned": 3} and record["recipe"]["monitor_source"] == "task"
+    assert record["monitor_size"] == (3 if classification else 0)  # texts, not the resume key's characters
     assert record["recipe"]["stop_on"] == "validation_loss" and record["epochs"] == EPOCHS
     capsys.readouterr()
 

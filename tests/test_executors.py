@@ -254,3 +254,63 @@ def test_two_processes_on_one_folder_survive_one_being_killed_mid_cell(tmp_path)
                           check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]  # at least one kill landed, none failed
     assert "two-local: survived" in done.stdout and "failed" not in done.stdout, done.stdout
+
+
+# ---- what a cluster cell asks for: the config's resources, flags over them ----------------------------------
+def _cluster_args(**flags):
+    import argparse
+
+    defaults = dict(executor="ray", workers=None, retries=2, num_cpus=None, num_gpus=None, ray_address=None,
+                    slurm_partition=None, slurm_time=60, slurm_cluster="slurm")
+    return argparse.Namespace(**{**defaults, **flags})
+
+
+def _resources_config(**resources):
+    from lm_eval_approx.leaderboard.config import config_from_dict
+
+    return config_from_dict({"base": "b", "expert": {"adapter": "x"}, "strategies": ["random"],
+                             **({"resources": resources} if resources else {})})
+
+
+def test_a_cluster_cell_asks_for_the_config_resources_unless_a_flag_overrides_them():
+    from lm_eval_approx.commands.leaderboard import make_executor
+
+    config = _resources_config(num_cpus=3, num_gpus=0.5)
+    requests = {
+        "config": make_executor(_cluster_args(), config),
+        "--num-gpus 0": make_executor(_cluster_args(num_gpus=0.0), config),
+        "--num-cpus 2": make_executor(_cluster_args(num_cpus=2.0), config),
+        "slurm": make_executor(_cluster_args(executor="slurm"), config),  # whole CPUs and GPUs
+        "no resources": make_executor(_cluster_args(), _resources_config()),  # 1 CPU, GPUs by device
+    }
+    assert {name: (e.num_cpus, e.num_gpus) for name, e in requests.items()} == {
+        "config": (3, 0.5), "--num-gpus 0": (3, 0.0), "--num-cpus 2": (2.0, 0.5), "slurm": (3, 1),
+        "no resources": (1, None)}
+
+
+def test_ray_remote_options_carry_the_config_resources(monkeypatch):
+    """What ``ray.remote`` is given, with a stand-in ray module (no cluster is started)."""
+    import types
+
+    from lm_eval_approx.commands.leaderboard import make_executor
+
+    options = {}
+    fake = types.SimpleNamespace(is_initialized=lambda: True,
+                                 remote=lambda **given: options.update(given) or (lambda function: function))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    config = _resources_config(num_cpus=4, num_gpus=1)
+    executor = make_executor(_cluster_args(), config)
+    executor.config = config
+    executor._start()
+    assert (options["num_cpus"], options["num_gpus"], options["max_calls"]) == (4, 1, 1)
+
+
+@pytest.mark.parametrize("resources, key", [
+    ({"num_cpus": 0}, "resources.num_cpus"), ({"num_gpus": -1}, "resources.num_gpus"),
+    ({"num_cpus": "two"}, "resources.num_cpus"), ({"gpus": 1}, "resources.gpus"), (4, "resources"),
+])
+def test_bad_config_resources_are_named(resources, key):
+    from lm_eval_approx.leaderboard.config import LeaderboardConfigError, config_from_dict
+
+    with pytest.raises(LeaderboardConfigError, match=key.replace(".", r"\.")):
+        config_from_dict({"base": "b", "expert": {"adapter": "x"}, "strategies": ["random"], "resources": resources})

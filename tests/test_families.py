@@ -279,7 +279,8 @@ def test_lora_targets_and_short_retraining_score_alike_in_fast_hflm_and_hflm(pai
     from lm_eval_approx.data.selection_file import SelectedExample
     from lm_eval_approx.harness.fast_hflm import FastHFLM
     from lm_eval_approx.training.data import normalise_weights, render_examples, training_batch
-    from lm_eval_approx.training.loop import prepare_model, save_training, train_model
+    from lm_eval_approx.training.loop import save_training, train_model
+    from lm_eval_approx.training.model import prepare_model
     from lm_eval_approx.training.loss import batch_example_losses
     from lm_eval_approx.training.recipe import TrainingRecipe
 
@@ -297,7 +298,7 @@ def test_lora_targets_and_short_retraining_score_alike_in_fast_hflm_and_hflm(pai
         slow = batch_example_losses(model, batch, AGNEWS.kind, head_positions=False)
     _close(fast, slow, "head-position loss")
     result = train_model(pair.base, AGNEWS, examples, recipe, tmp_path / "work", progress=False)
-    losses = result.history["train_loss"]
+    losses = result.history.train_loss
     assert losses[-1] < losses[0], losses
     out = save_training(result, pair.base, AGNEWS, examples, recipe, tmp_path / "adapter")
     requests = _requests()

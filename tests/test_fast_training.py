@@ -1,4 +1,4 @@
-"""The fast retraining options (issue 31): length-bucketed batches, 15-bit LoRA dropout and bf16
+"""The fast retraining options: length-bucketed batches, 15-bit LoRA dropout and bf16
 autocast. Each is checked against its slow twin: bucketed batches visit every example once and give
 the per-example losses of one-row-at-a-time forwards; the fast dropout has the distribution it
 claims; a run with all three resumes to the same adapter as an uninterrupted one."""
@@ -16,7 +16,8 @@ from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.training.batching import BucketedBatches, padded_positions
 from lm_eval_approx.training.data import EpochShuffle, render_examples, training_batch
 from lm_eval_approx.training.dropout import LEVELS, FastDropout, drop_threshold, use_fast_dropout
-from lm_eval_approx.training.loop import SHUFFLE_STRIDE, TRAINING_FILE, train_adapter, train_model
+from lm_eval_approx.training.loop import TRAINING_FILE, train_adapter, train_model
+from lm_eval_approx.training.prepared import SHUFFLE_STRIDE
 from lm_eval_approx.training.loss import batch_example_losses
 from lm_eval_approx.training.model import prepare_model
 from lm_eval_approx.training.recipe import OLD_TRAINING_PATH, TrainingRecipe
@@ -147,7 +148,7 @@ def test_the_fast_recipe_trains_resumes_and_shares_a_process_with_fp32(tiny_llam
     then bf16 (Accelerate keeps one state per process)."""
     examples = toy_examples()
     fp32 = train_model(tiny_llama, AGNEWS, examples, TrainingRecipe(epochs=1, **FAST), tmp_path / "fp32", progress=False)
-    assert fp32.history["epochs_run"] == 1
+    assert fp32.history.epochs_run == 1
     recipe = TrainingRecipe(epochs=3, patience=0, **{**FAST, **FAST_RECIPE})
     straight = train_adapter(tiny_llama, AGNEWS, examples, recipe, tmp_path / "straight", progress=False)
 
@@ -169,11 +170,11 @@ def test_a_training_records_where_its_time_and_tokens_go(tiny_llama, tmp_path):
     for order in ("shuffled", "bucketed"):
         history = train_model(tiny_llama, AGNEWS, examples, TrainingRecipe(epochs=1, batch_order=order, **FAST),
                               tmp_path / order, progress=False).history
-        clock = history["phase_seconds"]
+        clock = history.phase_seconds
         assert set(clock) == {"render", "forward", "backward", "optimizer", "validation"}
         assert clock["forward"] > 0 and clock["backward"] > 0 and clock["optimizer"] > 0 and clock["render"] > 0
-        assert sum(clock.values()) <= history["train_seconds"] + clock["render"] + clock["validation"] + 1.0
-        padded[order] = history["tokens"]
+        assert sum(clock.values()) <= history.train_seconds + clock["render"] + clock["validation"] + 1.0
+        padded[order] = history.tokens
     assert padded["shuffled"]["real"] == padded["bucketed"]["real"]
     assert padded["bucketed"]["padded"] < padded["shuffled"]["padded"]
 
@@ -196,13 +197,13 @@ def test_cached_probes_equal_measured_ones_and_skip_theta_f_and_theta0(tiny_llam
                                           batch_size=4, max_length=64)
         return train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / folder, progress=False, probes=probes)
 
-    first = retrain(0, "first").history["probes"]
+    first = retrain(0, "first").history.probes
     loads = []
     from lm_eval_approx.cache import stages
 
     monkeypatch.setattr(stop_signals, "run_stage", _counting(stop_signals.run_stage, loads))
     monkeypatch.setattr(stages, "run_stage", _counting(stages.run_stage, loads))
-    second = retrain(1, "second").history["probes"]
+    second = retrain(1, "second").history.probes
     assert loads == [True, True], "the second retraining must read θf's distribution and θ0's values from the cache"
     from lm_eval_approx.models.loading import load_model, load_tokenizer
 
@@ -259,4 +260,4 @@ def test_the_packing_check_runs_in_full_precision_under_mixed_precision_training
         history = train_model(tiny_llama, AGNEWS, toy_examples(24), recipe, tmp_path / "bf16", progress=False,
                               probes=[probe]).history
     assert "scoring without packing" not in caplog.text
-    assert len(history["probes"]["teacher_agreement"]) == 2
+    assert len(history.probes["teacher_agreement"]) == 2

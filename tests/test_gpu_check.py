@@ -40,9 +40,17 @@ def test_asking_for_cuda_without_one_exits_with_a_clear_message(capsys):
 
 @pytest.mark.slow
 def test_one_tiny_cell_runs_end_to_end_on_a_cpu(capsys, monkeypatch, tmp_path, one_torch_thread):
-    """Part (b) on a generated mirror: ~30 s on two shared cores (lm-eval's import, the expert, one cell)."""
+    """Parts (b) and (c) on a generated mirror: ~2 min on two shared cores (lm-eval's import, the expert,
+    one cell; then four strategies' stages twice), in bfloat16 as on a GPU."""
     monkeypatch.setenv("LM_EVAL_APPROX_DATA", str(tmp_path / "no-mirror"))
-    assert load_benchmark("gpu_check").main(["--device", "cpu", "--small", "--models", "GPT-2"]) == 0
+    gpu_check = load_benchmark("gpu_check")
+    assert gpu_check.main(["--device", "cpu", "--small", "--models", "GPT-2", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
     assert "one tiny leaderboard cell on cpu: exit 0" in out and "stage seconds: labels" in out
-    assert "load_model from lm_eval_approx.features.build: cpu torch.float32" in out
+    assert "load_model from lm_eval_approx.features.build: cpu torch.bfloat16" in out
+    for strategy in gpu_check.STAGE_STRATEGIES:
+        assert re.search(rf"^{strategy} cpu float32 / cpu bfloat16: \d+\.\d\dx", out, re.M), strategy
+        assert re.search(rf"^{strategy}: labels agree on ", out, re.M), strategy
+    for stage in ("pipeline", "features.generation", "features.pooled", "data.similarity"):
+        assert f"load_model from lm_eval_approx.{stage}: cpu torch.bfloat16\n" in out, stage
+    assert "NOTE" not in out

@@ -166,16 +166,18 @@ def test_loss_and_delta_is_the_loss_and_its_gradient_in_one_pass():
     assert torch.equal(same_loss, loss) and torch.equal(same_delta, delta)
 
 
+@pytest.mark.parametrize("width", [40, 600])
 @pytest.mark.parametrize("batch", [2, 5])
 @pytest.mark.parametrize("rows", [1, 5, 47, 63, 64, 100, 127])
-def test_row_gram_is_the_per_example_gram(rows, batch):
-    """Row counts just short of a multiple of 16 take the aligned products (reading neighbouring rows)."""
+def test_row_gram_is_the_per_example_gram(rows, batch, width):
+    """Row counts just short of a multiple of 16 take the aligned products (reading neighbouring rows);
+    wide rows, the blocks on and below the diagonal, mirrored."""
     gen = torch.Generator().manual_seed(rows)
-    t = torch.randn(batch, rows, 40, generator=gen)
+    t = torch.randn(batch, rows, width, generator=gen)
     torch.testing.assert_close(row_gram(t), t @ t.transpose(1, 2), rtol=1e-6, atol=1e-5)
-    inner = torch.randn(batch + 2, rows, 40, generator=gen)[1:-1]
+    inner = torch.randn(batch + 2, rows, width, generator=gen)[1:-1]
     torch.testing.assert_close(row_gram(inner), inner @ inner.transpose(1, 2), rtol=1e-6, atol=1e-5)
-    strided = torch.randn(rows, batch, 40, generator=gen).transpose(0, 1)
+    strided = torch.randn(rows, batch, width, generator=gen).transpose(0, 1)
     torch.testing.assert_close(row_gram(strided), strided @ strided.transpose(1, 2), rtol=1e-6, atol=1e-5)
 
 

@@ -150,15 +150,17 @@ def test_training_recipe_validation(record, as_strings):
 @settings(max_examples=100, **SETTINGS)
 @given(overrides=st.dictionaries(st.sampled_from(["k", "dim", "corpus_size", "seed", "corpus_seed", "params",
                                                   "projection", "checkpoints", "strategy", "task",
-                                                  "strategy_options", "extract_max_length", "base"]),
+                                                  "strategy_options", "extract_max_length", "base",
+                                                  "target_source", "target_size"]),
                                  VALUE, max_size=3))
 @example(overrides={"k": 10, "corpus_size": 5})  # k > corpus_size reached selection before
 @example(overrides={"seed": -1})
+@example(overrides={"target_source": "contrast", "target_size": 0})
 def test_approx_config_validation(overrides):
     from lm_eval_approx.pipeline import ApproxConfig
 
     try:
-        ApproxConfig(**{"base": "b", "finetuned": "f", **overrides})
+        ApproxConfig(**{"base": "b", "finetuned": "f", **overrides}).resolve()  # task and strategy: at resolve
     except ApproxError as exc:
         _named(exc)
 
@@ -188,12 +190,16 @@ def test_selection_file_reader(lines):
 LEADERBOARD_KEYS = ["base", "task", "metric", "expert", "corpus", "strategies", "budgets", "seeds", "limit",
                     "recipe", "approx", "similarity", "device", "batch_size", "name", "expert.size", "expert.recipe",
                     "corpus.size", "corpus.seed", "approx.dim", "approx.params", "strategies", "recipe.epochs",
-                    "retraining", "retraining.stop_on", "retraining.patience", "retraining.epochs"]
+                    "retraining", "retraining.stop_on", "retraining.patience", "retraining.epochs",
+                    "condition", "approx.target_source", "approx.target_size", "retraining.monitor_source"]
 YAML_VALUES = st.sampled_from(["[", "{a: 1", "-1", "0", "[]", "[1, 1]", "null", "x", "{}", "[random]",
                                "task_agreement", "task_loss", "teacher_kl", "{stop_on: task_kl, patience: 0}",
                                "{stop_on: task_agreement, monitor_size: 1}", "{epochs: 2, stop_on: bogus}",
                                "[{name: random, options: {1: 2}}]", "[{name: select, options: {bogus: 1}}]",
-                               "{dim: -3}", "{reference_size: 0, embed: maybe}", "1e3", "'\\x00'", "[0, -2]"]) | TEXT
+                               "{dim: -3}", "{reference_size: 0, embed: maybe}", "1e3", "'\\x00'", "[0, -2]",
+                               "weights", "task_texts", "true_data", "finetuned", "contrast", "base", "task",
+                               "[{name: rds, options: {pooling: bogus}}]", "[{name: dsir, options: {buckets: 0}}]",
+                               "[gen_knn]"]) | TEXT
 
 
 @settings(max_examples=120, **SETTINGS)
@@ -328,3 +334,28 @@ def test_an_unencodable_results_folder_is_a_named_error(folder, capsys):
     except SystemExit as exc:
         code = exc.code
     assert code == 2 and "leaderboard results folder" in capsys.readouterr().err
+
+
+GENERATION_FIELDS = ["source", "max_new_tokens", "temperature", "top_p", "repetition_penalty", "min_words",
+                     "batch_size"]
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(fields=st.dictionaries(st.sampled_from(GENERATION_FIELDS), VALUE | st.sampled_from(
+    ["finetuned", "base", "contrast", 0, 1, 0.5, 1.0, 2])))
+@example(fields={"top_p": 0.0})
+@example(fields={"repetition_penalty": 0.9})
+@example(fields={"source": "task"})  # the rule's task monitor is not a sampler
+def test_generation_settings_validation(fields):
+    """The sampler behind the weights condition's texts: every setting is valid or a named error."""
+    from dataclasses import asdict
+
+    from lm_eval_approx.features.generation import GenerationSettings
+
+    try:
+        settings_ = GenerationSettings(**fields)
+    except ApproxError as exc:
+        _named(exc)
+        return
+    assert GenerationSettings(**asdict(settings_)) == settings_
+    assert 0 < settings_.top_p <= 1 and settings_.repetition_penalty >= 1 and settings_.min_words >= 1

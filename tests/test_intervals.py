@@ -132,7 +132,7 @@ def test_seed_retraining_seeds_each_cells_retraining(tiny_gpt2):
 
     raw = {"base": tiny_gpt2, "expert": {"adapter": tiny_gpt2}, "corpus": {"spec": "seed:wikitext2"},
            "strategies": [{"name": "select", "seeds": [0, 1]}], "budgets": [4]}
-    plain, seeded = config_from_dict(raw), config_from_dict({**raw, "seed_retraining": True})
+    plain, seeded = config_from_dict(raw).resolve(), config_from_dict({**raw, "seed_retraining": True}).resolve()
     cells = [c for c in seeded.cells() if c.kind == "approx"]
     seeds = [approx_model_args(seeded, c, tiny_gpt2)["train_seed"] for c in cells]
     assert seeds == [0, 1]

@@ -212,7 +212,7 @@ def _tiny_dict(**changes) -> dict:
 ])
 def test_bad_config_fails_before_compute_naming_the_key(changes, key, tmp_path, monkeypatch, capsys):
     with pytest.raises(LeaderboardConfigError) as info:
-        config_from_dict(_tiny_dict(**changes))
+        config_from_dict(_tiny_dict(**changes)).resolve()  # names (strategies, tasks) are looked up here
     assert info.value.field == key
     # Through the CLI: exit 2, one line naming the key, and no cell or expert was started.
     monkeypatch.setattr(runner, "expert_model", lambda *a, **k: pytest.fail("expert built for a bad config"))
@@ -226,17 +226,17 @@ def test_bad_config_fails_before_compute_naming_the_key(changes, key, tmp_path, 
 def test_a_strategy_recipe_changes_only_its_own_rows_retraining(monkeypatch):
     monkeypatch.setattr(runner, "resolve_model", lambda name: name)
     data = _tiny_dict(strategies=["select", {"name": "select", "label": "select_2ep", "recipe": {"epochs": 2}}])
-    config = config_from_dict(data)
+    config = config_from_dict(data).resolve()
     plain, longer = (next(c for c in config.cells() if c.label == label) for label in ("select", "select_2ep"))
     default_epochs = config.recipe_for().epochs
     assert runner.approx_model_args(config, plain, "EXPERT")["train_epochs"] == default_epochs
     assert runner.approx_model_args(config, longer, "EXPERT")["train_epochs"] == 2
     assert config.recipe_for(config.expert.recipe).epochs == default_epochs
     # A row without a recipe hashes as before the key existed, so earlier results still resume.
-    alone = config_from_dict(_tiny_dict(strategies=["select"]))
+    alone = config_from_dict(_tiny_dict(strategies=["select"])).resolve()
     assert runner.cell_hash(config, plain) == runner.cell_hash(alone, plain)
     assert runner.cell_hash(config, longer) != runner.cell_hash(
-        config_from_dict(_tiny_dict(strategies=[{"name": "select", "label": "select_2ep"}])), longer)
+        config_from_dict(_tiny_dict(strategies=[{"name": "select", "label": "select_2ep"}])).resolve(), longer)
 
 
 def test_the_training_path_names_a_cell_whether_stated_or_defaulted(monkeypatch):
@@ -245,12 +245,12 @@ def test_the_training_path_names_a_cell_whether_stated_or_defaulted(monkeypatch)
     taken from the defaults."""
     monkeypatch.setattr(runner, "resolve_model", lambda name: name)
     old_path = {"mixed_precision": "no", "batch_order": "shuffled", "dropout_sampler": "torch"}
-    plain = config_from_dict(_tiny_dict(strategies=["select"]))
+    plain = config_from_dict(_tiny_dict(strategies=["select"])).resolve()
     cell = next(c for c in plain.cells() if c.label == "select")
-    pinned = config_from_dict(_tiny_dict(strategies=["select"], recipe=dict(plain.recipe, **old_path)))
+    pinned = config_from_dict(_tiny_dict(strategies=["select"], recipe=dict(plain.recipe, **old_path))).resolve()
     assert runner.cell_hash(pinned, cell) != runner.cell_hash(plain, cell)  # defaults: the fast path
     stated = config_from_dict(_tiny_dict(strategies=["select"],
-                                         recipe=dict(plain.recipe, **{**old_path, "batch_order": "bucketed"})))
+                                         recipe=dict(plain.recipe, **{**old_path, "batch_order": "bucketed"}))).resolve()
     assert runner.cell_hash(stated, cell) != runner.cell_hash(pinned, cell)
     before = runner.cell_hash(plain, cell)
     # Were the defaults the old path, nothing would name the training path: the hash would change.

@@ -98,10 +98,10 @@ def test_probes_leave_the_trained_weights_unchanged_and_are_recorded(tiny_llama,
     probed = train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / "b", progress=False, probes=[probe])
     for (name, a), (_, b) in zip(plain.model.named_parameters(), probed.model.named_parameters()):
         assert torch.equal(a, b), name
-    curves = probed.history["probes"]
+    curves = probed.history.probes
     assert set(curves) == {"teacher_kl", "teacher_agreement"}
     assert len(curves["teacher_kl"]) == 3  # θ0, then after each of 2 epochs
-    assert "probes" not in plain.history or plain.history["probes"] == {}
+    assert plain.history.probes == {}
 
 
 def test_a_teacher_signal_picks_the_kept_epoch_and_counts_patience(tiny_llama, tmp_path, monkeypatch):
@@ -113,12 +113,12 @@ def test_a_teacher_signal_picks_the_kept_epoch_and_counts_patience(tiny_llama, t
     recipe = TrainingRecipe(**FAST, epochs=5, patience=2, stop_on="teacher_kl")
     result = train_model(tiny_llama, AGNEWS, toy_examples(24), recipe, tmp_path / "w", progress=False, probes=[probe])
     history = result.history
-    assert history["probes"]["teacher_kl"] == [0.5, 0.2, 0.3, 0.4]
-    assert history["best_epoch"] == 1 and history["best_signal"] == 0.2
-    assert history["stopped_early"] and history["epochs_run"] == 3
-    assert len(history["validation_loss"]) == 3 and history["best_validation_loss"] == min(history["validation_loss"])
+    assert history.probes["teacher_kl"] == [0.5, 0.2, 0.3, 0.4]
+    assert history.best_epoch == 1 and history.best_signal == 0.2
+    assert history.stopped_early and history.epochs_run == 3
+    assert len(history.validation_loss) == 3 and history.best_validation_loss == min(history.validation_loss)
     # The rule replay of benchmarks/epoch_curves.py --rules keeps what the loop kept, on the full curve.
-    assert _epoch_curves().kept_epoch([0.5, 0.2, 0.3, 0.4, 0.1], False, True, 2) == history["best_epoch"]
+    assert _epoch_curves().kept_epoch([0.5, 0.2, 0.3, 0.4, 0.1], False, True, 2) == history.best_epoch
     assert _epoch_curves().kept_epoch([0.5, 0.2, 0.3, 0.4, 0.1], False, True, 0) == 4
 
 
@@ -132,8 +132,8 @@ def test_the_rule_replay_keeps_the_loops_epoch_under_validation_loss(tiny_llama,
     """Validation loss: θ0 is never kept (the loop starts with no best); the replay agrees."""
     recipe = TrainingRecipe(**FAST, epochs=3, patience=1)
     history = train_model(tiny_llama, AGNEWS, toy_examples(24), recipe, tmp_path / "w", progress=False).history
-    curve = [history["initial_validation_loss"], *history["validation_loss"]]
-    assert _epoch_curves().kept_epoch(curve, False, False, 1) == history["best_epoch"] >= 1
+    curve = [history.initial_validation_loss, *history.validation_loss]
+    assert _epoch_curves().kept_epoch(curve, False, False, 1) == history.best_epoch >= 1
 
 
 def test_theta0_is_kept_when_no_epoch_beats_it(tiny_llama, tmp_path):
@@ -143,7 +143,7 @@ def test_theta0_is_kept_when_no_epoch_beats_it(tiny_llama, tmp_path):
     probe = probes_module.Probe(lambda model, tok: {"teacher_agreement": next(script)}, {"teacher_agreement": True})
     recipe = TrainingRecipe(**FAST, epochs=2, patience=0, stop_on="teacher_agreement")
     result = train_model(tiny_llama, AGNEWS, toy_examples(24), recipe, tmp_path / "w", progress=False, probes=[probe])
-    assert result.history["best_epoch"] == 0 == _epoch_curves().kept_epoch([0.9, 0.5, 0.4], True, True, 0)
+    assert result.history.best_epoch == 0 == _epoch_curves().kept_epoch([0.9, 0.5, 0.4], True, True, 0)
     theta0 = load_model(tiny_llama)
     merged = result.model.merge_and_unload()
     for name, value in theta0.state_dict().items():
@@ -186,8 +186,8 @@ def test_a_run_stopped_on_a_teacher_signal_resumes_to_the_same_weights_and_curve
         train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / "cut", progress=False, probes=[probe],
                     on_epoch_end=crash)
     resumed = train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / "cut", progress=False, probes=[probe])
-    assert resumed.history["resumed_from_epoch"] == 1
-    assert resumed.history["probes"] == whole.history["probes"]
-    assert resumed.history["best_epoch"] == whole.history["best_epoch"]
+    assert resumed.history.resumed_from_epoch == 1
+    assert resumed.history.probes == whole.history.probes
+    assert resumed.history.best_epoch == whole.history.best_epoch
     for (name, a), (_, b) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
         assert torch.equal(a, b), name

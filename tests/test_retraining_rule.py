@@ -158,9 +158,10 @@ def test_leaderboard_rows_retrain_under_the_rule_unless_the_config_says_otherwis
            "corpus": {"spec": "seed:wikitext2", "size": 20}, "budgets": [4],
            "strategies": ["random", {"name": "select", "recipe": {"epochs": 3}}], "recipe": {"batch_size": 8},
            "condition": "task_texts"}
-    ruled = config_from_dict(raw)
+    assert config_from_dict(raw).retraining is None  # the rule comes with the task, when resolved
+    ruled = config_from_dict(raw).resolve()
     assert ruled.retraining == retraining_rule(CLASSIFICATION)
-    weights = config_from_dict({**raw, "condition": "weights"})
+    weights = config_from_dict({**raw, "condition": "weights"}).resolve()
     assert weights.retraining == {**retraining_rule(CLASSIFICATION), "monitor_source": "finetuned"}
     assert ruled.recipe_for().epochs == 1 and ruled.recipe_for().stop_on == VALIDATION_LOSS  # the expert
     random_recipe, select_recipe = ruled.retraining_for("random"), ruled.retraining_for("select")
@@ -168,11 +169,11 @@ def test_leaderboard_rows_retrain_under_the_rule_unless_the_config_says_otherwis
     assert (select_recipe.epochs, select_recipe.stop_on) == (3, TASK_AGREEMENT)  # the row's recipe wins
     cell = ruled.cells()[2]
     assert approx_model_args(ruled, cell, "expert")["train_stop_on"] == TASK_AGREEMENT
-    plain = config_from_dict({**raw, "retraining": {}})
+    plain = config_from_dict({**raw, "retraining": {}}).resolve()
     assert plain.retraining_for("random") == plain.recipe_for()
     assert cell_hash(plain, cell) != cell_hash(ruled, cell)
     assert [cell_hash(plain, c) for c in plain.cells()[:2]] == [cell_hash(ruled, c) for c in ruled.cells()[:2]]
-    lm = config_from_dict({**raw, "task": "approx_msmarco", "expert": {"data": "msmarco:train", "size": 8}})
+    lm = config_from_dict({**raw, "task": "approx_msmarco", "expert": {"data": "msmarco:train", "size": 8}}).resolve()
     assert lm.retraining == retraining_rule(LANGUAGE_MODELLING)
     for bad, field in (({"stop_on": "test_accuracy"}, "retraining.stop_on"), ([1], "retraining")):
         with pytest.raises(ApproxError) as caught:

@@ -16,7 +16,7 @@ import pytest
 
 from lm_eval_approx.cli import main
 from lm_eval_approx.errors import ConfigError, UnknownNameError
-from lm_eval_approx.tasks import kinds, lm_eval_spec, lm_eval_tasks, specs
+from lm_eval_approx.tasks import kinds, lm_eval_spec, lm_eval_tasks
 from lm_eval_approx.tasks.lm_eval_spec import TaskKindError, TaskPromptError
 from lm_eval_approx.tasks.lm_eval_tasks import TaskLoadError, UnknownTaskError, get_task_spec
 from _specs import AGNEWS, MSMARCO
@@ -103,13 +103,20 @@ def _requests(task) -> dict[int, list[tuple]]:
 
 def test_both_spec_implementations_have_the_task_spec_interface(user_tasks):
     """``LmEvalTaskSpec`` (every task the pipeline builds) and ``TemplateSpec`` (the in-code twins)
-    are ``TaskSpec``s; the former names of ``tasks/specs.py`` are the same objects."""
-    for spec in (AGNEWS, MSMARCO, get_task_spec("user_sentiment", include_path=user_tasks),
-                 get_task_spec("user_passages", include_path=user_tasks)):
+    are ``TaskSpec``s, and what ``get_task_spec`` returns is an ``LmEvalTaskSpec``."""
+    built = [get_task_spec(name, include_path=user_tasks) for name in ("user_sentiment", "user_passages")]
+    for spec in (AGNEWS, MSMARCO, *built):
         assert isinstance(spec, kinds.TaskSpec), spec
-    assert (specs.TaskSpec, specs.CLASSIFICATION, specs.task_key) == (kinds.TaskSpec, kinds.CLASSIFICATION,
-                                                                      kinds.task_key)
-    assert specs.get_task_spec is get_task_spec
+    assert all(isinstance(spec, lm_eval_spec.LmEvalTaskSpec) for spec in built)
+    assert not isinstance(object(), kinds.TaskSpec)
+
+
+def test_the_former_module_of_task_specs_is_gone():
+    """Task kinds, ``TaskSpec`` and ``task_key`` live in ``tasks/kinds.py``, ``get_task_spec`` in
+    ``tasks/lm_eval_tasks.py``; nothing imports ``tasks/specs.py`` any more."""
+    import importlib.util
+
+    assert importlib.util.find_spec("lm_eval_approx.tasks.specs") is None
 
 
 @pytest.mark.parametrize("name", ["user_sentiment", "user_sentiment_fn"])

@@ -88,10 +88,10 @@ def test_training_reduces_training_and_validation_loss(request, tmp_path, base_n
         examples = [SelectedExample(id=e.id, text=e.text, weight=e.weight) for e in examples]
     result = train_model(base, spec, examples, TrainingRecipe(epochs=4, **FAST), tmp_path / "work", progress=False)
     history = result.history
-    assert history["n_train"] == 36 and history["n_validation"] == 12
-    assert history["train_loss"][-1] < 0.8 * history["train_loss"][0]
-    assert history["validation_loss"][-1] < 0.8 * history["initial_validation_loss"]
-    assert history["best_epoch"] == 1 + min(range(4), key=history["validation_loss"].__getitem__)
+    assert history.n_train == 36 and history.n_validation == 12
+    assert history.train_loss[-1] < 0.8 * history.train_loss[0]
+    assert history.validation_loss[-1] < 0.8 * history.initial_validation_loss
+    assert history.best_epoch == 1 + min(range(4), key=history.validation_loss.__getitem__)
 
 
 @pytest.mark.parametrize(
@@ -350,7 +350,7 @@ def test_micro_batches_and_gradient_checkpointing_give_the_same_gradients(tiny_l
     (each trimmed to its own padding) and recomputed activations sum to the whole batch's."""
     from accelerate import Accelerator
 
-    from lm_eval_approx.training.loop import _backward_in_parts
+    from lm_eval_approx.training.epoch import backward_in_parts
     from lm_eval_approx.training.model import prepare_model
 
     examples = toy_examples(8, weights=True)
@@ -363,7 +363,7 @@ def test_micro_batches_and_gradient_checkpointing_give_the_same_gradients(tiny_l
         model, tokenizer = prepare_model(tiny_llama, recipe)
         rows = normalise_weights(render_examples(tokenizer, spec, examples, 64))
         batch = training_batch(rows, tokenizer.pad_token_id)
-        loss = _backward_in_parts(Accelerator(), model, batch, spec.kind, True, recipe.micro_batch_size)
+        loss = backward_in_parts(Accelerator(), model, batch, spec.kind, True, recipe.micro_batch_size)
         return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     whole_loss, whole = gradients()
@@ -377,7 +377,7 @@ def test_micro_batches_and_gradient_checkpointing_give_the_same_gradients(tiny_l
 def test_memory_options_train_end_to_end_and_are_recipe_fields(tiny_llama, tmp_path):
     recipe = TrainingRecipe(**FAST, epochs=1, micro_batch_size=3, gradient_checkpointing=True)
     result = train_model(tiny_llama, AGNEWS, toy_examples(16), recipe, tmp_path / "w", progress=False)
-    assert result.history["epochs_run"] == 1 and result.history["train_loss"][0] > 0
+    assert result.history.epochs_run == 1 and result.history.train_loss[0] > 0
     assert TrainingRecipe(micro_batch_size=3).recipe_hash() != TrainingRecipe().recipe_hash()
     assert TrainingRecipe.from_options({"gradient_checkpointing": "true"}).gradient_checkpointing is True
     with pytest.raises(ConfigError, match="gradient_checkpointing"):
@@ -433,7 +433,7 @@ def test_class_balance_weights_each_label_equally_and_trains_as_explicit_weights
     assert TrainingRecipe(**FAST).recipe_hash() == TrainingRecipe(**FAST, class_balance="none").recipe_hash()
     by_recipe = train_model(tiny_llama, AGNEWS, skewed, recipe, tmp_path / "a", progress=False)
     by_hand = train_model(tiny_llama, AGNEWS, balanced, TrainingRecipe(**FAST, epochs=1), tmp_path / "b", progress=False)
-    assert by_recipe.history["train_loss"] == pytest.approx(by_hand.history["train_loss"], rel=1e-6)
+    assert by_recipe.history.train_loss == pytest.approx(by_hand.history.train_loss, rel=1e-6)
     first, second = by_recipe.model.state_dict(), by_hand.model.state_dict()
     assert all(torch.allclose(first[n], second[n], atol=1e-6) for n in first)
     with pytest.raises(ConfigError, match="class_balance"):

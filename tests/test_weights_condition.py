@@ -22,7 +22,7 @@ from lm_eval_approx.features.generation import (
 )
 from lm_eval_approx.leaderboard.config import EXPERT, THETA0, Cell, config_from_dict
 from lm_eval_approx.leaderboard.knowledge import TASK_TEXTS, TRUE_DATA, WEIGHTS, row_knowledge
-from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
 
 AGNEWS = "approx_agnews"
@@ -34,6 +34,10 @@ def _grid(**changes) -> dict:
             "strategies": ["random", "select", "gen_knn", "dsir", "rds"], "budgets": [5]}
     grid.update(changes)
     return grid
+
+
+def _resolved(raw: dict):
+    return config_from_dict(raw).resolve()
 
 
 def test_the_prompt_prefix_is_the_template_before_the_text():
@@ -183,24 +187,24 @@ def test_sampled_monitor_texts_come_from_the_generation_stage(tiny_llama):
 
 
 def test_the_condition_sets_the_rule_and_the_baselines_targets():
-    weights = config_from_dict(_grid())
+    weights = _resolved(_grid())
     assert weights.condition == "weights"
     assert weights.retraining_for("select").monitor_source == "finetuned"
     assert weights.target_source_for("gen_knn") == "finetuned" and weights.target_source_for("select") is None
-    texts = config_from_dict(_grid(condition="task_texts"))
+    texts = _resolved(_grid(condition="task_texts"))
     assert texts.retraining_for("select").monitor_source == "task"
     assert texts.target_source_for("dsir") == "task"
-    own = config_from_dict(_grid(condition="task_texts", approx={"target_source": "base"}))
+    own = _resolved(_grid(condition="task_texts", approx={"target_source": "base"}))
     assert own.target_source_for("rds") == "base"
     with pytest.raises(ConfigError, match="condition"):
-        config_from_dict(_grid(condition="everything"))
+        _resolved(_grid(condition="everything"))
 
 
 def test_each_row_knows_what_it_used():
-    weights = config_from_dict(_grid())
-    texts = config_from_dict(_grid(condition="task_texts"))
-    plain = config_from_dict(_grid(condition="task_texts", retraining={}))
-    ceiling = config_from_dict(_grid(condition="true_data"))
+    weights = _resolved(_grid())
+    texts = _resolved(_grid(condition="task_texts"))
+    plain = _resolved(_grid(condition="task_texts", retraining={}))
+    ceiling = _resolved(_grid(condition="true_data"))
 
     def knew(config, label, kind="approx"):
         return row_knowledge(config, Cell(f"{label}-k5-s0", kind, label, 5, 0))
@@ -215,8 +219,8 @@ def test_each_row_knows_what_it_used():
 def test_the_cell_hash_names_the_target_texts_and_keeps_other_rows():
     from lm_eval_approx.leaderboard.cell_keys import cell_hash
 
-    weights = config_from_dict(_grid(retraining={}))
-    texts = config_from_dict(_grid(condition="task_texts", retraining={}))
+    weights = _resolved(_grid(retraining={}))
+    texts = _resolved(_grid(condition="task_texts", retraining={}))
     for label, same in (("random", True), ("select", True), ("gen_knn", False), ("dsir", False)):
         cell = Cell(f"{label}-k5-s0", "approx", label, 5, 0)
         assert (cell_hash(weights, cell) == cell_hash(texts, cell)) is same
@@ -225,7 +229,7 @@ def test_the_cell_hash_names_the_target_texts_and_keeps_other_rows():
 def test_selection_cost_counts_each_stage_by_its_definition(monkeypatch):
     from lm_eval_approx.leaderboard import cost
 
-    config = config_from_dict(_grid(retraining={}))
+    config = _resolved(_grid(retraining={}))
     monkeypatch.setattr(cost, "_pool_tokens", lambda *args: (1000, 800))
     monkeypatch.setattr(cost, "parameter_count", lambda base: 10)
     monkeypatch.setattr(cost, "sentence_model_parameters", lambda: 3)
@@ -313,11 +317,11 @@ def test_nucleus_sampling_draws_the_nucleus_distribution_by_definition(head):
 def test_the_estimate_counts_sampled_texts_once_per_draw_and_source():
     from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
 
-    plain = config_from_dict(_grid(strategies=["random"], seeds=[0, 1], condition="task_texts", seed_retraining=True))
-    sampled = config_from_dict(_grid(strategies=["random"], seeds=[0, 1], seed_retraining=True))
+    plain = _resolved(_grid(strategies=["random"], seeds=[0, 1], condition="task_texts", seed_retraining=True))
+    sampled = _resolved(_grid(strategies=["random"], seeds=[0, 1], seed_retraining=True))
     extra = estimate(sampled).seconds["retraining"] - estimate(plain).seconds["retraining"]
     assert extra == pytest.approx(2 * 256 / CPU_RATES["generate"])  # one draw per retraining seed
-    one = config_from_dict(_grid(strategies=["random", "dsir"], retraining={}))
-    two = config_from_dict(_grid(strategies=["random", "dsir", "gen_knn"], retraining={}))
+    one = _resolved(_grid(strategies=["random", "dsir"], retraining={}))
+    two = _resolved(_grid(strategies=["random", "dsir", "gen_knn"], retraining={}))
     added = estimate(two).seconds["labels+features"] - estimate(one).seconds["labels+features"]
     assert added == pytest.approx((50 + 256) / CPU_RATES["embed_sentence"])  # the targets are shared

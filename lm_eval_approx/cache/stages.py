@@ -1,5 +1,6 @@
 """Stage caching: each pipeline stage's output lives under ``$LM_EVAL_APPROX_CACHE/stages/<name>/<key>``,
-where ``key`` hashes exactly the inputs that stage depends on (and the keys of the stages before it).
+where ``key`` hashes exactly the inputs that stage depends on (and the keys of the stages before it),
+under the cache schema (``cache/keys.py``: its table says which inputs older keys leave out).
 
 A stage folder counts as finished only when its ``stage.json`` exists, which is written last and
 atomically; a per-key file lock keeps two runs sharing one cache from computing it twice (the
@@ -11,7 +12,6 @@ existed (no ``"files"``) is trusted as it is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -31,19 +31,19 @@ from lm_eval_approx.cache.integrity import (
     quarantine,
     verify_level,
 )
+from lm_eval_approx.cache.keys import CACHE_SCHEMA, record_key
 from lm_eval_approx.cache.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "stage.json"
 FILES_KEY = "files"
-KEY_HEX_DIGITS = 16
 
 
-def stage_key(name: str, inputs: dict[str, Any]) -> str:
-    """A hash of a stage's name and inputs (JSON with sorted keys, so order never matters)."""
-    text = json.dumps({"stage": name, **inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:KEY_HEX_DIGITS]
+def stage_key(name: str, inputs: dict[str, Any], schema: int = CACHE_SCHEMA) -> str:
+    """A hash of a stage's name and inputs (JSON with sorted keys, so order never matters), as keys
+    of ``schema`` record them (``cache/keys.py`` ``KEY_RULES``)."""
+    return record_key(name, {"stage": name, **inputs}, schema=schema)
 
 
 @dataclass

@@ -34,6 +34,7 @@ import sys
 from lm_eval_approx.commands.leaderboard_analysis import ANALYSES, add_parsers
 from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.leaderboard.cluster_executors import DEFAULT_SLURM_MINUTES, RayExecutor, SlurmExecutor
+from lm_eval_approx.leaderboard.config import TargetNotLoadedError
 from lm_eval_approx.leaderboard.estimate import describe, estimate
 from lm_eval_approx.leaderboard.executors import DEFAULT_RETRIES, LocalPool
 from lm_eval_approx.leaderboard.html import HTML_FILE
@@ -42,7 +43,7 @@ from lm_eval_approx.leaderboard.machine_probe import slowdown
 from lm_eval_approx.leaderboard.outputs import write_outputs
 from lm_eval_approx.leaderboard.report import CSV_FILE, MD_FILE, build_board, to_markdown
 from lm_eval_approx.leaderboard.runner import finished_cells, run_leaderboard
-from lm_eval_approx.leaderboard.sources import load_config
+from lm_eval_approx.leaderboard.sources import read_config
 
 USAGE = ("%(prog)s (--config FILE | --preset NAME | --show DIR) [--out OUT] [options]\n"
          f"       %(prog)s {{{','.join(ANALYSES)}}} --out OUT [options]")
@@ -178,24 +179,49 @@ def upfront_cost(config, args: argparse.Namespace) -> str:
             f"{on_this_machine(config, est.total)}{unknown}; --dry-run shows the parts")
 
 
+def dry_run(config, args: argparse.Namespace) -> str:
+    """The ``--dry-run`` text: the planned cells, those finished (``--resume --out``) and the cost,
+    from the resolved config; when the target task is known but does not load here (its data
+    missing), the cells alone and why the rest is not there."""
+    try:
+        config = config.resolve()
+    except TargetNotLoadedError as exc:
+        return plan_without_task(config, args.only, exc)
+    done = finished_cells(args.out, config, args.only) if args.resume and args.out else frozenset()
+    text = describe(config, done, args.only)
+    if config.device == "cpu":
+        text += f"\n  {on_this_machine(config, estimate(config, done, args.only).total)}"
+    return text
+
+
+def plan_without_task(config, only: list[str] | None, error: TargetNotLoadedError) -> str:
+    """The planned cells of an unresolved config, and what a dry run cannot say without its task."""
+    cells = config.chosen_cells(only)
+    count = f"{len(cells)} of {len(config.cells())} cells (--only)" if only else f"{len(cells)} cells"
+    return "\n".join([
+        f"leaderboard {config.name!r}: {count} on {config.device}", *(f"  {cell.id}" for cell in cells),
+        f"not checked without the target task {config.task!r}: which cells are finished (--resume) and the cost",
+        "  (lm-eval loads a task with its data; a cell's hash records the task's prompt, and the retraining",
+        "  rule and the rates follow the task's kind and training split)",
+        f"  loading it failed: {error.accepted}"])
+
+
 def leaderboard_command(args: argparse.Namespace) -> int:
     if not (args.config or args.preset or args.show):
         raise NoGridError
     if args.show:
         print(to_markdown(build_board(args.show)), end="", file=sys.stdout)
         return 0
-    config = load_config(args.config, args.preset, args.overrides)
+    config = read_config(args.config, args.preset, args.overrides)
     if args.dry_run:
-        done = finished_cells(args.out, config, args.only) if args.resume and args.out else frozenset()
-        print(describe(config, done, args.only), file=sys.stdout)
-        if config.device == "cpu":
-            print(f"  {on_this_machine(config, estimate(config, done, args.only).total)}")
+        print(dry_run(config, args), file=sys.stdout)
         return 0
     if not args.out:
         raise ConfigError("--out", None, "an output folder for the results, tables and page")
     executor = make_executor(args, config)
     if args.executor == "local":  # a cluster's driver may have no GPU: its cells check where they run
         check_device_available("device", config.device)
+    config = config.resolve()
     print(upfront_cost(config, args), file=sys.stderr, flush=True)
     run_leaderboard(config, args.out, resume=args.resume, progress=not args.no_progress, only=args.only,
                     executor=executor)

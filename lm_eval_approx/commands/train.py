@@ -10,6 +10,10 @@ benchmark's expert θf from true training data): one command, one recipe, two da
 The output folder is a PEFT adapter that ``lm-eval-approx run --model hf --model_args
 pretrained=BASE,peft=OUT`` evaluates (or a model folder with ``--method full``). Plain ``lm_eval``
 loads it too unless the adapter wraps a head tied to the embeddings (see ``harness/tied_head.py``).
+
+A probe stop signal loads θf (its teacher distribution) or samples monitor texts from θ0 and θf;
+those models run on ``--device`` in ``--dtype``, as the pipeline's do on its ``device`` and
+``extract_dtype``, and a dtype other than float32 is part of the training key.
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ import json
 import logging
 import sys
 
+from lm_eval_approx.models.devices import (
+    CPU,
+    DEFAULT_DTYPE,
+    DEVICES_ACCEPTED,
+    DTYPES,
+    check_device,
+    check_device_available,
+    check_dtype,
+)
 from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.examples import (
@@ -27,7 +40,6 @@ from lm_eval_approx.training.examples import (
     task_examples,
 )
 from lm_eval_approx.training.recipe import (
-    TASK_MONITOR,
     TrainingRecipe,
     add_recipe_arguments,
     recipe_from_args,
@@ -35,10 +47,10 @@ from lm_eval_approx.training.recipe import (
 from lm_eval_approx.training.retraining_rule import rule_for_task
 from lm_eval_approx.training.stop_signals import (
     TASK_TEXTS,
-    check_teacher,
-    monitor_identity,
-    monitor_texts,
+    build_stop_probes,
+    monitor_inputs,
 )
+from lm_eval_approx.training.summary import read_training_history
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +90,10 @@ def add_parser(subparsers) -> None:
             add("--finetuned", default=None,
                 help="θf (folder, hub id, .gguf file or alias): what a teacher stop signal (task_agreement, "
                      "task_kl, the classification rule) compares the retrained model with")
+        add("--device", default=CPU, help=f"where a probe stop signal's models run (θf's teacher distribution, the "
+            f"samplers of monitor texts): {DEVICES_ACCEPTED}; default {CPU}")
+        add("--dtype", default=DEFAULT_DTYPE, help=f"those models' dtype: {' | '.join(DTYPES)} (default "
+            f"{DEFAULT_DTYPE}; another dtype is recorded in the training key)")
         add("--no-progress", action="store_true", help="no progress bar")
         add_recipe_arguments(parser)
         parser.set_defaults(func=train_command, data_source=source)
@@ -95,11 +111,9 @@ def load_examples(args: argparse.Namespace, spec, seed: int) -> list:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from lm_eval_approx.training.loop import (  # torch: only when training
-        TRAINING_FILE,
-        train_adapter,
-    )
+    from lm_eval_approx.training.loop import train_adapter  # torch: only when training
 
+    device, dtype = check_device("device", args.device), check_dtype("dtype", args.dtype)
     include_task_folders(args.include_path)
     spec = get_task_spec(args.task)
     base_recipe = TrainingRecipe.load(args.recipe) if args.recipe else None
@@ -111,32 +125,29 @@ def train_command(args: argparse.Namespace) -> int:
         logger.warning("--finetuned is read only by a teacher stop signal (task_agreement, task_kl); this "
                        "training stops on %s and does not use it", recipe.stop_on)
     examples = load_examples(args, spec, recipe.seed)
-    probes, monitor = _stop_probes(args.base, finetuned, spec, recipe, examples) if recipe.uses_probe else ((), None)
+    probes, monitor = ((), None)
+    if recipe.uses_probe:
+        check_device_available("device", device)  # before any monitor text is drawn or model loaded
+        probes, monitor = _stop_probes(args.base, finetuned, spec, recipe, examples, device, dtype)
     out = train_adapter(args.base, spec, examples, recipe, args.out, progress=not args.no_progress,
                         probes=probes, monitor=monitor)
-    record = json.loads((out / TRAINING_FILE).read_text(encoding="utf-8"))
-    kept = (f"{recipe.stop_on} {record['best_signal']:.4g}" if recipe.uses_probe
-            else f"validation loss {record['best_validation_loss']}")
+    history = read_training_history(out)
+    kept = (f"{recipe.stop_on} {history.best_signal:.4g}" if recipe.uses_probe
+            else f"validation loss {history.best_validation_loss}")
     print(
-        f"{out}: {record['n_train']} training / {record['n_validation']} validation examples, "
-        f"best epoch {record['best_epoch']} of {record['epochs_run']}, {kept}, "
-        f"{record['examples_per_second']:.1f} examples/s",
+        f"{out}: {history.n_train} training / {history.n_validation} validation examples, "
+        f"best epoch {history.best_epoch} of {history.epochs_run}, {kept}, "
+        f"{history.examples_per_second:.1f} examples/s",
         file=sys.stdout,
     )
     return 0
 
 
-def _stop_probes(base: str, finetuned: str | None, spec, recipe: TrainingRecipe, examples: list) -> tuple:
-    """The stop signal's probe on texts of the task's training split that were not selected, and
-    what identifies it in the training key (the texts' source and θf), so an output folder trained
-    against another θf is not reused."""
-    from lm_eval_approx.models.loading import model_fingerprint
-    from lm_eval_approx.training.stop_signals import stop_probes
-
-    check_teacher(spec, recipe, finetuned)  # before any text is drawn or model loaded
-    texts = monitor_texts(spec, recipe, {example.text for example in examples}, models=(base, finetuned))
-    probes = stop_probes(spec, recipe, texts, base=base, finetuned=finetuned, max_length=recipe.max_length)
-    sampled = recipe.monitor_source != TASK_MONITOR
-    monitor = {"corpus": monitor_identity(recipe, TASK_TEXTS),
-               **({"finetuned": model_fingerprint(finetuned or base)} if recipe.uses_teacher or sampled else {})}
-    return probes, json.dumps(monitor, sort_keys=True)
+def _stop_probes(base: str, finetuned: str | None, spec, recipe: TrainingRecipe, examples: list,
+                 device: str = CPU, dtype: str = DEFAULT_DTYPE) -> tuple:
+    """The stop signal's probe on texts of the task's training split that were not selected (θf and
+    the samplers on ``device`` in ``dtype``), and what identifies it in the training key (the texts'
+    source, θf and its dtype), so an output folder trained against another θf is not reused."""
+    probes = build_stop_probes(spec, recipe, examples, base=base, finetuned=finetuned, max_length=recipe.max_length,
+                               device=device, dtype=dtype)
+    return probes, json.dumps(monitor_inputs(recipe, TASK_TEXTS, finetuned or base, dtype), sort_keys=True)

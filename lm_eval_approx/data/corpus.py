@@ -24,6 +24,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.cache.safe_paths import expand_user
 from lm_eval_approx.data.mirror import (
     data_dir,
@@ -93,10 +94,8 @@ class Corpus:
 
     def fingerprint(self) -> str:
         """A hash of ids and texts: equal fingerprints mean the same documents in the same order."""
-        digest = hashlib.sha256()
-        for doc_id, text in zip(self.ids, self.texts):
-            digest.update(doc_id.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\n")
-        return digest.hexdigest()[:16]
+        return short_hash(doc_id.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\n"
+                          for doc_id, text in zip(self.ids, self.texts))
 
     def index(self) -> dict[str, int]:
         return {doc_id: i for i, doc_id in enumerate(self.ids)}
@@ -281,7 +280,7 @@ def _load_seed(source: SourceSpec):
     raise mirror_missing(f"corpus {source.text!r}")
 
 
-def _load_source(source: SourceSpec, taken: set[str] = frozenset()):
+def _load_source(source: SourceSpec, taken: set[str] | frozenset[str] = frozenset()):
     """The documents of one parsed source; ``taken`` holds the source names used so far."""
     if source.kind == MIRROR:
         path = mirror_file(f"{source.name}/{source.split}.jsonl")
@@ -310,7 +309,7 @@ def load_corpus(spec: str, limit: int | None = None, seed: int = 0) -> Corpus:
     parts = parse_corpus_spec(spec)
     check_int("limit", limit, minimum=1, optional=True)
     check_int("seed", seed, minimum=0, accepted="an integer ≥ 0 (the seed of the limit draw)")
-    corpus, seen, sources = Corpus(), set(), set()
+    corpus, seen, sources = Corpus(), set(), set[str]()
     for part in parts:
         docs = _load_source(part, sources)
         sources.update(source for _, _, _, source in docs[:1])

@@ -9,7 +9,6 @@ came from). Rows are written in pick order.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.errors import ApproxError
 from lm_eval_approx.validation import check_int, check_number
 
@@ -94,7 +94,7 @@ def read_selection(path: str | Path) -> list[SelectedExample]:
     path = Path(path)
     if not path.is_file():
         raise SelectionFileError(f"selection file {str(path)!r} does not exist")
-    rows = []
+    rows: list[SelectedExample] = []
     try:
         with path.open(encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -114,8 +114,4 @@ def read_selection(path: str | Path) -> list[SelectedExample]:
 
 def selection_hash(rows: list[SelectedExample]) -> str:
     """A content hash of what training sees (ids, texts, labels, weights, order)."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps([row.id, row.text, row.label, row.weight], ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
+    return short_hash(json.dumps([row.id, row.text, row.label, row.weight], ensure_ascii=False) + "\n" for row in rows)

@@ -49,28 +49,32 @@ def embedding_model_dir() -> Path:
     return folder
 
 
-@lru_cache(maxsize=1)
-def _embedder():
+@lru_cache(maxsize=2)
+def _embedder(device: str = "cpu", dtype: str = "float32"):
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     folder = embedding_model_dir()
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False), AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False).eval()
+    model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False, dtype=getattr(torch, dtype))
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False), model.to(device).eval()
 
 
-def sentence_embeddings(texts: list[str], batch_size: int = EMBED_BATCH) -> np.ndarray:
-    """(len(texts), 384) float32 L2-normalised mean-pooled MiniLM embeddings."""
+def sentence_embeddings(texts: list[str], batch_size: int = EMBED_BATCH, device: str = "cpu",
+                        dtype: str = "float32") -> np.ndarray:
+    """(len(texts), 384) float32 L2-normalised mean-pooled MiniLM embeddings; the model runs on
+    ``device`` in ``dtype`` (the caller checks both), the pooling in float32."""
     import torch
 
-    tokenizer, model = _embedder()
+    tokenizer, model = _embedder(device, dtype)
     out = []
     with torch.no_grad():
         for lo in range(0, len(texts), batch_size):
             batch = tokenizer(list(texts[lo : lo + batch_size]), padding=True, truncation=True,
-                              max_length=EMBED_MAX_TOKENS, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
+                              max_length=EMBED_MAX_TOKENS, return_tensors="pt").to(device)
+            hidden = model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
     dim = model.config.hidden_size
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), dtype=np.float32)
 

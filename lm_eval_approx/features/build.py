@@ -4,7 +4,9 @@ For every checkpoint α in ``FeatureConfig.alphas`` (θ_α = θ0 + α(θf − θ
 and every document i, the store row is P ∇_θ L_i(θ_α) over the parameter set, where L_i is the
 task loss of ``features/losses.py`` with the document's (pseudo-)label; the store's target is
 P(θ0 − θf) over the same parameters, projected by the same seeded projector (see
-docs/ARCHITECTURE.md, "The maths of the fast paths"). Pseudo-labels always come from θf.
+docs/ARCHITECTURE.md, "The maths of the fast paths"). Pseudo-labels always come from θf, read in
+the feature forward of θf's own store where one row scores every choice (``fused.py``). The target
+is taken from float32 weights whatever ``dtype`` the models run in.
 ``params=head_labels`` (classification) stores instead the exact gradient of the loss restricted to
 the C label tokens with respect to their C head rows, and θ0 − θf on those rows (``label_head.py``).
 
@@ -40,6 +42,7 @@ from lm_eval_approx.features.label_head import (
     label_head_projector,
     label_token_ids,
 )
+from lm_eval_approx.features.fused import NO_CHOICE, PseudoLabelChoice, carriers, task_has_carriers
 from lm_eval_approx.features.losses import STREAM_CHUNK
 from lm_eval_approx.features.projection import make_projector
 from lm_eval_approx.features.pseudo_labels import pseudo_label
@@ -60,7 +63,8 @@ from lm_eval_approx.models.parameter_sets import (
     HEAD_LABELS,
     HEAD_SETS,
 )
-from lm_eval_approx.tasks.specs import CLASSIFICATION, LM_TEXT_RULE, get_task_spec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, LM_TEXT_RULE
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
 SHARD_DIR = "shards"
 ALPHA_DIR = "alpha-{:.4f}"
@@ -92,6 +96,18 @@ def _device(config: FeatureConfig) -> str:
     if config.device == "cuda":
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return config.device
+
+
+@contextlib.contextmanager
+def _float32_pair(config: FeatureConfig, model0, model_f):
+    """θ0 and θf as the target θ0 − θf and the ``changed`` layers are read from: the loaded models
+    when they are float32, else float32 copies on the CPU for the duration (both models once more in
+    memory, briefly). A full finetune's update is often below bf16's resolution (2⁻⁸ relative): loaded
+    in bf16, θ0 and θf round to the same weights and their difference is lost however it is taken."""
+    if config.dtype == "float32":
+        yield model0, model_f
+        return
+    yield load_model(config.base, "float32", "cpu"), load_model(config.finetuned, "float32", "cpu")
 
 
 def _parameter_set(config: FeatureConfig, model0, model_f) -> list[str]:
@@ -155,18 +171,21 @@ class _Extractor:
         self.model0 = load_model(config.base, config.dtype, device)
         self.model_f = load_model(config.finetuned, config.dtype, device)
         self.tokenizer = load_tokenizer(config.base)
-        self.names = _parameter_set(config, self.model0, self.model_f)
-        mods0, mods_f = linear_modules(self.model0), linear_modules(self.model_f)
         self.label_ids = label_token_ids(self.tokenizer, self.spec) if config.params == HEAD_LABELS else None
-        if self.label_ids is not None:
-            head = self.names[0]
-            self.projector, target = label_head_projector(mods0[head], mods_f[head], head, self.label_ids, device,
-                                                          (config.base, config.finetuned))
-        else:
-            shapes = {n: layer_shape(mods_f[n]) for n in self.names}
-            self.projector = make_projector(config.projection, shapes, config.dim, config.seed, device)
-            target = self.projector.project_delta({n: weight_delta(mods0[n], mods_f[n]) for n in self.names})
+        with _float32_pair(config, self.model0, self.model_f) as (ref0, ref_f):
+            self.names = _parameter_set(config, ref0, ref_f)
+            mods0, mods_f = linear_modules(ref0), linear_modules(ref_f)
+            if self.label_ids is not None:
+                head = self.names[0]
+                self.projector, target = label_head_projector(mods0[head], mods_f[head], head, self.label_ids,
+                                                              device, (config.base, config.finetuned))
+            else:
+                shapes = {n: layer_shape(mods_f[n]) for n in self.names}
+                self.projector = make_projector(config.projection, shapes, config.dim, config.seed, device)
+                target = self.projector.project_delta({n: weight_delta(mods0[n], mods_f[n]) for n in self.names})
         self.target = target.cpu().numpy()
+        # θf's pseudo-labels can come from the feature forward at θf itself (``fused.py``)
+        self.fusable = self.label_ids is None and task_has_carriers(self.tokenizer, self.spec, config.add_bos_token)
         self.is_head = config.params == HEAD
         self.exact_sqnorm = config.sqnorm == "exact" or (
             config.sqnorm == "auto" and (self.is_head or self.label_ids is not None))
@@ -197,20 +216,40 @@ class _Extractor:
         return pseudo_label(self.model_f, self.tokenizer, self.spec, texts, self.config.batch_size,
                             self.config.max_length, add_bos_token=self.config.add_bos_token).labels
 
-    def fill(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray, progress) -> None:
+    def fill(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray, progress,
+             fused: bool = False) -> None:
         """Compute and write the given rows of ``store`` (texts/labels indexed like the store), encoding
-        ``STREAM_CHUNK`` rows at a time so memory does not grow with the number of rows."""
+        ``STREAM_CHUNK`` rows at a time so memory does not grow with the number of rows. ``fused`` (the
+        model is θf, rows without a label yet): each row's pseudo-label is read in its feature forward
+        and written into ``labels`` (``fused.py``)."""
         for lo in range(0, len(rows), STREAM_CHUNK):
-            self._fill_chunk(store, texts, labels, rows[lo : lo + STREAM_CHUNK], progress)
+            self._fill_chunk(store, texts, labels, rows[lo : lo + STREAM_CHUNK], progress, fused)
+
+    def _documents(self, texts: list[str], labels: np.ndarray, fused: bool) -> tuple[list, list | None]:
+        """Each text's encodings under its label, and with ``fused`` its carrier (None where it has
+        none: that text is pseudo-labelled by its own pass first, as without fusion)."""
+        cfg = self.config
+        if not fused:
+            return encode_examples(self.tokenizer, self.spec, texts, labels if self.spec.kind == CLASSIFICATION
+                                   else None, cfg.max_length, cfg.add_bos_token), None
+        choices = carriers(self.tokenizer, self.spec, texts, cfg.max_length, cfg.add_bos_token)
+        loose = [j for j, c in enumerate(choices) if c is None]
+        if loose:
+            labels[loose] = self.labels_for([texts[j] for j in loose], len(loose), None)
+        own = encode_examples(self.tokenizer, self.spec, [texts[j] for j in loose], labels[loose], cfg.max_length,
+                              cfg.add_bos_token)
+        documents = [[c.encoding] if c is not None else None for c in choices]
+        for j, windows in zip(loose, own):
+            documents[j] = windows
+        return documents, choices
 
     def _fill_chunk(self, store: FeatureStore, texts: list[str], labels: np.ndarray, rows: np.ndarray,
-                    progress) -> None:
+                    progress, fused: bool) -> None:
         """``fill`` for one chunk of rows, in batches sorted by length; a document's rolling windows
         (language modelling) share a batch and merge into its one row."""
         cfg = self.config
-        documents = encode_examples(self.tokenizer, self.spec, [texts[i] for i in rows],
-                                    None if self.spec.kind != CLASSIFICATION else labels[rows], cfg.max_length,
-                                    cfg.add_bos_token)
+        chunk_labels = labels[rows]
+        documents, choices = self._documents([texts[i] for i in rows], chunk_labels, fused)
         if self.label_ids is not None:
             documents = [first_label_encodings(windows) for windows in documents]
         order = np.argsort([sum(len(e.ids) for e in windows) for windows in documents], kind="stable")
@@ -218,13 +257,17 @@ class _Extractor:
         for part in document_batches(order, [len(windows) for windows in documents], cfg.batch_size):
             counts = [len(documents[j]) for j in part]
             batch = collate([e for j in part for e in documents[j]], self.tokenizer.pad_token_id, device)
+            choose = None if choices is None else PseudoLabelChoice([choices[j] for j in part], device)
             if self.label_ids is not None:
                 loss, factors = label_head_factors(self.model_f, batch, self.names[0], self.label_ids,
-                                                   labels[rows[part]])
+                                                   chunk_labels[part])
             elif self.is_head:
-                loss, factors = head_factors(self.model_f, batch, self.names[0])
+                loss, factors = head_factors(self.model_f, batch, self.names[0], choose=choose)
             else:
-                loss, factors = layer_factors(self.model_f, batch, self.names)
+                loss, factors = layer_factors(self.model_f, batch, self.names, choose=choose)
+            if choose is not None:
+                chunk_labels[part] = np.where(choose.labels != NO_CHOICE, choose.labels, chunk_labels[part])
+                labels[rows[part]] = chunk_labels[part]
             loss, factors = merge_windows(loss, factors, counts)
             projected = self.projector.project(factors)
             sqnorm = (total_sqnorm(factors) if self.exact_sqnorm else projected.pow(2).sum(dim=1)).cpu().numpy()
@@ -236,16 +279,18 @@ class _Extractor:
                 if a.shape[1] > r:
                     raise ConfigError("task", cfg.task, f"verbalisers of at most {r} tokens (found {a.shape[1]})")
                 low = tuple(np.pad(t.cpu().numpy(), ((0, 0), (0, r - t.shape[1]), (0, 0))) for t in (a, b))
-            store.write_rows(rows[part], feats, loss.cpu().numpy(), labels[rows[part]], sqnorm, low)
+            store.write_rows(rows[part], feats, loss.cpu().numpy(), chunk_labels[part], sqnorm, low)
             progress.update(len(part))
 
 
-def build_feature_stores(config: FeatureConfig, corpus, labels, out_dir) -> list[FeatureStore]:
+def build_feature_stores(config: FeatureConfig, corpus, labels, out_dir, fused: bool = True) -> list[FeatureStore]:
     """Build (or resume) one store per checkpoint α under ``out_dir``; returns them ordered by α.
 
     ``corpus`` has ``ids`` and ``texts`` (a ``corpus.Corpus``); ``labels`` are per-document labels
     to use as they are, or None to take them from ``config.labels`` (pseudo: θf's argmax; true: the
-    corpus's own labels).
+    corpus's own labels). Pseudo-labels of documents θf's own store (α = 1) still lacks are read in
+    its feature forward where the task allows (``fused.py``), so θf runs once over them; ``fused=False``
+    runs the two passes (pseudo-labels first), the slow twin the tests hold the fused path to.
     """
     from tqdm.auto import tqdm
 
@@ -273,14 +318,18 @@ def build_feature_stores(config: FeatureConfig, corpus, labels, out_dir) -> list
         my_labels = np.full(hi - lo, NO_LABEL, dtype=np.int64)
         done_rows = np.flatnonzero(stores[-1].done)
         my_labels[done_rows] = stores[-1].labels[done_rows]
-        if len(pending):
+        fuse = fused and labels is None and extractor.fusable and config.alphas[-1] == 1.0
+        order = list(zip(config.alphas, stores))
+        if fuse:  # θf's store first: its forward labels its pending rows, which every other α then reads
+            order = order[-1:] + order[:-1]
+        elif len(pending):
             given = None if labels is None else np.asarray(labels, dtype=np.int64)[lo + pending]
             my_labels[pending] = extractor.labels_for((texts[lo + r] for r in pending), len(pending), given)
         total = sum(len(s.pending()) for s in stores)
         with tqdm(total=total, unit="ex", disable=rank != 0 or not total, desc="features") as progress:
-            for alpha, store in zip(config.alphas, stores):
+            for alpha, store in order:
                 with interpolated(extractor.model0, extractor.model_f, alpha):
-                    extractor.fill(store, texts[mine], my_labels, store.pending(), progress)
+                    extractor.fill(store, texts[mine], my_labels, store.pending(), progress, fuse and alpha == 1.0)
         if world > 1:
             barrier()
             if rank == 0:
@@ -291,6 +340,6 @@ def build_feature_stores(config: FeatureConfig, corpus, labels, out_dir) -> list
     return [FeatureStore.open(path) for path in finals]
 
 
-def build_feature_store(config: FeatureConfig, corpus, labels, out_dir) -> FeatureStore:
+def build_feature_store(config: FeatureConfig, corpus, labels, out_dir, fused: bool = True) -> FeatureStore:
     """Build (or resume) the stores of ``config`` and return the one at θf (the largest α)."""
-    return build_feature_stores(config, corpus, labels, out_dir)[-1]
+    return build_feature_stores(config, corpus, labels, out_dir, fused)[-1]

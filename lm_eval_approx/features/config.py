@@ -11,13 +11,15 @@ import json
 from dataclasses import dataclass
 
 from lm_eval_approx.errors import ConfigError, UnknownNameError
+from lm_eval_approx.models.devices import DTYPES, check_device
 from lm_eval_approx.models.parameter_sets import (
     HEAD,
     HEAD_LABELS,
     check_params,
     explicit_layers,
 )
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec, get_task_spec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.validation import (
     MIN_MAX_LENGTH,
     check_choice,
@@ -34,8 +36,6 @@ PROJECTIONS = ("kronecker", "dense", "identity")
 LABEL_SOURCES = ("pseudo", "true")
 
 SQNORM_KINDS = ("auto", "exact", "projected")
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -86,8 +86,7 @@ class FeatureConfig:
             check_choice(name, getattr(self, name), accepted)
         check_int("checkpoint", self.checkpoint, 1, self.checkpoints, optional=True,
                   accepted=f"None or an integer in 1..{self.checkpoints} (checkpoints)")
-        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ConfigError("device", self.device, "cpu or cuda")
+        check_device("device", self.device)
         if self.params == HEAD_LABELS:
             check_label_task(spec)
         if self.add_bos_token is not None and not isinstance(self.add_bos_token, bool):

@@ -15,6 +15,13 @@ baseline's retrieval targets), this module samples them from the models:
 Every row of a batch starts from the same prefix, so batches need no padding. A sample ends at
 the first newline (the template goes on after the text there) or at the end-of-text token, and
 samples shorter than ``min_words`` words are dropped. Sampling is seeded and batch-deterministic.
+
+The models run on their device in their dtype (``generated_texts``: the pipeline's ``device`` and
+``extract_dtype``); the next-token logits are upcast to float32 before the bans, the contrast, the
+penalty, the temperature and the top-p cut, so a bfloat16 model samples by the same rule. The seeded
+generator lives on the models' device: a GPU draws another stream than a CPU from the same seed.
+The cached texts are keyed by the dtype, not by the device (either draw is a valid sample of the
+same models).
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import numpy as np
 from lm_eval_approx.cache.atomic import write_json_atomic
 from lm_eval_approx.cache.stages import StageRecord, run_stage
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.tasks.specs import CLASSIFICATION, task_key
+from lm_eval_approx.models.devices import DEFAULT_DTYPE, EXTRACT_DTYPE_KEY
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, task_key
 from lm_eval_approx.validation import check_choice, check_int, check_number
 
 FINETUNED, BASE, CONTRAST = "finetuned", "base", "contrast"
@@ -155,11 +163,13 @@ def _nucleus_pick(ordered, order, top_p: float, generator):
 
 def _sample_batch(model, base_model, start: list[int], rows: int, banned, stops, settings, generator):
     """Token ids each row generated before its stop token (stop token excluded). A row that stops
-    leaves the batch (and the key-value caches), so the rest run on smaller batches."""
+    leaves the batch (and the key-value caches), so the rest run on smaller batches. Tensors live on
+    the generator's device (the models'); ``alive``, the rows' places in the output, stays on the CPU."""
     import torch
 
-    input_ids = torch.tensor([start] * rows, dtype=torch.long)
-    stop = torch.tensor(stops, dtype=torch.long)
+    device = generator.device
+    input_ids = torch.tensor([start] * rows, dtype=torch.long, device=device)
+    stop = torch.tensor(stops, dtype=torch.long, device=device)
     cache = base_cache = generated = None
     alive = torch.arange(rows)
     out: list[list[int]] = [[] for _ in range(rows)]
@@ -173,17 +183,18 @@ def _sample_batch(model, base_model, start: list[int], rows: int, banned, stops,
             scores = next_token_scores(step.logits[:, -1], base_logits, generated, banned, settings)
             token = sample_from(scores, settings.top_p, generator)
             going = ~torch.isin(token, stop)
-            for row, tok in zip(alive[going].tolist(), token[going].tolist()):
+            going_here = going.cpu()
+            for row, tok in zip(alive[going_here].tolist(), token[going].tolist()):
                 out[row].append(int(tok))
-            if not bool(going.any()):
+            if not bool(going_here.any()):
                 break
             generated = token[:, None] if generated is None else torch.cat([generated, token[:, None]], dim=1)
-            if not bool(going.all()):
+            if not bool(going_here.all()):
                 keep = torch.nonzero(going).flatten()
                 cache.batch_select_indices(keep)
                 if base_cache is not None:
                     base_cache.batch_select_indices(keep)
-                alive, generated, token = alive[keep], generated[keep], token[keep]
+                alive, generated, token = alive[going_here], generated[keep], token[keep]
             input_ids = token[:, None]
     return out
 
@@ -191,16 +202,21 @@ def _sample_batch(model, base_model, start: list[int], rows: int, banned, stops,
 def sample_texts(model, tokenizer, spec, n: int, seed: int, settings: GenerationSettings = GenerationSettings(),
                  base_model=None, add_bos_token: bool | None = None) -> tuple[list[str], int]:
     """``n`` sampled texts (module docstring) and the number of tokens generated for them.
-    ``base_model`` (θ0) is required by, and only used by, the ``contrast`` source."""
+    ``base_model`` (θ0) is required by, and only used by, the ``contrast`` source, on θf's device."""
     import torch
+
+    from lm_eval_approx.features.losses import model_device
 
     check_int("n", n, minimum=1)
     if (settings.source == CONTRAST) != (base_model is not None):
         raise ConfigError("base_model", type(base_model).__name__, "θ0 for source contrast, and only for it")
+    device = model_device(model)
+    if base_model is not None and model_device(base_model) != device:
+        raise ConfigError("base_model", str(model_device(base_model)), f"θ0 on θf's device ({device})")
     start = prefix_ids(tokenizer, spec, add_bos_token)
     banned = banned_token_ids(tokenizer, spec) if settings.source != BASE else []
     stops = stop_token_ids(tokenizer)
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator(device=device).manual_seed(int(seed))
     texts: list[str] = []
     tokens = 0
     for _ in range(MAX_BATCHES_PER_TEXT * -(-n // settings.batch_size)):
@@ -217,22 +233,23 @@ def sample_texts(model, tokenizer, spec, n: int, seed: int, settings: Generation
 
 
 def generated_texts(base: str, finetuned: str, spec, n: int, seed: int,
-                    settings: GenerationSettings = GenerationSettings(),
-                    add_bos_token: bool | None = None) -> tuple[list[str], StageRecord]:
-    """``sample_texts`` of the models named ``base`` (θ0) and ``finetuned`` (θf), cached as a stage
-    (``generations``) keyed by the sampling model(s), the task's prompt, n, seed and settings; with
+                    settings: GenerationSettings = GenerationSettings(), add_bos_token: bool | None = None, *,
+                    device: str = "cpu", dtype: str = DEFAULT_DTYPE) -> tuple[list[str], StageRecord]:
+    """``sample_texts`` of the models named ``base`` (θ0) and ``finetuned`` (θf), loaded on ``device``
+    in ``dtype``, cached as a stage (``generations``) keyed by the sampling model(s), the task's
+    prompt, n, seed, settings and the dtype (float32 is left out of the key: ``cache/keys.py``); with
     the stage's record (its info holds the tokens generated)."""
     from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
 
     sampler = base if settings.source == BASE else finetuned
     inputs = {"sampler": model_fingerprint(sampler), "task": task_key(spec), "n": n, "seed": seed,
-              "settings": asdict(settings), "add_bos_token": add_bos_token}
+              "settings": asdict(settings), "add_bos_token": add_bos_token, EXTRACT_DTYPE_KEY: dtype}
     if settings.source == CONTRAST:
         inputs["base"] = model_fingerprint(base)
 
     def compute(folder: Path) -> dict:
-        model = load_model(sampler)
-        base_model = load_model(base) if settings.source == CONTRAST else None
+        model = load_model(sampler, dtype, device)
+        base_model = load_model(base, dtype, device) if settings.source == CONTRAST else None
         texts, tokens = sample_texts(model, load_tokenizer(base), spec, n, seed, settings, base_model,
                                      add_bos_token)
         write_json_atomic(folder / TEXTS_FILE, texts)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,12 @@ from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.features.encoding import Batch, gather_positions
 from lm_eval_approx.models.layers import resolve_modules
 from lm_eval_approx.models.head_positions import HeadPositionsError, causal_lm, supports_head_positions
+
+
+# Picks each row's loss targets from the float logits at its loss positions, (B, R, V), read in the
+# same forward that yields the factors (``features/fused.py``: θf's pseudo-label of a classification
+# example); returns the batch whose targets and weights the loss then reads.
+Choose = Callable[[Batch, torch.Tensor], Batch]
 
 
 @dataclass
@@ -60,7 +67,7 @@ class LayerFactors:
 
 def total_sqnorm(factors: dict[str, LayerFactors]) -> torch.Tensor:
     """Σ over layers of the exact ‖G_b‖²; layers fed the same input (q/k/v, gate/up) share X Xᵀ."""
-    grams: dict[int, torch.Tensor] = {}
+    grams: dict[tuple, torch.Tensor] = {}
     total = None
     for f in factors.values():
         key = tensor_key(f.x)
@@ -68,29 +75,62 @@ def total_sqnorm(factors: dict[str, LayerFactors]) -> torch.Tensor:
             grams[key] = row_gram(f.x)
         term = (grams[key] * row_gram(f.delta)).sum(dim=(1, 2))
         total = term if total is None else total + term
-    return total
+    return total  # type: ignore[return-value]  # factors holds at least one layer
 
 
 GRAM_ALIGN = 16
+GRAM_BLOCK = 64
+# Below this row width a product is too cheap for the block loop's own cost.
+GRAM_BLOCK_MIN_WIDTH = 512
 
 
 def row_gram(t: torch.Tensor) -> torch.Tensor:
-    """t tᵀ per example, (B, R, W) → (B, R, R).
+    """t tᵀ per example, (B, R, W) → (B, R, R), on CPU in two ways that MKL runs faster than the plain
+    batched product (every entry is still one dot product of two rows):
 
-    On CPU a row count just short of a multiple of 16 (R = 63, 127: the loss positions of full 64-
-    and 128-token windows) runs ~1.5× slower than the next multiple (MKL, AVX-512). There each
-    example's product runs on R rounded up, its rows with the neighbour's adjacent ones, whose
-    entries are dropped (every kept entry is the same dot product): the first half of the batch
-    reads ahead into the next example, the second half back into the previous one, two batched
-    products with no example left alone (a lone product parallelises badly)."""
+    - Symmetry: for R > 32 and rows of 512 floats or more, only the blocks on and below the diagonal
+      are multiplied, one block column at a time (rows lo..R against rows lo..lo+n), and mirrored:
+      ~R²/2 + nR/2 dot products instead of R². n = 64, or 32 for R ≤ 64, where narrower products
+      lose to MKL's efficiency what they save (measured, one thread, 8,192-float rows: R = 63, 7%
+      faster; R = 255, 20%).
+    - Alignment: an operand whose row count is just short of a multiple of 16 (R = 63, 127: the
+      loss positions of full 64- and 128-token windows) runs ~1.5× slower than the next multiple
+      (AVX-512). Such operands are read with their rows rounded up, the extra rows those adjacent
+      in memory, whose entries are dropped: the first half of the batch reads ahead into the next
+      example, the second half back into the previous one, two batched products with no example
+      left alone (a lone product parallelises badly)."""
     b, r, w = t.shape
-    pad = -r % GRAM_ALIGN
-    if t.device.type != "cpu" or b < 2 or pad == 0 or pad * GRAM_ALIGN > r or not t.is_contiguous():
+    if t.device.type != "cpu" or b < 2 or not t.is_contiguous():
         return t @ t.transpose(1, 2)
-    half, rows = b // 2, r + pad
-    ahead = t.as_strided((half, rows, w), (r * w, w, 1))
-    behind = t.as_strided((b - half, rows, w), (r * w, w, 1), t.storage_offset() + (half * r - pad) * w)
-    return torch.cat([(ahead @ ahead.transpose(1, 2))[:, :r, :r], (behind @ behind.transpose(1, 2))[:, pad:, pad:]])
+    if r > GRAM_BLOCK // 2 and w >= GRAM_BLOCK_MIN_WIDTH:
+        block = GRAM_BLOCK if r > GRAM_BLOCK else GRAM_BLOCK // 2
+        out = t.new_empty(b, r, r)
+        for lo in range(0, r, block):
+            hi = min(lo + block, r)
+            part = _aligned_product(t, lo, lo, hi)
+            out[:, lo:, lo:hi] = part
+            out[:, lo:hi, hi:] = part[:, hi - lo:].transpose(1, 2)
+        return out
+    pad = -r % GRAM_ALIGN
+    if pad == 0 or pad * GRAM_ALIGN > r:
+        return t @ t.transpose(1, 2)
+    return _aligned_product(t, 0, 0, r)
+
+
+def _aligned_product(t: torch.Tensor, row_lo: int, col_lo: int, col_hi: int) -> torch.Tensor:
+    """Rows row_lo..R of each example times rows col_lo..col_hi transposed, (B, R − row_lo, col_hi −
+    col_lo), each operand read with its row count rounded up to GRAM_ALIGN (``row_gram``); ``t`` is
+    contiguous with B ≥ 2, so the rows read past an example's ends are those of its neighbours."""
+    b, r, w = t.shape
+    half, m, n = b // 2, r - row_lo, col_hi - col_lo
+    mp, np_ = m + (-m % GRAM_ALIGN), n + (-n % GRAM_ALIGN)
+
+    def rows(first: int, count: int, start: int, length: int) -> torch.Tensor:
+        return t.as_strided((count, length, w), (r * w, w, 1), t.storage_offset() + (first * r + start) * w)
+
+    ahead = rows(0, half, row_lo, mp) @ rows(0, half, col_lo, np_).transpose(1, 2)
+    behind = rows(half, b - half, r - mp, mp) @ rows(half, b - half, col_hi - np_, np_).transpose(1, 2)
+    return torch.cat([ahead[:, :m, :n], behind[:, mp - m:, np_ - n:]])
 
 
 def tensor_key(tensor: torch.Tensor) -> tuple:
@@ -124,8 +164,8 @@ def merge_windows(loss: torch.Tensor, factors: dict[str, LayerFactors],
     return merged_loss, out
 
 
-def head_factors(model: nn.Module, batch: Batch, head: str,
-                 full_logits: bool = False) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+def head_factors(model: nn.Module, batch: Batch, head: str, full_logits: bool = False,
+                 choose: Choose | None = None) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
     """Per-example loss and head factors from one forward pass (see the module docstring).
 
     Where the model takes ``logits_to_keep`` as (B, R) positions, the head runs only at the R loss
@@ -133,7 +173,8 @@ def head_factors(model: nn.Module, batch: Batch, head: str,
     that skips ~98% of the head's work, a fifth of SmolLM2's forward. ``full_logits=True`` is the
     reference path (every position, gathered afterwards), which the tests hold the fast one to.
     A model that transforms the head's output into its logits (Gemma2's soft-capping) gets δ through
-    that transform (``head_output_delta``)."""
+    that transform (``head_output_delta``). ``choose`` (see ``Choose``) picks each row's targets from
+    the logits of this very forward, before δ is formed."""
     module = resolve_modules(model, [head])[head]
     at_positions = not full_logits and supports_head_positions(model)
     with head_capture(model, module) as captured:
@@ -149,6 +190,7 @@ def head_factors(model: nn.Module, batch: Batch, head: str,
     with torch.no_grad():
         z = select(logits).float()
         check_positions(model, z, batch)
+        batch = batch if choose is None else choose(batch, z)
         # δ may take z's memory unless z is logits that head_output_delta still differentiates
         loss, delta = loss_and_delta(z.detach(), batch, overwrite=z is not logits or logits is captured["output"])
     delta = head_output_delta(logits, captured["output"], select, delta)
@@ -232,8 +274,8 @@ def frozen(model: nn.Module):
             p.requires_grad_(flag)
 
 
-def layer_factors(model: nn.Module, batch: Batch, names: list[str],
-                  full_logits: bool = False) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+def layer_factors(model: nn.Module, batch: Batch, names: list[str], full_logits: bool = False,
+                  choose: Choose | None = None) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
     """Per-example loss and factors of the named layers: forward + one backward, weights frozen.
 
     The backward starts from δ_z of ``loss_and_delta`` at the logits the loss reads (autograd carries
@@ -241,7 +283,7 @@ def layer_factors(model: nn.Module, batch: Batch, names: list[str],
     backward would run over the full vocabulary at every position. Where the model takes
     ``logits_to_keep`` positions the head runs at the loss positions only (``head_factors``), and the
     head's factors, when it is among ``names``, have one row per loss position; ``full_logits=True``
-    is the reference path, which the tests hold the fast one to."""
+    is the reference path, which the tests hold the fast one to. ``choose`` as in ``head_factors``."""
     modules = resolve_modules(model, names)
     at_positions = not full_logits and supports_head_positions(model)
     head = causal_lm(model).get_output_embeddings()
@@ -259,7 +301,7 @@ def layer_factors(model: nn.Module, batch: Batch, names: list[str],
     head_out: list[torch.Tensor] = []
     if head is not None:
         handles.append(head.register_forward_hook(lambda _m, _a, out: head_out.append(out)))
-    embed = model.get_input_embeddings()
+    embed = model.get_input_embeddings()  # type: ignore[operator]  # nn.Module types attributes as Tensor | Module
     handles.append(embed.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True)))
     try:
         with frozen(model), torch.enable_grad():
@@ -275,6 +317,7 @@ def layer_factors(model: nn.Module, batch: Batch, names: list[str],
             # own output (a linear layer's backward reads its input and weight only)
             overwrite = z is not logits or any(logits is out for out in head_out)
             with torch.no_grad():
+                batch = batch if choose is None else choose(batch, z.detach())
                 loss, delta_z = loss_and_delta(z.detach(), batch, overwrite=overwrite)
             grads = torch.autograd.grad(z, [outputs[n] for n in names], grad_outputs=delta_z, allow_unused=True)
     finally:
@@ -296,7 +339,7 @@ def layer_factors(model: nn.Module, batch: Batch, names: list[str],
     return loss, factors
 
 
-def token_rows(name: str, what: str, tensor: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
+def token_rows(name: str, what: str, tensor: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
     """A layer's input or output gradient as (B, T, width), one row per token of the (B, T) batch.
 
     Most models call their linear layers on (B, T, width); OPT's MLP (fc1, fc2) runs on the tokens
@@ -316,7 +359,7 @@ class LayerShapeError(ApproxError, ValueError):
     """A linear layer whose input does not hold one row per token of the batch, so its gradient
     cannot be split into per-example gradients."""
 
-    def __init__(self, name: str, what: str, shape: tuple[int, ...], rows: tuple[int, int]):
+    def __init__(self, name: str, what: str, shape: tuple[int, ...], rows: tuple[int, ...]):
         self.name, self.shape, self.rows = name, shape, rows
         b, t = rows
         super().__init__(

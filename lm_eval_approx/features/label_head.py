@@ -36,7 +36,7 @@ from lm_eval_approx.models.layers import (
     weight_delta,
 )
 from lm_eval_approx.models.parameter_sets import HEAD_LABELS
-from lm_eval_approx.tasks.specs import TaskSpec
+from lm_eval_approx.tasks.kinds import TaskSpec
 
 KEEP_ARGUMENT = "logits_to_keep"
 FIRST_LABEL = 0
@@ -81,7 +81,7 @@ def label_head_projector(head0: nn.Module, head_f: nn.Module, name: str, rows: l
 
 
 def _keep_supported(model: nn.Module) -> bool:
-    plain = model.get_base_model() if hasattr(model, "get_base_model") else model
+    plain = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]  # nn.Module types attributes as Tensor | Module
     return KEEP_ARGUMENT in inspect.signature(plain.forward).parameters
 
 

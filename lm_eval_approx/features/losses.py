@@ -13,11 +13,14 @@ token, 1/n on each of the n passage tokens.
 Texts stream through in chunks of ``STREAM_CHUNK`` documents (any iterable works): only one chunk's
 token lists live at a time, so memory is bounded by the chunk plus the per-document outputs
 (a few numbers each), whatever the corpus size. Within a chunk, rows are batched by length.
+
+Batches go to the model's device, whatever it is; logits are upcast to float32 before the
+log-softmax, so a bfloat16 model's losses are summed in float32 and come back as float32 numpy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from itertools import islice
 
 import numpy as np
@@ -34,7 +37,7 @@ from lm_eval_approx.features.encoding import (
     flatten,
     gather_positions,
 )
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
 from lm_eval_approx.validation import check_int
 
 DEFAULT_BATCH_SIZE = 16
@@ -92,7 +95,7 @@ def _labelled_chunks(texts: Iterable[str], labels, size: int) -> Iterator[tuple[
     if labels is None:
         yield from ((chunk, None) for chunk in text_chunks(texts, size))
         return
-    if hasattr(texts, "__len__") and hasattr(labels, "__len__") and len(labels) != len(texts):
+    if isinstance(texts, Sized) and hasattr(labels, "__len__") and len(labels) != len(texts):
         raise ConfigError("labels", f"{len(labels)} labels", f"{len(texts)} (one per text)")
     label_items, seen = iter(labels), 0
     for chunk in text_chunks(texts, size):

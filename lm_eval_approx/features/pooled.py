@@ -12,6 +12,8 @@ rows are padded on the tokenizer's padding side and the weights of pad positions
 Texts are embedded raw, not in a task template. Their ids are ``tok_encode`` (``encoding.py``:
 HFLM's rule for ``add_bos_token``), cut to the first ``max_length``; an empty text is the prefix
 token alone. Texts are batched by length (less padding) and returned in input order, float32.
+The batches go to the model's device; the hidden states are upcast to float32 before the weighted
+sum, so a bfloat16 model's rows are pooled in float32.
 """
 
 from __future__ import annotations
@@ -103,16 +105,16 @@ def pooled_hidden_states(model, tokenizer, texts: list[str], batch_size: int = D
 
 
 def base_encoder(base: str, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int = DEFAULT_POOLED_MAX_LENGTH,
-                 add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN):
-    """``texts -> pooled_hidden_states`` of the model named ``base``, loaded on the first call and
-    kept for the next (a strategy embeds the pool, then its targets)."""
+                 add_bos_token: bool | None = HFLM_ADD_BOS_TOKEN, *, device: str = "cpu", dtype: str = "float32"):
+    """``texts -> pooled_hidden_states`` of the model named ``base``, loaded on ``device`` in ``dtype``
+    on the first call and kept for the next (a strategy embeds the pool, then its targets)."""
     from lm_eval_approx.models.loading import load_model, load_tokenizer
 
     loaded: list = []
 
     def encode(texts: list[str]) -> np.ndarray:
         if not loaded:
-            loaded.extend([load_model(base), load_tokenizer(base)])
+            loaded.extend([load_model(base, dtype, device), load_tokenizer(base)])
         return pooled_hidden_states(loaded[0], loaded[1], texts, batch_size, max_length, add_bos_token=add_bos_token)
 
     return encode

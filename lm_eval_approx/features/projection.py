@@ -18,13 +18,13 @@ process and every run with the same seed projects identically.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
 
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.features.config import DEFAULT_DIM
 from lm_eval_approx.features.gradients import LayerFactors, tensor_key
@@ -38,7 +38,7 @@ SEED_HEX_DIGITS = 15
 
 def layer_seed(seed: int, name: str, part: str) -> int:
     """A stable 60-bit seed for one random matrix of one layer (independent of process and order)."""
-    return int(hashlib.sha256(f"{seed}:{name}:{part}".encode()).hexdigest()[:SEED_HEX_DIGITS], 16)
+    return int(short_hash(f"{seed}:{name}:{part}", SEED_HEX_DIGITS), 16)
 
 
 def rademacher(rows: int, cols: int, seed: int, device="cpu") -> torch.Tensor:
@@ -200,7 +200,7 @@ class DenseProjector(Projector):
         return grads.reshape(grads.shape[0], -1) @ self.matrix(name).t()
 
     def project_delta_layer(self, name, delta):
-        return self.matrix(name) @ delta.materialise().to(self.device).float().reshape(-1)
+        return self.matrix(name) @ delta.materialise().expand(self.shapes[name]).to(self.device).float().reshape(-1)
 
 
 class IdentityProjector(Projector):
@@ -223,7 +223,7 @@ class IdentityProjector(Projector):
         return grads.reshape(grads.shape[0], -1)
 
     def project_delta_layer(self, name, delta):
-        return delta.materialise().to(self.device).float().reshape(-1)
+        return delta.materialise().expand(self.shapes[name]).to(self.device).float().reshape(-1)
 
 
 PROJECTORS: dict[str, type[Projector]] = {

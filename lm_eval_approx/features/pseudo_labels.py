@@ -28,8 +28,8 @@ from lm_eval_approx.features.losses import (
     model_device,
     text_chunks,
 )
-from lm_eval_approx.models.packing import pack_rows, packing_unsupported_reason, score_packed_rows
-from lm_eval_approx.tasks.specs import CLASSIFICATION, TaskSpec
+from lm_eval_approx.models.packing import Request, pack_rows, packing_unsupported_reason, score_packed_rows
+from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _packed_choice_logprobs(model, tokenizer, per_text: list[list[Encoded]], bat
                             max_length: int) -> np.ndarray:
     """log p(choice | context) for every text and choice, all choices of a text in one packed row
     (``models/packing.py``): one forward per document whatever the number of multi-token choices."""
-    requests = [(None, enc.ids[: enc.start], enc.ids[enc.start:]) for encodings in per_text for enc in encodings]
+    requests: list[Request] = [(None, enc.ids[: enc.start], enc.ids[enc.start:]) for encodings in per_text for enc in encodings]
     rows, request_items = pack_rows(requests, max_length)
     answers: dict[int, tuple[float, bool]] = {}
     for lo in range(0, len(rows), batch_size):
@@ -191,7 +191,7 @@ def pseudo_label(model, tokenizer, spec: TaskSpec, texts: Iterable[str], batch_s
     """
     if spec.kind != CLASSIFICATION:
         raise ConfigError("task", spec.name, "a classification task (language-modelling tasks need no labels)")
-    size, packing = _chunk_size(chunk_size), {}
+    size, packing = _chunk_size(chunk_size), dict[str, bool]()
     parts = [_chunk_labels(model, tokenizer, spec, chunk, batch_size, max_length, shared_context, add_bos_token,
                            packing)
              for chunk in text_chunks(texts, size)]

@@ -26,7 +26,6 @@ against N and the shapes in ``meta.json``: a truncated file raises ``StoreCorrup
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import numpy as np
 
 from lm_eval_approx.cache.atomic import write_json_atomic
 from lm_eval_approx.cache.integrity import CorruptCacheError, quarantine
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.errors import ApproxError, ConfigError, StoreMismatchError
 from lm_eval_approx.features.gradient_features import GradientFeatures
 
@@ -71,11 +71,7 @@ class FeatureOverflowError(ApproxError, ValueError):
 
 def ids_fingerprint(ids: list[str]) -> str:
     """A short hash of the ordered ids: two stores with equal fingerprints hold the same rows."""
-    digest = hashlib.sha256()
-    for doc_id in ids:
-        digest.update(str(doc_id).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return short_hash(f"{doc_id}\0" for doc_id in ids)
 
 
 class FeatureStore:
@@ -216,7 +212,8 @@ class FeatureStore:
             self._maps["factor_b"][rows] = factors[1]
         self.flush()
         self.done[rows] = 1
-        self.done.flush()
+        if isinstance(self.done, np.memmap):  # an empty store holds plain arrays (nothing to flush)
+            self.done.flush()
 
     def set_target(self, target: np.ndarray) -> None:
         """Store the projected target P(θ0 − θf) (atomically)."""
@@ -243,7 +240,7 @@ class FeatureStore:
     # ---- consumers --------------------------------------------------------------------------
     def gradient_features(self) -> GradientFeatures:
         """The store as strategies consume it (features stay memory-mapped)."""
-        if not self.complete:
+        if not self.complete or self.target is None:
             raise StoreMismatchError(
                 f"store {str(self.path)!r} is incomplete ({int(self.done.sum())}/{len(self)} rows"
                 f"{', no target' if self.target is None else ''}); rerun the features command to resume"
@@ -271,7 +268,7 @@ class FeatureStore:
                 store.write_rows(rows, shard.features[part], shard.loss[part], shard.labels[part],
                                  shard.sqnorm[part], factors)
             start += len(shard)
-        store.set_target(shards[0].target)
+        store.set_target(shards[0].gradient_features().target)
         return store
 
 
@@ -331,4 +328,4 @@ def _load_target(path: Path, dim: int) -> np.ndarray | None:
 def _memmap(path: Path, dtype, shape: tuple[int, ...], mode: str) -> np.ndarray:
     if any(s == 0 for s in shape):
         return np.zeros(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+    return np.memmap(path, dtype=dtype, mode=mode, shape=shape)  # type: ignore[call-overload]  # numpy types mode as literals

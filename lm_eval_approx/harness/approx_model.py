@@ -18,7 +18,8 @@ adapter exactly like ``hf`` (with FastHFLM's one-forward-per-context scoring). K
 - anything else goes to HFLM (batch_size, device, dtype, max_length, ...) if HFLM or
   ``from_pretrained`` takes it (``harness/model_args.py``); any other key is an
   ``UnknownModelArgError`` before any compute. ``trust_remote_code`` is False unless given;
-  ``add_bos_token`` goes to HFLM and to every encoding of the pipeline alike, as a boolean.
+  ``add_bos_token`` goes to HFLM and to every encoding of the pipeline alike, as a boolean, and
+  ``device`` (lm-eval's ``--device``) to HFLM and to the pipeline's models (``ApproxConfig.device``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from lm_eval_approx.models.safe_weights import (
     pickle_allowed,
 )
 from lm_eval_approx.pipeline import ApproxConfig, ApproxResult, run_approximation
-from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.training.retraining_rule import rule_for_task
 
@@ -48,8 +48,9 @@ STRATEGY_PREFIX = "strategy_"
 
 
 def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingRecipe, dict[str, Any]]:
-    """Split ``--model_args`` into the pipeline config, the training recipe and HFLM's own args."""
-    config_fields = {f.name for f in dataclasses.fields(ApproxConfig)} - {"strategy_options", "add_bos_token"}
+    """Split ``--model_args`` into the pipeline config (resolved: its task loaded, its strategy
+    found), the training recipe and HFLM's own args."""
+    config_fields = {f.name for f in dataclasses.fields(ApproxConfig)} - {"strategy_options", "add_bos_token", "device"}
     recipe_fields = {f.name for f in dataclasses.fields(TrainingRecipe)}
     config, recipe, options, rest = {}, {}, {}, {}
     recipe_file = kwargs.pop("recipe", None)
@@ -71,8 +72,10 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
     check_hf_args(rest, str(config["base"]), config_fields | {"recipe", ALLOW_PICKLE_ARG})
     if "add_bos_token" in rest:  # HFLM's own argument: the pipeline must encode as HFLM will score
         config["add_bos_token"] = rest["add_bos_token"] = _as_bool("add_bos_token", rest["add_bos_token"])
-    approx = ApproxConfig(**config, strategy_options=options)
-    base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else rule_for_task(get_task_spec(approx.task))
+    if "device" in rest:  # HFLM's too (lm-eval's --device, a leaderboard's device): the pipeline runs there
+        config["device"] = rest["device"]
+    approx = ApproxConfig(**config, strategy_options=options).resolve()  # the task and strategy, before any compute
+    base_recipe = TrainingRecipe.load(recipe_file).to_dict() if recipe_file else rule_for_task(approx.task_spec)
     if "target_modules" in base_recipe:
         base_recipe["target_modules"] = ",".join(base_recipe["target_modules"])
     return approx, TrainingRecipe.from_options({**base_recipe, **recipe}), rest

@@ -36,17 +36,17 @@ def task_manager(include_path=None, **kwargs):
     return TaskManager(include_path=paths, **kwargs)
 
 
-def shared_task_manager():
-    """One lm-eval TaskManager per process and set of task folders, with our model types
-    registered: indexing every lm-eval task takes many seconds, but a folder included later (a
-    leaderboard config's ``include_path``) must be seen."""
-    return _shared_task_manager(tuple(map(str, task_folders())))
+def shared_task_manager(include_path=None):
+    """One lm-eval TaskManager per process and set of task folders (ours, then ``include_path``: a
+    leaderboard config's), with our model types registered: indexing every lm-eval task takes many
+    seconds, but a folder included later must be seen."""
+    return _shared_task_manager(tuple(map(str, task_folders())), tuple(map(str, _as_list(include_path))))
 
 
 @lru_cache(maxsize=4)
-def _shared_task_manager(folders: tuple[str, ...]):
+def _shared_task_manager(folders: tuple[str, ...], include_path: tuple[str, ...] = ()):
     prepare_lm_eval()
-    return task_manager()
+    return task_manager(list(include_path))
 
 
 def install_task_paths() -> None:

@@ -36,6 +36,7 @@ from lm_eval_approx.leaderboard.runner import (
     TrueData,
     expert_model,
     finished,
+    resolve_for_run,
     results_path,
     run_cell,
     true_data,
@@ -63,7 +64,7 @@ def run_task(config_data: dict, out: str, cell_id: str | None, resume: bool = Fa
     """Run one cell (``None``: only make θf) in this process; returns its outcome."""
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # relative paths of the config mean what they meant where the run was started
-    config = config_from_dict(config_data)
+    config = resolve_for_run(config_from_dict(config_data))
     folder = Path(out)
     if cell_id is None:
         locked_expert(config)
@@ -75,7 +76,7 @@ def run_task(config_data: dict, out: str, cell_id: str | None, resume: bool = Fa
 
         expert = "" if cell.kind == THETA0 else locked_expert(config)  # θ0's cell needs no θf
         truth = true_data(config) if cell.kind == APPROX else TrueData()  # read by approximations only
-        run_cell(config, cell, folder, expert, shared_task_manager(), truth, lambda phase: None)
+        run_cell(config, cell, folder, expert, shared_task_manager(config.include_path), truth, lambda phase: None)
 
     return claim_and_run(folder, cell.id, lambda: cell_is_done(folder, config, cell, resume, planned), run, wait)
 

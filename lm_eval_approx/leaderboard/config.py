@@ -30,99 +30,81 @@ Layout (every key but ``base``, ``expert`` and ``strategies`` has a default)::
                                    # {}: approximations retrain with recipe as the expert does)
     approx: {dim: 4096}            # ApproxConfig fields shared by all strategies
     similarity: {embed: true, reference_size: 500}
-    device: cpu
+    device: cpu                    # cpu, cuda or cuda:N: where every cell runs, the approximations' labels,
+                                   # losses, features, samples and encoders included (approx.extract_dtype:
+                                   # their dtype, float32 by default)
+    resources: {num_cpus: 4, num_gpus: 1}   # what one cell asks of --executor ray or slurm (--num-cpus and
+                                   # --num-gpus override; default: 1 CPU, 1 GPU when device is cuda)
     batch_size: 16
 
 ``--set key=value`` overrides any key (dotted for nesting: ``--set expert.size=100``); the value is
 read as YAML (``--set budgets=[10,20]``).
+
+Building a config (``config_from_dict``) checks each key's type, range and choices and looks at
+nothing outside the mapping. ``LeaderboardConfig.resolve()`` is the one step that does: it finds the
+include folders, the strategies and the extra tasks, loads the target task (lm-eval reads its data)
+and fills ``retraining`` from the rule when the config leaves it unset. Runs, cell hashes and
+estimates use the resolved copy; only a dry run gets by without it (``commands/leaderboard.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from lm_eval_approx.approx_config import ApproxConfig, UnresolvedConfigError
 from lm_eval_approx.errors import ConfigError
 
-# LeaderboardConfigError and field_error are part of this module's interface (tests, sources.py).
+# LeaderboardConfigError, TargetNotLoadedError and field_error are part of this module's interface
+# (tests, sources.py, the leaderboard command), and so are the sections' names (runner, docs).
 from lm_eval_approx.leaderboard.checks import (
     LeaderboardConfigError,
-    check_corpus_spec,
+    TargetNotLoadedError,
+    check_include_path,
     check_task,
+    check_task_name,
     field_error,
+    load_target,
 )
 from lm_eval_approx.leaderboard.rows import (
     StrategyConfig,
     check_approx,
+    check_strategy,
     int_list,
     mapping,
-    parse_strategy,
+    parse_strategies,
 )
-from lm_eval_approx.pipeline import ApproxConfig
-from lm_eval_approx.plugins.registry import include_task_folders
-from lm_eval_approx.tasks.specs import get_task_spec
-from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.leaderboard.sections import (
+    DEFAULT_REFERENCE_SIZE,
+    TASK_DATA,
+    CorpusConfig,
+    ExpertConfig,
+    TaskEntry,
+    check_flag,
+    known_keys,
+    parse_corpus,
+    parse_expert,
+    parse_extra_tasks,
+    parse_include_path,
+    parse_resources,
+    parse_similarity,
+    positive_int,
+)
+from lm_eval_approx.models.devices import check_device
 from lm_eval_approx.strategies.base import TARGET_TEXTS
 from lm_eval_approx.strategies.registry import strategy_registry
+from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.training.retraining_rule import CONDITIONS, WEIGHTS, rule_for_task
-from lm_eval_approx.validation import check_int
+from lm_eval_approx.validation import check_choice, check_int, check_text
 
 TOP_KEYS = ("name", "base", "task", "include_path", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
             "condition",
             "extra_tasks", "limit", "recipe", "retraining", "approx", "similarity", "device", "batch_size",
-            "seed_retraining")
-DEFAULT_REFERENCE_SIZE = 500
-# expert.data naming the target task's own training split rather than a corpus spec.
-TASK_DATA = "task"
-
-
-def _positive_int(key: str, value: object, allow_none: bool = False) -> None:
-    check_int(key, value, minimum=1, optional=allow_none,
-              accepted="a positive integer" + (" or null" if allow_none else ""), error=field_error)
-
-
-@dataclass
-class ExpertConfig:
-    """θf: a given model or adapter (``adapter``), or θ0 trained on ``size`` documents of ``data``
-    (true labels) with the leaderboard recipe updated by ``recipe``."""
-
-    adapter: str | None = None
-    data: str | None = None
-    size: int | None = None
-    seed: int = 0
-    recipe: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self, key: str = "expert") -> None:
-        if self.adapter is None and self.data is None:
-            raise field_error(key, None, "expert.adapter (a model or adapter folder) or expert.data "
-                                   "(a corpus with true labels, e.g. ag_news:train, or 'task': the target "
-                                   "task's training split) with expert.size")
-        if self.adapter is not None and self.data is not None:
-            raise field_error(key, {"adapter": self.adapter, "data": self.data}, "either adapter or data, not both")
-        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter.strip()):
-            raise field_error(f"{key}.adapter", self.adapter, "a model/adapter folder or alias")
-        if self.data is not None:
-            if self.data != TASK_DATA:
-                check_corpus_spec(f"{key}.data", self.data)
-            _positive_int(f"{key}.size", self.size, allow_none=True)
-        check_int(f"{key}.seed", self.seed, minimum=0, error=field_error)
-
-
-@dataclass
-class CorpusConfig:
-    """The candidate corpus: a spec, how many documents to draw (null: all) and the draw's seed."""
-
-    spec: str = "seed:wikitext2+seed:dbpedia"
-    size: int | None = None
-    seed: int = 0
-
-
-@dataclass
-class TaskEntry:
-    name: str
-    limit: int | None = None
+            "seed_retraining", "resources")
 
 
 @dataclass(frozen=True)
@@ -164,7 +146,40 @@ class LeaderboardConfig:
     include_path: list[str] = field(default_factory=list)
     seed_retraining: bool = False
     condition: str = WEIGHTS
-    retraining: dict[str, Any] = field(default_factory=dict)
+    # None: the retraining rule of the task's kind under ``condition``, filled in by resolve().
+    retraining: dict[str, Any] | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # What resolve() loads, kept beside the fields (not one of them: to_dict and equality see the config alone).
+        self._task_spec: Any = None
+
+    def resolve(self) -> LeaderboardConfig:
+        """A copy of this config with what it names looked up, each failure a named error naming its
+        key: the include folders, every strategy with its options (the plugin registry), the extra
+        tasks (lm-eval's task index), then the target task, which lm-eval loads with its data
+        (``task_spec``; ``TargetNotLoadedError`` when the task is known but does not load), and an
+        unset ``retraining`` from the rule. A resolved config is its own resolution."""
+        if self._task_spec is not None:
+            return self
+        check_include_path(self.include_path)
+        for i, strategy in enumerate(self.strategies):
+            check_strategy(f"strategies[{i}]", strategy)
+        for i, task in enumerate(self.extra_tasks):
+            check_task(f"extra_tasks[{i}].name", task.name, self.include_path)
+        spec = load_target("task", self.task, self.include_path)
+        rule = rule_for_task(spec, self.condition) if self.retraining is None else self.retraining
+        resolved = dataclasses.replace(self, retraining=rule)
+        resolved._task_spec = spec
+        _check_recipes(resolved)
+        return resolved
+
+    @property
+    def task_spec(self):
+        """The target task's spec, loaded by ``resolve()``."""
+        if self._task_spec is None:
+            raise UnresolvedConfigError("the target task's spec of a leaderboard config")
+        return self._task_spec
 
     def strategy(self, label: str) -> StrategyConfig:
         return next(s for s in self.strategies if s.label == label)
@@ -213,10 +228,60 @@ class LeaderboardConfig:
     def retraining_for(self, label: str):
         """The retraining recipe of strategy row ``label``: ``recipe``, then ``retraining`` (the
         rule), then the row's own ``recipe``."""
+        if self.retraining is None:
+            raise UnresolvedConfigError("the retraining rule of a leaderboard config")
         return TrainingRecipe.from_dict({**self.recipe, **self.retraining, **self.strategy(label).recipe})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
+    """Check every key of a parsed YAML mapping and build the config; nothing outside the mapping is
+    looked at (``LeaderboardConfig.resolve`` does that)."""
+    if not isinstance(data, dict):
+        raise field_error("config", data, "a YAML mapping")
+    known_keys("", data, TOP_KEYS)
+    metric = data.get("metric")
+    config = LeaderboardConfig(
+        base=check_text("base", data.get("base"), "a model folder, hub id or alias (tiny preset: --set base=PATH)",
+                        error=field_error),
+        expert=parse_expert(data.get("expert")), strategies=parse_strategies(data.get("strategies")),
+        name=check_text("name", data.get("name", "leaderboard"), error=field_error),
+        task=check_task_name("task", data.get("task", "approx_agnews")),
+        metric=None if metric is None else check_text("metric", metric, "a metric name such as acc, or null for the "
+                                                      "task's first", error=field_error),
+        corpus=parse_corpus(data.get("corpus")), budgets=int_list("budgets", data.get("budgets", [100]), 1),
+        seeds=int_list("seeds", data.get("seeds", [0]), 0), extra_tasks=parse_extra_tasks(data.get("extra_tasks")),
+        limit=positive_int("limit", data.get("limit"), allow_none=True), recipe=mapping("recipe", data.get("recipe")),
+        approx=check_approx("approx", mapping("approx", data.get("approx"))),
+        similarity=parse_similarity(data.get("similarity")),
+        # The form only: a Ray or SLURM driver, or --dry-run, plans GPU cells on a machine without one.
+        device=check_device("device", data.get("device", "cpu"), error=field_error),
+        batch_size=check_int("batch_size", data.get("batch_size", 16), minimum=1, accepted="a positive integer",
+                             error=field_error),
+        include_path=parse_include_path(data.get("include_path")),
+        seed_retraining=check_flag("seed_retraining", data.get("seed_retraining", False)),
+        condition=check_choice("condition", data.get("condition", WEIGHTS), CONDITIONS, error=field_error,
+                               accepted="what the approximations may know: " + ", ".join(CONDITIONS)),
+        retraining=mapping("retraining", data["retraining"]) if "retraining" in data else None,
+        resources=parse_resources(data.get("resources")),
+    )
+    _check_budgets(config)
+    _check_recipes(config)
+    _check_approx_values(config)
+    return config
+
+
+def _check_budgets(config: LeaderboardConfig) -> None:
+    """No budget asks for more documents than the corpus draws."""
+    if config.corpus.size is None:
+        return
+    for i, s in enumerate(config.strategies):
+        for k in s.budgets or config.budgets:
+            if k > config.corpus.size:
+                raise field_error(f"strategies[{i}].budgets" if s.budgets else "budgets", k,
+                                  f"k ≤ corpus.size ({config.corpus.size})")
 
 
 def _check_approx_values(config: LeaderboardConfig) -> None:
@@ -230,114 +295,16 @@ def _check_approx_values(config: LeaderboardConfig) -> None:
             raise field_error(f"{key}.{exc.field}", exc.value, exc.accepted) from None
 
 
-def _task_entry(key: str, raw: object) -> TaskEntry:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    if not isinstance(raw, dict) or set(raw) - {"name", "limit"} or "name" not in raw:
-        raise field_error(key, raw, "a task name or {name: TASK, limit: N}")
-    check_task(f"{key}.name", raw["name"], approximation=False)
-    _positive_int(f"{key}.limit", raw.get("limit"), allow_none=True)
-    return TaskEntry(raw["name"], raw.get("limit"))
-
-
-def config_from_dict(data: dict[str, Any]) -> LeaderboardConfig:
-    """Validate every key of a parsed YAML mapping and build the config (no model or data is touched
-    except lm-eval's task index, to check extra task names)."""
-    if not isinstance(data, dict):
-        raise field_error("config", data, "a YAML mapping")
-    for key in data:
-        if key not in TOP_KEYS:
-            raise field_error(key, data[key], "a leaderboard key: " + ", ".join(TOP_KEYS))
-    base = data.get("base")
-    if not isinstance(base, str) or not base.strip():
-        raise field_error("base", base, "a model folder, hub id or alias (tiny preset: --set base=PATH)")
-    include = data.get("include_path") or []
-    include = [include] if isinstance(include, str) else include
-    if not isinstance(include, list) or not all(isinstance(p, str) and p.strip() for p in include):
-        raise field_error("include_path", include, "a folder of lm-eval task YAML, or a list of them")
-    try:
-        include_task_folders(include)
-    except ConfigError as exc:
-        raise field_error("include_path", exc.value, exc.accepted) from None
-    check_task("task", data.get("task", "approx_agnews"), approximation=True)
-    expert_raw = mapping("expert", data.get("expert"))
-    known = {f.name for f in dataclasses.fields(ExpertConfig)}
-    for key in expert_raw:
-        if key not in known:
-            raise field_error(f"expert.{key}", expert_raw[key], "adapter, data, size, seed, recipe")
-    expert = ExpertConfig(**expert_raw)
-    expert.validate()
-    corpus_raw = mapping("corpus", data.get("corpus"))
-    if isinstance(data.get("corpus"), str):
-        corpus_raw = {"spec": data["corpus"]}
-    corpus = CorpusConfig(**{k: v for k, v in corpus_raw.items() if k in ("spec", "size", "seed")})
-    if set(corpus_raw) - {"spec", "size", "seed"}:
-        bad = sorted(set(corpus_raw) - {"spec", "size", "seed"})[0]
-        raise field_error(f"corpus.{bad}", corpus_raw[bad], "spec, size, seed")
-    check_corpus_spec("corpus.spec", corpus.spec)
-    _positive_int("corpus.size", corpus.size, allow_none=True)
-    check_int("corpus.seed", corpus.seed, minimum=0, error=field_error)
-    mapping("expert.recipe", expert.recipe)
-    for key in ("name", "device"):
-        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
-            raise field_error(key, data[key], "a non-empty string")
-    if data.get("metric") is not None and (not isinstance(data["metric"], str) or not data["metric"].strip()):
-        raise field_error("metric", data["metric"], "a metric name such as acc, or null for the task's first")
-    budgets = int_list("budgets", data.get("budgets", [100]), 1)
-    seeds = int_list("seeds", data.get("seeds", [0]), 0)
-    raw_strategies = data.get("strategies")
-    if not isinstance(raw_strategies, list) or not raw_strategies:
-        raise field_error("strategies", raw_strategies, "a non-empty list of registered strategy names")
-    strategies = [parse_strategy(f"strategies[{i}]", s) for i, s in enumerate(raw_strategies)]
-    labels = [s.label for s in strategies]
-    if len(set(labels)) != len(labels):
-        raise field_error("strategies", labels, "distinct labels (set label: for a second entry of one strategy)")
-    if corpus.size is not None:
-        for i, s in enumerate(strategies):
-            for k in s.budgets or budgets:
-                if k > corpus.size:
-                    raise field_error(f"strategies[{i}].budgets" if s.budgets else "budgets", k,
-                                f"k ≤ corpus.size ({corpus.size})")
-    extra = data.get("extra_tasks") or []
-    if not isinstance(extra, list):
-        raise field_error("extra_tasks", extra, "a list of lm-eval task names")
-    _positive_int("limit", data.get("limit"), allow_none=True)
-    _positive_int("batch_size", data.get("batch_size", 16))
-    condition = data.get("condition", WEIGHTS)
-    if condition not in CONDITIONS:
-        raise field_error("condition", condition, "what the approximations may know: " + ", ".join(CONDITIONS))
-    approx = mapping("approx", data.get("approx"))
-    check_approx("approx", approx)
-    config = LeaderboardConfig(
-        base=base, expert=expert, strategies=strategies, name=str(data.get("name", "leaderboard")),
-        task=data.get("task", "approx_agnews"), metric=data.get("metric"), corpus=corpus, budgets=budgets,
-        seeds=seeds, extra_tasks=[_task_entry(f"extra_tasks[{i}]", t) for i, t in enumerate(extra)],
-        limit=data.get("limit"), recipe=mapping("recipe", data.get("recipe")), approx=approx,
-        similarity=mapping("similarity", data.get("similarity")), device=str(data.get("device", "cpu")),
-        batch_size=data.get("batch_size", 16), include_path=list(include),
-        seed_retraining=data.get("seed_retraining", False),
-        retraining=(mapping("retraining", data["retraining"]) if "retraining" in data
-                    else rule_for_task(get_task_spec(data.get("task", "approx_agnews")), condition)),
-        condition=condition,
-    )
-    if not isinstance(config.seed_retraining, bool):
-        raise field_error("seed_retraining", config.seed_retraining, "true or false")
-    _check_recipes(config)
-    _check_approx_values(config)
-    for key in config.similarity:
-        if key not in ("embed", "reference_size"):
-            raise field_error(f"similarity.{key}", config.similarity[key], "embed, reference_size")
-    _positive_int("similarity.reference_size", config.similarity.get("reference_size", DEFAULT_REFERENCE_SIZE))
-    if not isinstance(config.similarity.get("embed", True), bool):
-        raise field_error("similarity.embed", config.similarity["embed"], "true or false")
-    return config
-
-
 def _check_recipes(config: LeaderboardConfig) -> None:
-    checks = [("recipe", lambda: config.recipe_for()), ("expert.recipe", lambda: config.recipe_for(config.expert.recipe)),
-              ("retraining", lambda: TrainingRecipe.from_dict({**config.recipe, **config.retraining}))]
-    checks += [(f"strategies[{i}].recipe", lambda s=s: config.retraining_for(s.label))
-               for i, s in enumerate(config.strategies) if s.recipe]
+    """Every recipe the config makes is accepted: the expert's, and once ``retraining`` is known
+    (stated, or the rule after resolve) every row's retraining."""
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("recipe", lambda: config.recipe_for()), ("expert.recipe", lambda: config.recipe_for(config.expert.recipe))]
+    retraining = config.retraining
+    if retraining is not None:
+        checks.append(("retraining", lambda: TrainingRecipe.from_dict({**config.recipe, **retraining})))
+        checks += [(f"strategies[{i}].recipe", partial(config.retraining_for, s.label))
+                   for i, s in enumerate(config.strategies) if s.recipe]
     for key, build in checks:
         try:
             build()

@@ -32,7 +32,8 @@ from lm_eval_approx.pipeline import (
 )
 from lm_eval_approx.strategies.base import BASE_ENCODER, SENTENCE_ENCODER, TARGET_TEXTS
 from lm_eval_approx.strategies.registry import strategy_registry
-from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
 FORWARD, FORWARD_BACKWARD = 2, 6  # FLOPs per parameter per token
 

@@ -49,7 +49,8 @@ from lm_eval_approx.leaderboard.config import APPROX, LeaderboardConfig
 from lm_eval_approx.models.size import SMOLLM2_135M_PARAMETERS, parameter_count
 from lm_eval_approx.strategies.base import BASE_ENCODER, FEATURES, LOSS_BASE, SENTENCE_ENCODER, TARGET_TEXTS
 from lm_eval_approx.strategies.registry import strategy_registry
-from lm_eval_approx.tasks.specs import CLASSIFICATION, get_task_spec
+from lm_eval_approx.tasks.kinds import CLASSIFICATION
+from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 
 CPU_RATES = {"train": 2.0, "train_text": 1.1, "label_text": 6.0, "loss": 8.0, "features_head": 5.3, "features_changed": 2.6,
              "score_choice": 5.5, "score_text": 1.0, "generate": 3.5, "embed_sentence": 40.0}
@@ -136,34 +137,34 @@ def _rates(config: LeaderboardConfig) -> tuple[dict[str, float], list[str]]:
     return scaled_rates(parameters, config.device), [size, device]
 
 
-def _is_choice_task(name: str) -> bool:
+def _is_choice_task(name: str, include_path=None) -> bool:
     """An approximation task scored by choices (the other tasks are costed as text perplexity)."""
     try:
-        return get_task_spec(name).kind == CLASSIFICATION
+        return get_task_spec(name, include_path).kind == CLASSIFICATION
     except ApproxError:
         return False
 
 
-def _scoring_rate(rates: dict[str, float], name: str) -> float:
+def _scoring_rate(rates: dict[str, float], name: str, include_path=None) -> float:
     """Documents per second lm-eval scores of task ``name``: a whole text in rolling windows at the
     text rate; a multiple-choice or single-loglikelihood document (a short request per choice) at
     the choice rate."""
     from lm_eval_approx.tasks.lm_eval_tasks import task_output_type
 
     try:
-        kind = task_output_type(name)
+        kind = task_output_type(name, include_path)
     except ApproxError:
         kind = None
     if kind is None:
-        return rates["score_choice"] if _is_choice_task(name) else rates["score_text"]
+        return rates["score_choice"] if _is_choice_task(name, include_path) else rates["score_text"]
     return rates["score_text"] if kind == "loglikelihood_rolling" else rates["score_choice"]
 
 
-def _train_rate(rates: dict[str, float], recipe, task: str) -> float:
+def _train_rate(rates: dict[str, float], recipe, task: str, include_path=None) -> float:
     """Examples per second of ``recipe`` on ``task``: the default LoRA rate (classification, or
     whole texts for a language-modelling task), faster when the backward pass stops early (LoRA on
     the head only, or on the top ``lora_layers`` blocks)."""
-    rate = rates["train" if _is_choice_task(task) else "train_text"] / _fast_time(recipe)
+    rate = rates["train" if _is_choice_task(task, include_path) else "train_text"] / _fast_time(recipe)
     if recipe.method != "lora":
         return rate
     if tuple(recipe.target_modules) == ("head",):
@@ -197,7 +198,8 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             unknown.append("expert training (expert.size is null: the whole corpus)")
         else:
             recipe = config.recipe_for(config.expert.recipe)
-            seconds["expert"] = config.expert.size * recipe.epochs / _train_rate(rates, recipe, config.task)
+            seconds["expert"] = config.expert.size * recipe.epochs / _train_rate(rates, recipe, config.task,
+                                                                               config.include_path)
     cells = config.chosen_cells(only)
     labels = {cell.label for cell in cells if cell.kind == APPROX and cell.id not in done}
     strategies = [s for s in config.strategies if s.label in labels]
@@ -205,7 +207,8 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
     if n is None:
         unknown.append("labels and features (corpus.size is null: the whole corpus)")
     elif strategies:
-        seconds["labels+features"] = n / rates["score_choice" if _is_choice_task(config.task) else "label_text"]
+        seconds["labels+features"] = n / rates["score_choice" if _is_choice_task(config.task, config.include_path)
+                                                else "label_text"]
         needs = [strategy_registry().get(s.name).obj.requires for s in strategies]
         if any(LOSS_BASE in r for r in needs):
             seconds["labels+features"] += n / rates["loss"]
@@ -222,7 +225,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             continue
         if cell.kind == APPROX:
             recipe = config.retraining_for(cell.label)
-            seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe, config.task)
+            seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe, config.task, config.include_path)
             if recipe.uses_probe:
                 # Every epoch scores the monitor texts; θ0 (and θf, for a teacher) score them once per
                 # draw of monitor texts, which the cells of one retraining seed share (cached stages).
@@ -239,7 +242,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             if task.limit is None:
                 unknown.append(f"scoring {task.name} in every cell (no limit: the whole split)")
                 continue
-            seconds["scoring"] += task.limit / _scoring_rate(rates, task.name)
+            seconds["scoring"] += task.limit / _scoring_rate(rates, task.name, config.include_path)
     return Estimate([c.id for c in cells], seconds, unknown, notes)
 
 

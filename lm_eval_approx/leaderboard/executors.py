@@ -23,7 +23,6 @@ Ray and SLURM (through submitit).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -36,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lm_eval_approx.cache.atomic import write_json_atomic
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.cache.safe_paths import contained
 from lm_eval_approx.leaderboard.cell_worker import OUTCOME_MARK
 from lm_eval_approx.leaderboard.config import APPROX, EXPERT, Cell, LeaderboardConfig
@@ -74,7 +74,7 @@ def snapshot(config: LeaderboardConfig, out: Path) -> Path:
     """The config as JSON in ``OUT/.cells``, named by its content (runs of other configs on the
     same folder never overwrite it)."""
     text = json.dumps(config.to_dict(), sort_keys=True)
-    name = f"config-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    name = f"config-{short_hash(text)}.json"
     path = contained(cells_dir(out), name, field="config snapshot")
     if not path.is_file():
         write_json_atomic(path, config.to_dict())

@@ -57,7 +57,7 @@ class Interval:
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | str]:
         return {"delta": self.delta, "low": self.low, "high": self.high, "documents": self.documents,
                 "method": self.method}
 
@@ -132,14 +132,14 @@ def paired_interval(row: Sequence[dict[str, object]], reference: Sequence[dict[s
     from scipy import stats  # here, not at import: the command line starts without it
 
     if a.ndim == 1:
-        samples = (a, b)
+        samples: tuple[np.ndarray, ...] = (a, b)
 
         def statistic(row_values, reference_values, axis=-1):
             return row_values.mean(axis=axis) - reference_values.mean(axis=axis)
     else:
         samples = (a[:, 0], a[:, 1], b[:, 0], b[:, 1])
 
-        def statistic(row_ll, row_weight, reference_ll, reference_weight, axis=-1):
+        def statistic(row_ll, row_weight, reference_ll, reference_weight, axis=-1):  # type: ignore[misc]  # scipy passes one array per sample
             return _pair_metric(row_ll, row_weight, metric) - _pair_metric(reference_ll, reference_weight, metric)
     # paired=True draws one index array of (iterations, documents) from the generator, as the
     # definition does (tests/test_intervals.py holds it to a loop written from the definition).

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -26,7 +25,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.cache.safe_paths import contained, safe_name
 
 CELLS_DIR = ".cells"
@@ -104,7 +105,7 @@ def expert_lock_path(folder: Path, config) -> Path:
     """The lock that makes θf trained once per cache: a file in ``folder`` (the experts' cache
     folder) named by a hash of what names the expert (its base, how it is made, its recipe)."""
     identity = {"base": config.base, "expert": dataclasses.asdict(config.expert), "recipe": config.recipe}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = short_hash(json.dumps(identity, sort_keys=True, default=str))
     folder.mkdir(parents=True, exist_ok=True)
     return contained(folder, f".{digest}.lock", field="expert lock")
 
@@ -156,17 +157,17 @@ def claim_and_run(out: str | Path, cell_id: str, is_done: Callable[[], bool], ru
         lock.release()
 
 
-def claim_each(out: str | Path, cells: list, is_done: Callable[[object], bool], run: Callable[[object], object],
+def claim_each(out: str | Path, cells: list, is_done: Callable[[Any], bool], run: Callable[[Any], object],
                on_done: Callable[[], object] = lambda: None, on_phase: Callable[[str], object] = lambda text: None) -> None:
     """``claim_and_run`` every cell in order; those another worker is running are waited for after
     the rest (and run here when that worker died before finishing them)."""
     busy = []
     for cell in cells:
-        if claim_and_run(out, cell.id, lambda c=cell: is_done(c), lambda c=cell: run(c)) == BUSY:
+        if claim_and_run(out, cell.id, lambda c=cell: is_done(c), lambda c=cell: run(c)) == BUSY:  # type: ignore[misc]  # mypy cannot type default-argument lambdas
             busy.append(cell)
         else:
             on_done()
     for cell in busy:
         on_phase(f"{cell.id}: another worker runs it")
-        claim_and_run(out, cell.id, lambda c=cell: is_done(c), lambda c=cell: run(c), wait=True)
+        claim_and_run(out, cell.id, lambda c=cell: is_done(c), lambda c=cell: run(c), wait=True)  # type: ignore[misc]  # as above
         on_done()

@@ -1,4 +1,6 @@
-"""The ``strategies:`` rows of a leaderboard config: one row family per entry, parsed and checked."""
+"""The ``strategies:`` rows of a leaderboard config: one row family per entry, parsed and checked
+(``parse_strategy``, no I/O), then looked up among the registered strategies (``check_strategy``,
+when the config is resolved)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ from typing import Any
 
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.leaderboard.checks import field_error
-from lm_eval_approx.pipeline import ApproxConfig
+from lm_eval_approx.approx_config import ApproxConfig
 from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.validation import check_int
 
-# ApproxConfig fields a leaderboard sets itself (per cell), so `approx:` may not name them.
+# ApproxConfig fields a leaderboard sets itself (per cell, or ``device`` from its top level), so
+# `approx:` may not name them.
 CELL_FIELDS = ("base", "finetuned", "task", "corpus", "corpus_size", "corpus_seed", "strategy",
-               "strategy_options", "k", "seed")
+               "strategy_options", "k", "seed", "device")
 
 
 def mapping(key: str, value: object) -> dict:
@@ -62,19 +65,12 @@ def parse_strategy(key: str, raw: object) -> StrategyConfig:
         raise field_error(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
                           "name, label, options, approx, budgets, seeds, recipe")
     name = raw["name"]
-    registry = strategy_registry()
-    if not isinstance(name, str) or name not in registry:
-        raise field_error(f"{key}.name", name, str(UnknownNameError("strategy", str(name), registry.names())))
+    if not isinstance(name, str) or not name:
+        raise field_error(f"{key}.name", name, "a registered strategy name (lm-eval-approx strategies)")
     options = mapping(f"{key}.options", raw.get("options"))
     for option in options:
         if not isinstance(option, str):
             raise field_error(f"{key}.options", option, "option names that are strings")
-    try:
-        registry.get(name).obj(**options)
-    except ConfigError as exc:
-        raise field_error(f"{key}.options.{exc.field.split('.')[-1]}", exc.value, exc.accepted) from exc
-    except (TypeError, ValueError) as exc:
-        raise field_error(f"{key}.options", options, f"options the strategy accepts ({exc})") from None
     approx = mapping(f"{key}.approx", raw.get("approx"))
     check_approx(f"{key}.approx", approx)
     label = raw.get("label") or name
@@ -86,8 +82,35 @@ def parse_strategy(key: str, raw: object) -> StrategyConfig:
     return StrategyConfig(name, label, options, approx, own_budgets, own_seeds, recipe)
 
 
-def check_approx(key: str, approx: dict) -> None:
+def parse_strategies(raw: object) -> list[StrategyConfig]:
+    """``strategies:``, a non-empty list of rows with distinct labels."""
+    if not isinstance(raw, list) or not raw:
+        raise field_error("strategies", raw, "a non-empty list of registered strategy names")
+    strategies = [parse_strategy(f"strategies[{i}]", s) for i, s in enumerate(raw)]
+    labels = [s.label for s in strategies]
+    if len(set(labels)) != len(labels):
+        raise field_error("strategies", labels, "distinct labels (set label: for a second entry of one strategy)")
+    return strategies
+
+
+def check_strategy(key: str, strategy: StrategyConfig) -> None:
+    """The row's strategy is registered (built-in or a plugin's) and accepts the row's options."""
+    registry = strategy_registry()
+    if strategy.name not in registry:
+        raise field_error(f"{key}.name", strategy.name,
+                          str(UnknownNameError("strategy", strategy.name, registry.names())))
+    try:
+        registry.get(strategy.name).obj(**strategy.options)
+    except ConfigError as exc:
+        raise field_error(f"{key}.options.{exc.field.split('.')[-1]}", exc.value, exc.accepted) from exc
+    except (TypeError, ValueError) as exc:
+        raise field_error(f"{key}.options", strategy.options, f"options the strategy accepts ({exc})") from None
+
+
+def check_approx(key: str, approx: dict) -> dict:
+    """``approx`` when it names ApproxConfig fields only (not those a leaderboard sets per cell)."""
     allowed = {f.name for f in dataclasses.fields(ApproxConfig)} - set(CELL_FIELDS)
     for name in approx:
         if name not in allowed:
             raise field_error(f"{key}.{name}", approx[name], "an ApproxConfig field: " + ", ".join(sorted(allowed)))
+    return approx

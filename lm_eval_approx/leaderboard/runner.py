@@ -60,10 +60,10 @@ from lm_eval_approx.pipeline import (
     STAGE_ALPHA_SEPARATOR,
     TRAINING_STAGE,
 )
-from lm_eval_approx.tasks.specs import get_task_spec
+from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.training.examples import corpus_examples, task_examples
 from lm_eval_approx.training.recipe import TrainingRecipe
-from lm_eval_approx.training.summary import TRAINING_FILE, read_retraining_summary
+from lm_eval_approx.training.summary import read_retraining_summary, read_training_history, retraining_summary
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +92,9 @@ def result_files(out: str | Path) -> list[Path]:
     return [contained(folder, p.name, field="leaderboard result file") for p in sorted(folder.glob("*.json"))]
 
 
-def task_versions(names: tuple[str, ...]) -> dict[str, object]:
+def task_versions(names: tuple[str, ...], include_path: list[str] | None = None) -> dict[str, object]:
     """The ``metadata.version`` each named task (or group) declares now, where it declares one."""
-    index = shared_task_manager().task_index
+    index = shared_task_manager(include_path).task_index
     versions = {}
     for name in names:
         entry = index.get(name)
@@ -123,13 +123,13 @@ def finished(out: Path, config: LeaderboardConfig, cell: Cell) -> bool:
     if record.get("config", {}).get("leaderboard", {}).get("cell_hash") != cell_hash(config, cell):
         return False
     recorded = record.get("versions") or {}
-    current = task_versions(tuple(task.name for task in config.tasks()))
+    current = task_versions(tuple(task.name for task in config.tasks()), config.include_path)
     return all(_same_version(recorded.get(name), version) for name, version in current.items())
 
 
 def finished_cells(out: str | Path, config: LeaderboardConfig, only: list[str] | None = None) -> frozenset[str]:
     """Ids of the cells (those ``only`` chooses) ``--resume`` would skip: their results JSON in
-    ``out`` has the same hash."""
+    ``out`` has the same hash (``config`` resolved: a hash records the loaded task)."""
     folder = Path(out)
     return frozenset(cell.id for cell in config.chosen_cells(only) if finished(folder, config, cell))
 
@@ -144,7 +144,7 @@ def expert_model(config: LeaderboardConfig, progress: bool = False) -> str:
         training_key,
     )
 
-    spec = get_task_spec(config.task)
+    spec = config.task_spec
     examples = true_examples(config, spec)
     recipe = config.recipe_for(config.expert.recipe)
     folder = cache_path(EXPERT_DIR, training_key(config.base, spec, examples, recipe), field="expert folder")
@@ -269,7 +269,7 @@ def true_data(config: LeaderboardConfig) -> TrueData:
 
     if config.expert.data is None:
         return TrueData()
-    texts = [e.text for e in true_examples(config, get_task_spec(config.task))]
+    texts = [e.text for e in true_examples(config, config.task_spec)]
     return TrueData(texts[: config.similarity.get("reference_size", DEFAULT_REFERENCE_SIZE)],
                     frozenset(text_key(t) for t in texts))
 
@@ -286,10 +286,10 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expe
                               "limits": {t.name: t.limit for t in config.tasks()},
                               "knew": row_knowledge(config, cell)}
     if cell.kind == EXPERT:
-        training = Path(expert) / TRAINING_FILE
-        if training.is_file():
-            extras["training_seconds"] = json.loads(training.read_text(encoding="utf-8")).get("train_seconds")
-            extras["retraining"] = read_retraining_summary(expert)
+        history = read_training_history(expert)
+        if history is not None:
+            extras["training_seconds"] = history.train_seconds
+            extras["retraining"] = retraining_summary(history)
     if cell.kind != APPROX:
         return extras
     info = lm.get_model_info()["approx"]
@@ -335,6 +335,15 @@ def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, mana
     return path
 
 
+def resolve_for_run(config: LeaderboardConfig) -> LeaderboardConfig:
+    """``config`` resolved, its include folders added to this process's task folders: lm-eval builds
+    a cell's ``approx`` model from string arguments, and that model finds its task through them
+    alone (as under ``run --include_path``). Planning (a dry run) resolves without this."""
+    config = config.resolve()
+    include_task_folders(config.include_path)
+    return config
+
+
 def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = False,
                     progress: bool = True, only: list[str] | None = None, executor=None) -> list[Path]:
     """Run every unfinished cell (all cells without ``resume``) that ``only`` chooses (every cell
@@ -350,6 +359,7 @@ def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = F
     out = Path(out)
     for cell in config.cells():
         results_path(out, cell)  # every cell's file name is checked before anything is computed
+    config = resolve_for_run(config)
     cells = config.chosen_cells(only)
     results_dir(out).mkdir(parents=True, exist_ok=True)
     write_json_atomic(contained(out, CONFIG_SNAPSHOT, field="leaderboard snapshot"), config.to_dict())
@@ -360,7 +370,7 @@ def run_leaderboard(config: LeaderboardConfig, out: str | Path, resume: bool = F
         executor.run(config, out, todo, resume=resume, planned=planned, on_done=lambda: bar.update(1),
                      on_phase=bar.set_postfix_str)
     elif todo:
-        manager = shared_task_manager()
+        manager = shared_task_manager(config.include_path)
         bar.set_postfix_str("expert")
         with held(expert_lock_path(cache_path(EXPERT_DIR, field="expert folder"), config)):
             expert = expert_model(config, progress=False)

@@ -62,7 +62,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def read_config(config_file: str | None = None, preset: str | None = None,
+                overrides: list[str] | None = None) -> LeaderboardConfig:
+    """Read, override and check a leaderboard config (not resolved: nothing it names is looked up)."""
+    return config_from_dict(apply_overrides(read_yaml(config_file, preset), overrides or []))
+
+
 def load_config(config_file: str | None = None, preset: str | None = None,
                 overrides: list[str] | None = None) -> LeaderboardConfig:
-    """Read, override and validate a leaderboard config; raises before any compute on a bad key."""
-    return config_from_dict(apply_overrides(read_yaml(config_file, preset), overrides or []))
+    """``read_config``, then resolved (``LeaderboardConfig.resolve``: the target task loaded, the
+    strategies and task names looked up); raises before any compute on a bad key."""
+    return read_config(config_file, preset, overrides).resolve()

@@ -28,7 +28,8 @@ class WeightDelta:
     terms: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
 
     def materialise(self) -> torch.Tensor:
-        return sum(m if r is None else m @ r for m, r in self.terms)
+        """The full matrix; a 0-d zero (broadcasting as one) for a layer θf leaves unchanged (no terms)."""
+        return sum((m if r is None else m @ r for m, r in self.terms), torch.zeros(()))
 
 
 def canonical_name(name: str) -> str:
@@ -69,11 +70,12 @@ def oriented_weight(module: nn.Module) -> torch.Tensor:
     lora = lora_layer_type()
     if lora and isinstance(module, lora):
         return oriented_weight(module.get_base_layer())
-    return module.weight.t() if isinstance(module, conv1d_type()) else module.weight
+    return module.weight.t() if isinstance(module, conv1d_type()) else module.weight  # type: ignore[return-value]  # a layer's weight
 
 
 def layer_shape(module: nn.Module) -> tuple[int, int]:
-    return tuple(oriented_weight(module).shape)
+    out, inp = oriented_weight(module).shape
+    return out, inp
 
 
 def _lora_updates(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
@@ -109,8 +111,8 @@ def changed_modules(model0: nn.Module, model_f: nn.Module) -> list[str]:
 
 def head_name(model: nn.Module) -> str:
     """Canonical name of the output head (the module that produces the logits)."""
-    plain = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = plain.get_output_embeddings()
+    plain = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]  # nn.Module types attributes as Tensor | Module
+    head = plain.get_output_embeddings()  # type: ignore[operator]
     for name, module in plain.named_modules():
         if module is head:
             return canonical_name(name)

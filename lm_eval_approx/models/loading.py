@@ -12,7 +12,6 @@ checkpoints need ``allow_pickle=True`` and are then read with ``weights_only=Tru
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -23,10 +22,12 @@ from pathlib import Path
 from filelock import FileLock
 
 from lm_eval_approx.cache.atomic import write_text_atomic
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.cache.paths import cache_path
 from lm_eval_approx.cache.safe_paths import expand_user, safe_name
 from lm_eval_approx.data.mirror import hub_offline
 from lm_eval_approx.errors import MissingDependencyError, ModelResolutionError
+from lm_eval_approx.models.devices import check_device_available, check_dtype
 from lm_eval_approx.models.safe_weights import (
     SAFE_PATTERNS,
     TRUST_REMOTE_CODE_ARG,
@@ -67,7 +68,7 @@ def _file_key(path: Path) -> str:
     reinstall) reuse one conversion, and with it every stage cached from that model's folder.
     Hashing ~270 MB takes about a second: the digest is remembered per (path, size, mtime)."""
     stat = path.stat()
-    stamp = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    stamp = short_hash(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     memo = cache_path(MODELS_DIR, DIGESTS_DIR, stamp)
     try:
         known = memo.read_text().strip()
@@ -75,11 +76,8 @@ def _file_key(path: Path) -> str:
         known = ""
     if len(known) == FILE_KEY_CHARS and all(c in "0123456789abcdef" for c in known):
         return known
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    key = digest.hexdigest()[:FILE_KEY_CHARS]
+        key = short_hash(iter(lambda: fh.read(1 << 20), b""), FILE_KEY_CHARS)
     memo.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(memo, key)
     return key
@@ -194,12 +192,15 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", allow_pic
     Weights come from safetensors; a folder with only pickle checkpoints raises
     ``PickleCheckpointError`` unless ``allow_pickle=True`` (or an enclosing
     ``safe_weights.pickle_allowed()`` block), and is then loaded with ``weights_only=True``.
+    ``dtype`` and ``device`` are checked first (``devices.py``): a GPU this machine lacks is a
+    ``DeviceError`` before any weights are read.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    torch_dtype = getattr(torch, check_dtype("dtype", dtype))
+    check_device_available("device", device)
     resolved = resolve_model(name)
-    torch_dtype = getattr(torch, dtype)
     if is_adapter(resolved):
         import json
 
@@ -217,17 +218,26 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", allow_pic
 
 FINGERPRINT_FILES = ("*.safetensors", "*.bin", "config.json", "adapter_config.json")
 
-FINGERPRINT_HEX_DIGITS = 16
-
 
 def model_fingerprint(name: str) -> str:
-    """A short hash of a resolved model: its path and the size and mtime of its weight files."""
+    """A short hash of a resolved model: its path and the name, size and mtime of its weight and
+    config files (``FINGERPRINT_FILES``); a hub id is the id itself.
+
+    This is the one place that decides a model's identity: every stage key and cached measurement
+    that depends on θ0 or θf records this value and nothing else of the model. It stays path, size
+    and mtime, not a content digest, for two reasons: every cache made so far is keyed by it (a
+    content digest would orphan all of them), and it costs a few ``stat`` calls where hashing
+    weights costs about a second per 270 MB on every call. So a model copied or touched is a new
+    model to the cache (its stages are recomputed, never wrong); a GGUF file is the one case spared
+    that, because its conversion folder is named by the file's content (``_file_key``). (A
+    leaderboard expert's folder is named by ``training/loop.py`` ``training_key``, which records
+    θ0's resolved path, as it always has.)"""
     resolved = resolve_model(name)
-    digest = hashlib.sha256(resolved.encode())
     path = Path(resolved)
+    parts = [resolved]
     if path.is_dir():
         for pattern in FINGERPRINT_FILES:
             for file in sorted(path.glob(pattern)):
                 stat = file.stat()
-                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:FINGERPRINT_HEX_DIGITS]
+                parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return short_hash(parts)

@@ -134,7 +134,7 @@ def packed_model_call(model, input_ids: torch.Tensor, position_ids: torch.Tensor
     else:
         mask = allowed
     params = forward_parameters(model)
-    kwargs = {"use_cache": False} if "use_cache" in params else {}
+    kwargs: dict[str, object] = {"use_cache": False} if "use_cache" in params else {}
     if "logits_to_keep" in params:
         kwargs["logits_to_keep"] = keep
     with torch.no_grad(), torch.autocast(device_type=input_ids.device.type, dtype=autocast_dtype,

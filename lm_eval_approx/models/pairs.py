@@ -12,13 +12,13 @@ memory-mapped, one tensor at a time, and the scan stops at the first tensor that
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.errors import ConfigError, ModelPairError, ModelResolutionError
 from lm_eval_approx.models.loading import ADAPTER_CONFIG, is_adapter, resolve_model
 from lm_eval_approx.models.parameter_sets import CHANGED, HEAD_SETS, explicit_layers
@@ -82,8 +82,8 @@ def tokenizer_digest(folder: Path) -> tuple[int, str, int]:
     from transformers import AutoTokenizer
 
     vocab = AutoTokenizer.from_pretrained(str(folder)).get_vocab()
-    digest = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode("utf-8", "surrogatepass"))
-    return len(vocab), digest.hexdigest()[:16], max(vocab.values(), default=-1)
+    digest = short_hash(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return len(vocab), digest, max(vocab.values(), default=-1)
 
 
 def _check_architecture(base: ModelFiles, finetuned: ModelFiles):

@@ -122,7 +122,8 @@ class DsirStrategy(Strategy):
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
         opts = self.options
         targets = target_texts(pool)
-        weights, target_ngrams = log_importance_weights(list(pool.texts), targets, opts.num_buckets, opts.ngrams)
+        weights, target_ngrams = log_importance_weights(list(pool.texts),  # type: ignore[arg-type]  # requires TEXTS
+                                                        targets, opts.num_buckets, opts.ngrams)
         keys = weights
         if opts.sampling == GUMBEL:
             keys = weights + np.random.default_rng(seed).gumbel(size=len(weights))

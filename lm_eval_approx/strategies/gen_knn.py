@@ -35,7 +35,7 @@ class GenKnnStrategy(Strategy):
     requires = frozenset({TEXTS, TARGET_TEXTS, SENTENCE_ENCODER})
 
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
-        docs, targets = embed_pool_and_targets(pool.sentence_encoder, pool)
+        docs, targets = embed_pool_and_targets(pool.sentence_encoder, pool)  # type: ignore[arg-type]  # requires SENTENCE_ENCODER
         picks, scores, owners = round_robin_nearest(docs, targets, k)
         info = {"embedding_dim": int(docs.shape[1]), "mean_cosine": float(np.mean(scores))}
         info.update(round_robin_info(owners, len(targets)))

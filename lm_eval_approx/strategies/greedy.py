@@ -130,7 +130,7 @@ class _FactoredView:
     """Head features kept as factors A (N, r, d1), B (N, r, d2): g_i = Σ_r A_ir ⊗ B_ir."""
 
     def __init__(self, feats: GradientFeatures):
-        fa, fb = feats.factors
+        fa, fb = feats.factors  # type: ignore[misc]  # make_views builds this view only for features with factors
         self.A = np.asarray(fa, dtype=np.float64)
         self.B = np.asarray(fb, dtype=np.float64)
         if self.A.ndim != 3 or self.B.ndim != 3 or self.A.shape[:2] != self.B.shape[:2]:
@@ -250,7 +250,7 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
                   batch_size: int | None = None, min_cosine: float | None = None,
                   use_factors: bool = True, block_rows: int = BLOCK_ROWS,
                   eligible: np.ndarray | None = None, groups: np.ndarray | None = None,
-                  quotas: Sequence[int] | None = None) -> GreedyResult:
+                  quotas: Sequence[int] | np.ndarray | None = None) -> GreedyResult:
     """k exact greedy picks of argmax_{i∉S} mean_m cos(s_m + g_i^(m), t_m), ties to the lowest id.
 
     ``batch_size`` resets every s_m after each b picks; ``min_cosine`` stops before a pick whose
@@ -294,7 +294,7 @@ def greedy_select(features: GradientFeatures | Sequence[GradientFeatures], k: in
         picks.append(j)
         scores.append(float(exact[best]))
         taken[j] = True
-        if left is not None:
+        if left is not None and groups is not None:  # quotas come with groups (_initially_excluded)
             left[groups[j]] -= 1
             if left[groups[j]] <= 0:
                 taken[groups == groups[j]] = True

@@ -29,7 +29,7 @@ PREFIX_SLACK = 16  # ranked documents kept per target beyond its ⌈k/T⌉ share
 def target_texts(pool: CandidatePool) -> list[str]:
     """The pool's target texts, checked: a non-empty list of strings."""
     texts = pool.target_texts
-    if isinstance(texts, str) or not len(texts):
+    if texts is None or isinstance(texts, str) or not len(texts):
         raise SelectionError("target_texts must be a non-empty list of texts (θf's generations or the "
                              f"task's training texts), got {texts!r}")
     for pos, text in enumerate(texts):
@@ -58,7 +58,7 @@ def embed(encoder: Encoder, texts: list[str], what: str) -> np.ndarray:
 def embed_pool_and_targets(encoder: Encoder, pool: CandidatePool) -> tuple[np.ndarray, np.ndarray]:
     """Unit rows of the pool's texts and of its target texts, in the same space."""
     targets = embed(encoder, target_texts(pool), "target texts")
-    docs = embed(encoder, list(pool.texts), "pool texts")
+    docs = embed(encoder, list(pool.texts), "pool texts")  # type: ignore[arg-type]  # requires TEXTS: Strategy.run checked it
     if docs.shape[1] != targets.shape[1]:
         raise SelectionError(f"the encoder gave {docs.shape[1]}-dimensional pool embeddings but "
                              f"{targets.shape[1]}-dimensional target embeddings: expected one dimension")
@@ -114,7 +114,7 @@ def round_robin_nearest(docs: np.ndarray, targets: np.ndarray, k: int) -> tuple[
             ranked[lo + col], cosines[lo + col] = order, sims[order, col]
     cursor = np.zeros(num_targets, dtype=np.int64)
     taken = np.zeros(n, dtype=bool)
-    picks, scores, owners = [], [], []
+    picks, scores, owners = list[int](), list[float](), list[int]()
     while len(picks) < k:
         for t in range(active):
             if len(picks) == k:

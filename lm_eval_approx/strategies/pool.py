@@ -97,7 +97,7 @@ def selection_rows(pool: CandidatePool, selection: Selection, spec: TaskSpec | N
             id=pool.ids[i],
             text=pool.texts[i],
             label=label,
-            label_text=spec.label_name(label) if (classification and label is not None) else None,
+            label_text=spec.label_name(label) if (spec is not None and classification and label is not None) else None,
             score=score,
             weight=weight,
             order=order,

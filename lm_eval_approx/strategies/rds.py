@@ -72,7 +72,7 @@ class RdsStrategy(Strategy):
     Options = RdsOptions
 
     def _select(self, pool: CandidatePool, k: int, seed: int) -> Selection:
-        docs, targets = embed_pool_and_targets(pool.base_encoder, pool)
+        docs, targets = embed_pool_and_targets(pool.base_encoder, pool)  # type: ignore[arg-type]  # requires BASE_ENCODER
         aggregate = self.options.aggregate
         info = {"aggregate": aggregate, "embedding_dim": int(docs.shape[1])}
         if aggregate == ROUND_ROBIN:

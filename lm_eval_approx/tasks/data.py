@@ -87,7 +87,7 @@ def load_jsonl_splits(file: str | None = None, test_size: int | None = None, val
 
     if not isinstance(file, str) or not file.strip():
         raise ConfigError("dataset_kwargs.file", file, "a JSONL/CSV file, relative to LM_EVAL_APPROX_DATA or absolute")
-    check_int("dataset_kwargs.test_size", test_size, minimum=1)
+    test_size = check_int("dataset_kwargs.test_size", test_size, minimum=1)
     check_int("dataset_kwargs.validation_size", validation_size, minimum=0)
     check_int("dataset_kwargs.seed", seed, minimum=0)
     given = expand_user(file)

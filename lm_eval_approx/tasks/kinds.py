@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from lm_eval_approx.cache.keys import CACHE_SCHEMA, TASK_KIND, keyed_name
+
 # ``classification``: context = prompt, one continuation per label, the loss on the continuation
 # tokens only. ``lm``: the whole rendered text is the target.
 CLASSIFICATION = "classification"
@@ -53,32 +55,18 @@ class TaskSpec(Protocol):
     def label_name(self, label: int) -> str: ...
 
 
-# The tasks shipped in tasks/*.yaml were rendered by Python specs before any lm-eval task could be
-# a target, and cache keys recorded them by name. Their YAML now renders the same strings (the
-# oracle is tests/test_task_specs.py); while a task's prompt identity is the one pinned here, its key
-# stays the old one, so existing caches and results/cpu stay valid. approx_msmarco_last renders
-# the same language-modelling examples as approx_msmarco (the whole passage) and shared its key.
-LEGACY_KEYS: dict[tuple[str, str], str] = {
-    ("approx_agnews", "57ff6a8c4570f56b"): "approx_agnews",
-    ("approx_msmarco", "2d63536b4926120c"): "approx_msmarco",
-    ("approx_msmarco_last", "438d1e7cec95817d"): "approx_msmarco",
-}
-
 # How a language-modelling text longer than a stage's max_length becomes model inputs: HFLM's
 # rolling windows (features/encoding.py). Until 2026-12 such texts were cut at max_length, so every
 # key of a language-modelling task records the rule and nothing computed under the cut is reused.
 LM_TEXT_RULE = "rolling-windows"
 
 
-def task_key(spec: TaskSpec) -> str:
-    """What a cache key records of a task: ``name@prompt identity`` for a task rendered by lm-eval,
-    so editing its YAML recomputes everything that depends on its prompt; a shipped task whose
-    prompt is unchanged keeps the name it was keyed by (``LEGACY_KEYS``); a ``TemplateSpec`` (no
-    prompt identity) is its name. A language-modelling task's key adds ``LM_TEXT_RULE``."""
+def task_key(spec: TaskSpec, schema: int = CACHE_SCHEMA) -> str:
+    """What a cache key of ``schema`` records of a task: ``name@prompt identity`` for a task
+    rendered by lm-eval, so editing its YAML recomputes everything that depends on its prompt; a
+    shipped task whose prompt is unchanged keeps the name it was keyed by (``cache/keys.py``
+    ``KEY_RULES``, kind ``task``); a ``TemplateSpec`` (no prompt identity) is its name. A
+    language-modelling task's key adds ``LM_TEXT_RULE``."""
     identity = getattr(spec, "prompt_identity", None)
-    if identity is None:
-        key = spec.name
-    else:
-        value = identity()
-        key = LEGACY_KEYS.get((spec.name, value), f"{spec.name}@{value}")
+    key = spec.name if identity is None else keyed_name(TASK_KIND, f"{spec.name}@{identity()}", schema)
     return key if spec.kind == CLASSIFICATION else f"{key}+{LM_TEXT_RULE}"

@@ -37,10 +37,10 @@ functions decide what part of it they show.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
+from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING
 from lm_eval_approx.validation import check_text
@@ -282,7 +282,7 @@ class LmEvalTaskSpec:
         payload = {"template": self.template, "output_type": self.output_type, "text_field": self.text_field,
                    "choices": list(self.choices), "target_delimiter": self.target_delimiter,
                    "description": self.prompt_description, "version": self.version}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+        return short_hash(json.dumps(payload, sort_keys=True))
 
     def __repr__(self) -> str:
         return f"LmEvalTaskSpec(name={self.name!r}, kind={self.kind!r}, text_field={self.text_field!r})"

@@ -54,7 +54,7 @@ def render_example(tokenizer, spec: TaskSpec, example: SelectedExample, max_leng
     per rolling window for language modelling; ``add_bos_token`` as given to lm-eval's HFLM."""
     if spec.kind == CLASSIFICATION:
         label = example.label
-        if not is_int(label, numbers.Integral) or not 0 <= label < spec.num_classes:
+        if label is None or not is_int(label, numbers.Integral) or not 0 <= label < spec.num_classes:
             raise TrainingDataError(
                 f"example {example.id!r}: label={label!r} is not accepted for task {spec.name!r}: "
                 f"an integer in [0, {spec.num_classes - 1}] ({', '.join(spec.choices)})"

@@ -50,7 +50,7 @@ def corpus_examples(data: str, spec: TaskSpec, limit: int | None, seed: int) -> 
         SelectedExample(
             id=corpus.ids[i], text=corpus.texts[i],
             label=corpus.labels[i] if classification else None,
-            label_text=spec.label_name(corpus.labels[i]) if classification else None,
+            label_text=spec.label_name(corpus.labels[i]) if classification else None,  # type: ignore[arg-type]  # none is None (checked above)
             order=i, source=corpus.sources[i],
         )
         for i in range(len(corpus))
@@ -70,7 +70,7 @@ def task_examples(spec: LmEvalTaskSpec, limit: int | None, seed: int) -> list[Se
     classification = spec.kind == CLASSIFICATION
     return [
         SelectedExample(id=f"{spec.name}:train:{i}", text=docs[i][0], label=docs[i][1],
-                        label_text=spec.label_name(docs[i][1]) if classification else None,
+                        label_text=spec.label_name(docs[i][1]) if classification else None,  # type: ignore[arg-type]  # labelled
                         order=order, source=spec.name)
         for order, i in enumerate(keep)
     ]

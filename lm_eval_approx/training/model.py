@@ -49,12 +49,12 @@ def resolve_target_modules(model, targets: tuple[str, ...], top_blocks: int = 0)
                 raise ConfigError("target_modules", target, f"{ALL_LINEAR}, {HEAD}, or one of {', '.join(known)}")
             full_names |= matched
     if top_blocks:
-        blocks = {block_index(n) for n in linear} - {None}
+        blocks = {i for i in map(block_index, linear) if i is not None}
         if not blocks:
             raise ConfigError("lora_layers", top_blocks, "0 for a model whose layers are not in numbered blocks")
         lowest = max(blocks) + 1 - top_blocks
         full_names = {n for n in full_names
-                      if n == head_name or (block_index(n) is not None and block_index(n) >= lowest)}
+                      if n == head_name or ((index := block_index(n)) is not None and index >= lowest)}
         if not full_names:
             raise ConfigError("lora_layers", top_blocks, "a value that leaves target modules to adapt")
         return sorted(full_names)

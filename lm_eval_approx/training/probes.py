@@ -36,6 +36,7 @@ import numpy as np
 
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
+from lm_eval_approx.training.history import TrainingHistory
 from lm_eval_approx.training.recipe import TASK_LOSS, TEACHER_AGREEMENT, TEACHER_KL
 
 ACCURACY = "accuracy"
@@ -203,9 +204,9 @@ def direction(probes: Sequence[Probe], name: str) -> bool:
                       + (", ".join(measured) or "none was given (teacher probes need θf and held-out pool documents)"))
 
 
-def record_probes(history: dict, probes: Sequence[Probe], model, tokenizer,
+def record_probes(history: TrainingHistory, probes: Sequence[Probe], model, tokenizer,
                   start: tuple[str, str] | None = None) -> None:
-    """Measure the probes on the current weights into ``history`` (``probes``, ``probe_seconds``).
+    """Measure the probes on the current weights into ``history`` (its ``probes`` and ``probe_seconds``).
     ``start`` = (θ0's fingerprint, mixed precision) marks the measurement before the first epoch:
     then the model computes θ0's outputs exactly, whatever the seed (LoRA's B starts at zero, so
     B·A·x adds exact zeros; full finetuning starts from θ0), and probes with a ``key`` read their
@@ -231,5 +232,5 @@ def record_probes(history: dict, probes: Sequence[Probe], model, tokenizer,
     else:
         values = run_probes(probes, model, tokenizer)
     for name, value in values.items():
-        history["probes"].setdefault(name, []).append(value)
-    history["probe_seconds"] += time.perf_counter() - began
+        history.probes.setdefault(name, []).append(value)
+    history.probe_seconds += time.perf_counter() - began

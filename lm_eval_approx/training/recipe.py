@@ -10,19 +10,21 @@ resolved against the model at training time; any other entry is a module name as
 (``q_proj``, ``c_attn``, ...). ``lora_layers`` = L > 0 keeps, of those, only the ones in the top L
 transformer blocks (plus the head): the backward pass then stops at the lowest adapted block, so
 training is cheaper in time and memory (the body below runs forward only, keeping no activations).
+``prefix_cache`` then runs that body once per example instead of once per step
+(``training/prefix_cache.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lm_eval_approx.cache.atomic import write_text_atomic
+from lm_eval_approx.cache.keys import RECIPE_KIND, record_key
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.training.precision import AUTO, resolve_precision
 from lm_eval_approx.validation import (
@@ -73,7 +75,7 @@ PROBE_SIGNALS = TEACHER_SIGNALS + (TASK_LOSS,)
 LATER_FIELDS = {"stop_on": VALIDATION_LOSS, "monitor_size": 256, "micro_batch_size": 0,
                 "gradient_checkpointing": False, "lora_layers": 0, "class_balance": NO_BALANCE,
                 "batch_order": SHUFFLED, "dropout_sampler": TORCH_DROPOUT,
-                "monitor_source": TASK_MONITOR}
+                "monitor_source": TASK_MONITOR, "prefix_cache": False}
 # The training path before the fast one became the default (a real grid row, 3 seeds: within the seed
 # noise): what a saved recipe that lacks these fields ran.
 OLD_TRAINING_PATH = {"mixed_precision": "no", "batch_order": SHUFFLED, "dropout_sampler": TORCH_DROPOUT}
@@ -81,7 +83,6 @@ OLD_TRAINING_PATH = {"mixed_precision": "no", "batch_order": SHUFFLED, "dropout_
 # 16 × 128 tokens peaked at 6.15 GiB in one pass, 3.03 GiB in slices of 4 and 1.95 GiB in slices of
 # 2, and slices of 2 were no slower on 2 CPU cores (0.88x the time; benchmarks/memory.py, README).
 DEFAULT_MICRO_BATCH = 2
-HASH_CHARS = 16
 RECIPE_DEST = "recipe_"
 
 
@@ -159,6 +160,11 @@ class TrainingRecipe:
         f"{FAST_DROPOUT} (15 random bits per element against a threshold: the same distribution up to "
         "p rounded to 2^-15, about 2x cheaper on a CPU; training/dropout.py)", FAST_DROPOUT
     )
+    prefix_cache: bool = help_field(
+        "with lora_layers > 0: compute the hidden states entering the lowest adapted block once per example "
+        "and train through the top blocks only (the same losses and gradients up to float rounding; needs a "
+        "model without dropout below those blocks; training/prefix_cache.py)", False
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -167,7 +173,7 @@ class TrainingRecipe:
             self.target_modules = tuple(self.target_modules)
         check_choice("method", self.method, METHODS)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
-        if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
+        if self.mixed_precision is False:  # type: ignore[comparison-overlap]  # YAML 1.1 reads an unquoted `no` as false
             self.mixed_precision = "no"
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         self.mixed_precision = resolve_precision(self.mixed_precision)
@@ -184,8 +190,12 @@ class TrainingRecipe:
         if self.lora_layers and self.method != LORA:
             raise ConfigError("lora_layers", self.lora_layers, f"0 with method={self.method!r} (it selects LoRA blocks)")
         check_int("micro_batch_size", self.micro_batch_size, minimum=0)
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ConfigError("gradient_checkpointing", self.gradient_checkpointing, "true or false")
+        for name in ("gradient_checkpointing", "prefix_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, getattr(self, name), "true or false")
+        if self.prefix_cache and not self.lora_layers:
+            raise ConfigError("prefix_cache", self.prefix_cache, "false, or lora_layers > 0 (the frozen prefix is "
+                              "the blocks below the adapted ones)")
         for name in ("lora_rank", "batch_size", "gradient_accumulation", "epochs"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("max_length", self.max_length, minimum=MIN_MAX_LENGTH)
@@ -240,7 +250,7 @@ class TrainingRecipe:
     def from_options(cls, options: dict[str, str]) -> TrainingRecipe:
         """A recipe from string values (``--model_args lora_rank=8,...``), each converted by field type."""
         record = {}
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # already a string (postponed annotations)
         for key, value in options.items():
             if key not in types:
                 raise ConfigError(key, value, f"a recipe field: {', '.join(types)}")
@@ -286,8 +296,7 @@ class TrainingRecipe:
         for name, old in LATER_FIELDS.items():
             if record.get(name, old) == old:
                 record.pop(name, None)
-        canonical = json.dumps(record, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_CHARS]
+        return record_key(RECIPE_KIND, record, separators=(",", ":"))
 
 
 def parse_modules(text: str) -> tuple[str, ...]:

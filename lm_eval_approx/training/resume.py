@@ -46,7 +46,8 @@ def plain_state(value: Any, where: str = "checkpoint") -> Any:
 def rng_state() -> dict[str, Any]:
     """The torch, Python and NumPy RNG states in plain form."""
     name, keys, *rest = np.random.get_state()
-    numpy_state = (name, keys.tolist(), *(r.item() if isinstance(r, np.generic) else r for r in rest))
+    numpy_state = (name, keys.tolist(),  # type: ignore[attr-defined]  # numpy's stub: the dict, not the default tuple
+                   *(r.item() if isinstance(r, np.generic) else r for r in rest))
     return {"rng": torch.get_rng_state(), "rng_python": random.getstate(), "rng_numpy": numpy_state}
 
 

@@ -11,7 +11,11 @@ under the same rule would keep a different epoch depending on how it was retrain
   or, with ``monitor_source`` other than ``task``, texts sampled from the weights alone
   (``features/generation.py``): what the rule may read under the ``weights`` condition.
 
-Each draw uses the recipe's seed.
+Each draw uses the recipe's seed. The models read here (θf's teacher distribution, the samplers of
+the monitor texts) run on the caller's ``device`` in its ``dtype`` (the pipeline's ``device`` and
+``extract_dtype``, the ``train`` command's ``--device`` and ``--dtype``), as every other model load
+of the pipeline does; the dtype changes what they compute, so the keys record it (float32 is left
+out: ``cache/keys.py``), the device does not.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from lm_eval_approx.cache.keys import MONITOR_KIND, keyed_fields
 from lm_eval_approx.cache.stages import run_stage, stage_key
 from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.models.devices import CPU, DEFAULT_DTYPE, EXTRACT_DTYPE_KEY
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec, task_key
 from lm_eval_approx.training.recipe import (
     POOL_SIGNALS,
@@ -48,11 +54,12 @@ CACHE_PROBES = True  # a task_* signal's monitor texts: the task's training spli
 def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[str],
                   pool: tuple[Sequence[str], Sequence[str]] | None = None,
                   selected_ids: set[str] = frozenset(), models: tuple[str, str | None] | None = None,
-                  add_bos_token: bool | None = None) -> list[str]:
+                  add_bos_token: bool | None = None, device: str = CPU, dtype: str = DEFAULT_DTYPE) -> list[str]:
     """The texts ``recipe.stop_on`` is measured on: for a ``teacher_*`` signal, unselected documents
     of ``pool`` (its texts and ids; ``selected_ids`` are left out); for a ``task_*`` signal,
     texts of the task's training split that are not in ``selected_texts``, or ``monitor_size`` texts
-    sampled from ``models`` (θ0, θf) when ``recipe.monitor_source`` names a sampler."""
+    sampled from ``models`` (θ0, θf, on ``device`` in ``dtype``) when ``recipe.monitor_source`` names
+    a sampler."""
     from lm_eval_approx.tasks.documents import has_training_texts
     from lm_eval_approx.training.examples import task_examples
     from lm_eval_approx.training.probes import held_out_texts
@@ -65,7 +72,7 @@ def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[st
         texts, ids = pool
         return held_out_texts(texts, ids, set(selected_ids), recipe.monitor_size, recipe.seed)
     if recipe.monitor_source != TASK_MONITOR:
-        return sampled_monitor_texts(spec, recipe, models, add_bos_token)
+        return sampled_monitor_texts(spec, recipe, models, add_bos_token, device=device, dtype=dtype)
     if not has_training_texts(spec):
         raise ConfigError("stop_on", recipe.stop_on, f"a task with a training split to draw its monitor texts from "
                           f"({spec.name} has none), or stop_on validation_loss")
@@ -84,10 +91,44 @@ def monitor_identity(recipe: TrainingRecipe, pool_fingerprint: str) -> str:
     return TASK_TEXTS if recipe.monitor_source == TASK_MONITOR else f"sampled:{recipe.monitor_source}"
 
 
+def monitor_inputs(recipe: TrainingRecipe, pool_fingerprint: str, finetuned: str | None,
+                   dtype: str = DEFAULT_DTYPE) -> dict[str, str]:
+    """What a probe stop signal adds to a training's key, since it picks the kept epoch: where its
+    monitor texts come from, and θf's fingerprint (``finetuned`` names θf) and the dtype it ran in
+    when θf measures the signal or samples the texts (float32 is left out: ``cache/keys.py``). The
+    pipeline's training stage keys these inputs, the ``train`` command's training key their JSON
+    (sorted keys): one encoding for both."""
+    from lm_eval_approx.models.loading import model_fingerprint
+
+    monitor = {"corpus": monitor_identity(recipe, pool_fingerprint)}
+    if recipe.uses_teacher or recipe.monitor_source != TASK_MONITOR:
+        monitor["finetuned"] = model_fingerprint(finetuned)
+        monitor[EXTRACT_DTYPE_KEY] = dtype
+    return keyed_fields(MONITOR_KIND, monitor)
+
+
+def build_stop_probes(spec: TaskSpec, recipe: TrainingRecipe, selected: Sequence, *, base: str,
+                      finetuned: str | None, pool: tuple[Sequence[str], Sequence[str]] | None = None,
+                      batch_size: int = 16, max_length: int = 128, add_bos_token: bool | None = None,
+                      device: str = CPU, dtype: str = DEFAULT_DTYPE) -> list:
+    """The probe of ``recipe.stop_on`` for a retraining on ``selected`` (rows with ``id`` and
+    ``text``), for the pipeline and the ``train`` command alike: checked first (``check_teacher``),
+    then measured on ``monitor_texts`` (``pool``: the candidate pool's texts and ids, which only
+    the pipeline has) by ``stop_probes``; θf and the samplers run on ``device`` in ``dtype``."""
+    check_teacher(spec, recipe, finetuned)  # before any text is drawn or model loaded
+    texts = monitor_texts(spec, recipe, {row.text for row in selected}, pool=pool,
+                          selected_ids={row.id for row in selected}, models=(base, finetuned),
+                          add_bos_token=add_bos_token, device=device, dtype=dtype)
+    return stop_probes(spec, recipe, texts, base=base, finetuned=finetuned, batch_size=batch_size,
+                       max_length=max_length, add_bos_token=add_bos_token, device=device, dtype=dtype)
+
+
 def sampled_monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, models: tuple[str, str | None] | None,
-                          add_bos_token: bool | None = None) -> list[str]:
+                          add_bos_token: bool | None = None, *, device: str = CPU,
+                          dtype: str = DEFAULT_DTYPE) -> list[str]:
     """``recipe.monitor_size`` texts sampled by ``recipe.monitor_source`` with the recipe's seed (one
-    draw per retraining seed, as the task texts are), cached as a ``generations`` stage."""
+    draw per retraining seed, as the task texts are) from models loaded on ``device`` in ``dtype``,
+    cached as a ``generations`` stage (keyed by the dtype, not the device)."""
     from lm_eval_approx.features.generation import BASE, GenerationSettings, generated_texts
 
     base, finetuned = models if models is not None else (None, None)
@@ -95,7 +136,8 @@ def sampled_monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, models: tuple[
         raise ConfigError("monitor_source", recipe.monitor_source, f"{TASK_MONITOR}, or θ0 and θf to sample "
                           "monitor texts from (a selection file alone names neither: pass --finetuned)")
     texts, _ = generated_texts(base, finetuned or base, spec, recipe.monitor_size, recipe.seed,
-                               GenerationSettings(source=recipe.monitor_source), add_bos_token=add_bos_token)
+                               GenerationSettings(source=recipe.monitor_source), add_bos_token=add_bos_token,
+                               device=device, dtype=dtype)
     return texts
 
 
@@ -114,10 +156,11 @@ def check_teacher(spec: TaskSpec, recipe: TrainingRecipe, finetuned: str | None)
 
 def stop_probes(spec: TaskSpec, recipe: TrainingRecipe, texts: Sequence[str], *, base: str,
                 finetuned: str | None = None, batch_size: int = 16, max_length: int = 128,
-                add_bos_token: bool | None = None) -> list:
+                add_bos_token: bool | None = None, device: str = CPU, dtype: str = DEFAULT_DTYPE) -> list:
     """The probe of ``recipe.stop_on`` on ``texts``: the task loss itself (``task_loss``, language
     modelling), or θf against the model being retrained (``teacher_*``, ``task_kl``,
-    ``task_agreement``: classification; θf is loaded, read once, and released here)."""
+    ``task_agreement``: classification; θf is loaded on ``device`` in ``dtype``, read once, and
+    released here). The task loss reads only the model being retrained, so neither is in its key."""
     from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
     from lm_eval_approx.training.probes import loss_probe, teacher_probes
 
@@ -129,13 +172,13 @@ def stop_probes(spec: TaskSpec, recipe: TrainingRecipe, texts: Sequence[str], *,
     check_teacher(spec, recipe, finetuned)
     names = (TASK_KL, TASK_AGREEMENT) if recipe.stop_on in TASK_SIGNALS else (TEACHER_KL, TEACHER_AGREEMENT)
     if not CACHE_PROBES:
-        teacher = load_model(finetuned)
+        teacher = load_model(finetuned, dtype, device)
         probe = teacher_probes(teacher, load_tokenizer(base), spec, texts, batch_size, max_length,
                                add_bos_token=add_bos_token, names=names)
         del teacher
         return [probe]
-    settings["finetuned"] = model_fingerprint(finetuned)
-    target = teacher_distribution(spec, texts, finetuned, base, settings)
+    settings.update({"finetuned": model_fingerprint(finetuned), EXTRACT_DTYPE_KEY: dtype})
+    target = teacher_distribution(spec, texts, finetuned, base, settings, device)
     probe = teacher_probes(None, load_tokenizer(base), spec, texts, batch_size, max_length,
                            add_bos_token=add_bos_token, names=names, target=target)
     return [dataclasses.replace(probe, key=stage_key(PROBE_KEY, settings))]
@@ -149,17 +192,19 @@ def texts_hash(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def teacher_distribution(spec: TaskSpec, texts: Sequence[str], finetuned: str, base: str, settings: dict):
+def teacher_distribution(spec: TaskSpec, texts: Sequence[str], finetuned: str, base: str, settings: dict,
+                         device: str = CPU):
     """θf's log-distribution over the task's choices on the monitor texts, computed once per θf, texts
-    and settings and cached as a stage (``teacher_<key>``): every cell of a grid that draws the same
-    monitor texts (one draw per retraining seed) reads it instead of loading θf and scoring again."""
+    and settings (θf's dtype among them, ``settings[EXTRACT_DTYPE_KEY]``) and cached as a stage
+    (``teacher_<key>``): every cell of a grid that draws the same monitor texts (one draw per
+    retraining seed) reads it instead of loading θf and scoring again. θf runs on ``device``."""
     import numpy as np
 
     from lm_eval_approx.models.loading import load_model, load_tokenizer
     from lm_eval_approx.training.probes import choice_log_distribution
 
     def compute(folder: Path) -> dict:
-        teacher = load_model(finetuned)
+        teacher = load_model(finetuned, settings[EXTRACT_DTYPE_KEY], device)
         target = choice_log_distribution(teacher, load_tokenizer(base), spec, texts, settings["batch_size"],
                                          settings["max_length"], settings["add_bos_token"])
         np.save(folder / TEACHER_FILE, target)

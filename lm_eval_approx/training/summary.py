@@ -1,40 +1,47 @@
 """What a finished training run did, in a few fields a leaderboard row can show: which epoch the
 stop rule kept, how many epochs ran, on which signal, and that signal's curve.
 
-``training.json`` (written by ``training/loop.py``) holds the whole history; this module reads it
-without torch, so the leaderboard can record a cell's retraining beside its score.
+``training.json`` (written by ``training/loop.py``) holds the whole history (``training/history.py``);
+this module reads it without torch, so the leaderboard can record a cell's retraining beside its score.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from lm_eval_approx.training.history import VALIDATION_LOSS, TrainingHistory
+
 TRAINING_FILE = "training.json"
-VALIDATION_LOSS = "validation_loss"
 
 
-def retraining_summary(record: dict[str, Any]) -> dict[str, Any]:
+def retraining_summary(record: dict[str, Any] | TrainingHistory) -> dict[str, Any]:
     """``{"stop_on", "kept_epoch", "epochs_run", "stopped_early", "signal"}`` of a training record.
 
     ``signal`` is the stop signal per epoch (index 0 is θ0, before any step, when the signal is a
     probe; a run that stops on the validation loss of its selection has no θ0 value there).
     ``kept_epoch`` 0 means the rule kept θ0 itself. A record written before ``stop_on`` existed
     stopped on the validation loss."""
-    stop_on = record.get("stop_on") or VALIDATION_LOSS
-    signal = record.get("probes", {}).get(stop_on) if stop_on != VALIDATION_LOSS else record.get(VALIDATION_LOSS)
-    return {"stop_on": stop_on, "kept_epoch": record.get("best_epoch"), "epochs_run": record.get("epochs_run"),
-            "stopped_early": bool(record.get("stopped_early")), "signal": list(signal or [])}
+    history = record if isinstance(record, TrainingHistory) else TrainingHistory.from_dict(record)
+    stop_on = history.stop_on
+    signal = history.probes.get(stop_on) if stop_on != VALIDATION_LOSS else history.validation_loss
+    return {"stop_on": stop_on, "kept_epoch": history.best_epoch, "epochs_run": history.epochs_run,
+            "stopped_early": bool(history.stopped_early), "signal": list(signal or [])}
 
 
-def read_retraining_summary(folder: str | Path) -> dict[str, Any] | None:
-    """The summary of the training record in ``folder``, or None when it has none (a model that
-    was not trained by this tool)."""
+def read_training_history(folder: str | Path) -> TrainingHistory | None:
+    """The training record in ``folder``, or None when it has none (a model that was not trained by
+    this tool)."""
     path = Path(folder) / TRAINING_FILE
     if not path.is_file():
         return None
-    return retraining_summary(json.loads(path.read_text(encoding="utf-8")))
+    return TrainingHistory.from_json(path.read_text(encoding="utf-8"))
+
+
+def read_retraining_summary(folder: str | Path) -> dict[str, Any] | None:
+    """The summary of the training record in ``folder``, or None when it has none."""
+    history = read_training_history(folder)
+    return None if history is None else retraining_summary(history)
 
 
 def kept_text(summary: dict[str, Any] | None) -> str:
