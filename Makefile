@@ -24,12 +24,13 @@ $(STAMP): pyproject.toml plugins/lm-eval-approx-stratified/pyproject.toml
 
 venv: $(STAMP)
 
-# The import contracts (pyproject.toml, [tool.importlinter]) and the documentation site (mkdocs.yml;
-# --strict fails on any broken link or missing page) are checked before the suite.
+# The import contracts (pyproject.toml, [tool.importlinter]), the documentation site (mkdocs.yml;
+# --strict fails on any broken link or missing page) and the types ([tool.mypy]) are checked before the suite.
 test: $(STAMP)
 	$(BIN)/lint-imports
 	site=$$(mktemp -d) && $(DOCS) $(BIN)/mkdocs build --strict --site-dir "$$site"; \
 		status=$$?; rm -rf "$$site"; exit $$status
+	$(BIN)/mypy lm_eval_approx
 	$(OFFLINE) LM_EVAL_APPROX_DATA=$${LM_EVAL_APPROX_DATA:-$(DATA)} $(BIN)/python -m pytest tests -q
 
 test-fast: $(STAMP)

@@ -144,7 +144,7 @@ def probe_setup_seconds(expert: Path, cached: bool) -> float:
     rounds = 2 if cached else 1  # cached: the first round fills the cache, the second is what a later cell pays
     for _ in range(rounds):
         began = time.perf_counter()
-        probes = stop_signals.stop_probes(spec, recipe, texts, base=BASE, finetuned=str(expert))
+        probes = stop_signals.probes_for_texts(spec, recipe, texts, base=BASE, finetuned=str(expert))
         record_probes(TrainingHistory(), probes, model, tokenizer,
                        start=(model_fingerprint(BASE), recipe.mixed_precision))
         seconds = time.perf_counter() - began

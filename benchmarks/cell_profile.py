@@ -78,7 +78,7 @@ def grid_inputs(grid: str, k: int | None):
 def measure(spec, examples, texts, recipe, batches: int, finetuned: str | None) -> dict:
     """Per-part seconds of one recipe on this data (see the module docstring)."""
     from lm_eval_approx.training.batching import BucketedBatches, padded_positions
-    from lm_eval_approx.training.data import EpochShuffle, normalise_weights, render_examples, split_validation, \
+    from lm_eval_approx.training.rendering import EpochShuffle, normalise_weights, render_examples, split_validation, \
         training_batch
     from lm_eval_approx.training.epoch import backward_in_parts
     from lm_eval_approx.training.loop import _validation_loss
@@ -132,7 +132,7 @@ def measure(spec, examples, texts, recipe, batches: int, finetuned: str | None) 
     validation = time.perf_counter() - began
     began = time.perf_counter()
     stop_signals.CACHE_PROBES = recipe.batch_order == "bucketed"  # the old path had no probe caches
-    probes = stop_signals.stop_probes(spec, recipe, texts, base="smollm2-135m", finetuned=finetuned)
+    probes = stop_signals.probes_for_texts(spec, recipe, texts, base="smollm2-135m", finetuned=finetuned)
     stop_signals.CACHE_PROBES = True
     probe_setup = time.perf_counter() - began
     began = time.perf_counter()

@@ -15,6 +15,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from lm_eval_approx.config_checks import (
+    MIN_MAX_LENGTH,
+    check_choice,
+    check_int,
+    check_text,
+    help_field,
+)
 from lm_eval_approx.data.corpus import parse_corpus_spec
 from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.features.config import DEFAULT_DIM, PROJECTIONS
@@ -23,13 +30,6 @@ from lm_eval_approx.models.devices import DTYPES, check_device
 from lm_eval_approx.models.parameter_sets import HEAD, PARAMS_ACCEPTED, check_params
 from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
-from lm_eval_approx.validation import (
-    MIN_MAX_LENGTH,
-    check_choice,
-    check_int,
-    check_text,
-    help_field,
-)
 
 TASK_TARGETS = "task"
 TARGET_SOURCES = (TASK_TARGETS, *SOURCES)

@@ -25,7 +25,7 @@ BUILTIN_STRATEGIES = [
     "lm_eval_approx.strategies.select:SelectStrategy",
     "lm_eval_approx.strategies.select:SelectBatchedStrategy",
     "lm_eval_approx.strategies.select:SelectCheckpointsStrategy",
-    "lm_eval_approx.strategies.omp:SelectOmpStrategy",
+    "lm_eval_approx.strategies.select_omp:SelectOmpStrategy",
     "lm_eval_approx.strategies.constrained:SelectQuotaStrategy",
     "lm_eval_approx.strategies.constrained:SelectLikelyStrategy",
     "lm_eval_approx.strategies.rds:RdsStrategy",

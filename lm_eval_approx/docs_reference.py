@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from lm_eval_approx.cli import build_parser
+from lm_eval_approx.config_checks import field_default
 from lm_eval_approx.features.config import FeatureConfig
 from lm_eval_approx.leaderboard import config as leaderboard_config
 from lm_eval_approx.leaderboard.config import CorpusConfig, ExpertConfig, LeaderboardConfig
@@ -33,7 +34,6 @@ from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.tasks.kinds import CLASSIFICATION
 from lm_eval_approx.training.recipe import RECIPE_DEST, TrainingRecipe
 from lm_eval_approx.training.retraining_rule import CONDITIONS, retraining_rule
-from lm_eval_approx.validation import field_default
 
 PROGRAM = "lm-eval-approx"
 # Help text is wrapped to this many columns, whatever terminal builds the site, so the page is the

@@ -189,16 +189,16 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
     return run_stage(FEATURE_STAGE, inputs, compute)
 
 
-def _stop_probes(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecipe) -> list:
+def _probes_from_config(config: ApproxConfig, spec, corpus, rows, recipe: TrainingRecipe) -> list:
     """The probe of a recipe's stop signal on its monitor texts (``training/stop_signals.py``): the
     task loss (``task_loss``), or θf against the retrained model (the teacher signals); θf and the
     samplers of monitor texts run on the config's device in its ``extract_dtype``."""
-    from lm_eval_approx.training.stop_signals import build_stop_probes
+    from lm_eval_approx.training.stop_signals import probes_for_selection
 
-    return build_stop_probes(spec, recipe, rows, base=config.base, finetuned=config.finetuned,
-                             pool=(corpus.texts, corpus.ids), batch_size=config.extract_batch_size,
-                             max_length=config.extract_max_length, add_bos_token=config.add_bos_token,
-                             device=config.device, dtype=config.extract_dtype)
+    return probes_for_selection(spec, recipe, rows, base=config.base, finetuned=config.finetuned,
+                                pool=(corpus.texts, corpus.ids), batch_size=config.extract_batch_size,
+                                max_length=config.extract_max_length, add_bos_token=config.add_bos_token,
+                                device=config.device, dtype=config.extract_dtype)
 
 
 def _target_texts(config: ApproxConfig, spec) -> tuple[list[str], StageRecord | str]:
@@ -223,7 +223,7 @@ def _encoders(config: ApproxConfig, needs: frozenset[str]) -> dict:
     from lm_eval_approx.features.pooled import base_encoder
 
     encoders: dict = {}
-    placement = {"device": config.device, "dtype": config.extract_dtype}
+    placement: dict[str, Any] = {"device": config.device, "dtype": config.extract_dtype}
     if BASE_ENCODER in needs:
         encoders["base_encoder"] = base_encoder(config.base, config.extract_batch_size, config.extract_max_length,
                                                 config.add_bos_token, **placement)
@@ -315,7 +315,7 @@ def run_approximation(config: ApproxConfig, recipe: TrainingRecipe, out_dir: str
     models = _models_key(config)
 
     def compute_training(folder: Path) -> dict:
-        probes = _stop_probes(config, spec, corpus, rows, recipe) if recipe.uses_probe else ()
+        probes = _probes_from_config(config, spec, corpus, rows, recipe) if recipe.uses_probe else ()
         train_adapter(config.base, spec, rows, recipe, folder / "adapter", probes=probes,
                       add_bos_token=config.add_bos_token)
         return {"examples": len(rows)}

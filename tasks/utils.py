@@ -1,11 +1,11 @@
 """Data loaders of the approximation tasks (lm-eval's ``custom_dataset`` hook): the offline mirror
 of LM_EVAL_APPROX_DATA, else the hub. The prompts live in the YAML files themselves."""
 
-from lm_eval_approx.tasks import data as task_data
+from lm_eval_approx.tasks import dataset_loaders
 
-load_agnews = task_data.load_agnews
-load_msmarco = task_data.load_msmarco
-load_wikitext2 = task_data.load_wikitext2
+load_agnews = dataset_loaders.load_agnews
+load_msmarco = dataset_loaders.load_msmarco
+load_wikitext2 = dataset_loaders.load_wikitext2
 
 
 def load_msmarco_last_tokens(**kwargs):

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from lm_eval_approx.errors import ApproxError, ConfigError
-from lm_eval_approx.tasks.data import load_jsonl_splits
+from lm_eval_approx.tasks.dataset_loaders import load_jsonl_splits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -35,8 +35,8 @@ from lm_eval_approx.models.layers import head_name
 from lm_eval_approx.models.loading import load_model, load_tokenizer
 from _specs import AGNEWS, MSMARCO
 from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
-from lm_eval_approx.training.data import IGNORE_INDEX, render_examples, training_batch
 from lm_eval_approx.training.loss import batch_example_losses, full_example_losses
+from lm_eval_approx.training.rendering import IGNORE_INDEX, render_examples, training_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -217,7 +217,7 @@ def test_the_bos_tokenizer_really_adds_bos(tiny_bos_llama, tiny_llama):
 @pytest.mark.parametrize("spec_name", ["approx_agnews", "approx_msmarco"])
 def test_feature_loss_is_the_training_loss(folder, spec_name):
     """On the same examples: ``features/losses.py`` and the head factors' loss equal the per-example
-    loss training minimises on ``training/data.py`` rows, full logits and head-position paths."""
+    loss training minimises on ``training/rendering.py`` rows, full logits and head-position paths."""
     spec = get_task_spec(spec_name)
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     labels = LABELS if spec.kind == AGNEWS.kind else None

@@ -278,11 +278,11 @@ def test_lora_targets_and_short_retraining_score_alike_in_fast_hflm_and_hflm(pai
 
     from lm_eval_approx.data.selection_file import SelectedExample
     from lm_eval_approx.harness.fast_hflm import FastHFLM
-    from lm_eval_approx.training.data import normalise_weights, render_examples, training_batch
     from lm_eval_approx.training.loop import save_training, train_model
     from lm_eval_approx.training.model import prepare_model
     from lm_eval_approx.training.loss import batch_example_losses
     from lm_eval_approx.training.recipe import TrainingRecipe
+    from lm_eval_approx.training.rendering import normalise_weights, render_examples, training_batch
 
     recipe = TrainingRecipe(epochs=2, batch_size=4, learning_rate=1e-2, lora_rank=4, lora_dropout=0.0,
                             validation_fraction=0.0, target_modules=("all-linear", "head"))

@@ -14,13 +14,13 @@ import torch
 from _specs import AGNEWS
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.training.batching import BucketedBatches, padded_positions
-from lm_eval_approx.training.data import EpochShuffle, render_examples, training_batch
 from lm_eval_approx.training.dropout import LEVELS, FastDropout, drop_threshold, use_fast_dropout
 from lm_eval_approx.training.loop import TRAINING_FILE, train_adapter, train_model
 from lm_eval_approx.training.prepared import SHUFFLE_STRIDE
 from lm_eval_approx.training.loss import batch_example_losses
 from lm_eval_approx.training.model import prepare_model
 from lm_eval_approx.training.recipe import OLD_TRAINING_PATH, TrainingRecipe
+from lm_eval_approx.training.rendering import EpochShuffle, render_examples, training_batch
 from test_training import FAST, _adapter_tensors, _assert_same_tensors, crash_after_first_epoch, toy_examples
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -193,8 +193,8 @@ def test_cached_probes_equal_measured_ones_and_skip_theta_f_and_theta0(tiny_llam
 
     def retrain(seed: int, folder: str):
         recipe = TrainingRecipe(epochs=2, seed=seed, stop_on="teacher_agreement", patience=0, **FAST)
-        probes = stop_signals.stop_probes(AGNEWS, recipe, texts, base=tiny_llama, finetuned=str(expert),
-                                          batch_size=4, max_length=64)
+        probes = stop_signals.probes_for_texts(AGNEWS, recipe, texts, base=tiny_llama, finetuned=str(expert),
+                                               batch_size=4, max_length=64)
         return train_model(tiny_llama, AGNEWS, examples, recipe, tmp_path / folder, progress=False, probes=probes)
 
     first = retrain(0, "first").history.probes

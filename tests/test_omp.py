@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import nnls
 
 from lm_eval_approx.errors import SelectionError
-from lm_eval_approx.strategies.pursuit import select_omp
+from lm_eval_approx.strategies.omp import select_omp
 from lm_eval_approx.features.gradient_features import GradientFeatures
 
 from _synthetic import make_pool

@@ -16,7 +16,6 @@ import torch
 from _specs import AGNEWS, MSMARCO
 from lm_eval_approx.data.selection_file import SelectedExample
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.training.data import normalise_weights, render_examples, training_batch
 from lm_eval_approx.training.epoch import backward_in_parts
 from lm_eval_approx.training.model import block_index, prepare_model
 from lm_eval_approx.training.prefix_cache import (
@@ -27,6 +26,7 @@ from lm_eval_approx.training.prefix_cache import (
     prefixed_batch,
 )
 from lm_eval_approx.training.recipe import TrainingRecipe
+from lm_eval_approx.training.rendering import normalise_weights, render_examples, training_batch
 from test_training import toy_examples
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

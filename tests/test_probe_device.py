@@ -94,7 +94,7 @@ def test_the_teacher_and_the_sampler_load_on_the_device_in_the_dtype(pair, loads
     config = ApproxConfig(base=pair[0], finetuned=pair[1], extract_batch_size=4, extract_max_length=64,
                           device="cpu", extract_dtype="bfloat16")
     corpus = _pool()
-    [probe] = pipeline._stop_probes(config, AGNEWS, corpus, _rows(corpus.texts), TrainingRecipe(**rule, seed=1))
+    [probe] = pipeline._probes_from_config(config, AGNEWS, corpus, _rows(corpus.texts), TrainingRecipe(**rule, seed=1))
     callers = {caller for caller, *_ in loads}
     sampled = "monitor_source" in rule
     assert callers == set(PROBE_MODULES if sampled else PROBE_MODULES[:1]), loads
@@ -105,8 +105,8 @@ def test_the_teacher_and_the_sampler_load_on_the_device_in_the_dtype(pair, loads
 def test_the_uncached_teacher_loads_on_the_device_in_the_dtype(pair, loads, monkeypatch, own_cache, one_torch_thread):
     monkeypatch.setattr(stop_signals, "CACHE_PROBES", False)
     recipe = TrainingRecipe(stop_on="task_kl", seed=1)
-    stop_signals.stop_probes(AGNEWS, recipe, TEXTS, base=pair[0], finetuned=pair[1], batch_size=4, max_length=64,
-                             dtype="bfloat16")
+    stop_signals.probes_for_texts(AGNEWS, recipe, TEXTS, base=pair[0], finetuned=pair[1], batch_size=4, max_length=64,
+                                  dtype="bfloat16")
     assert loads == [(PROBE_MODULES[0], "cpu", "bfloat16", "cpu", torch.bfloat16)]
 
 
@@ -118,8 +118,8 @@ def test_the_teacher_stage_and_probe_keys_name_a_dtype_other_than_float32(pair, 
                 "add_bos_token": None, "signal": recipe.stop_on, "finetuned": model_fingerprint(pair[1])}
     keys = {}
     for dtype in ("float32", "bfloat16"):
-        [probe] = stop_signals.stop_probes(AGNEWS, recipe, TEXTS, base=pair[0], finetuned=pair[1], batch_size=4,
-                                           max_length=64, dtype=dtype)
+        [probe] = stop_signals.probes_for_texts(AGNEWS, recipe, TEXTS, base=pair[0], finetuned=pair[1], batch_size=4,
+                                                max_length=64, dtype=dtype)
         keys[dtype] = probe.key
     assert keys["float32"] == stage_key(stop_signals.PROBE_KEY, settings)  # the key it had before the dtype
     assert keys["bfloat16"] == stage_key(stop_signals.PROBE_KEY, {**settings, "extract_dtype": "bfloat16"})

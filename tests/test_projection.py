@@ -8,8 +8,8 @@ import torch
 
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.features.gradients import LayerFactors
-from lm_eval_approx.models.layers import WeightDelta
-from lm_eval_approx.features.projection import KroneckerProjector, make_projector, split_dim
+from lm_eval_approx.models.layers import WeightDelta, layer_shape, linear_modules, oriented_weight, weight_delta
+from lm_eval_approx.features.projection import PROJECTORS, KroneckerProjector, make_projector, split_dim
 
 SHAPES = {"a": (10, 6), "b": (7, 9)}
 SEEDS = 300
@@ -137,3 +137,92 @@ def test_config_names_every_projector_kind():
     from lm_eval_approx.features.projection import PROJECTORS
 
     assert tuple(PROJECTORS) == PROJECTIONS
+
+
+# A tiny GPT-2 pair (Conv1D layers, so the out×in orientation is exercised too): θf changes two
+# layers of the explicit parameter list and leaves the middle one exactly as θ0 has it.
+PAIR_LAYERS = ["transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_fc", "transformer.h.1.attn.c_proj"]
+UNCHANGED = "transformer.h.1.mlp.c_fc"
+PAIR_DIM = 48
+
+
+@pytest.fixture(scope="module")
+def pair_with_an_unchanged_layer(tiny_tokenizer):
+    import copy
+
+    from conftest import build_tiny_model
+
+    base = build_tiny_model("gpt2", len(tiny_tokenizer), seed=0)
+    tuned = copy.deepcopy(base)
+    modules = linear_modules(tuned)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name in PAIR_LAYERS:
+            if name != UNCHANGED:
+                modules[name].weight.add_(0.1 * torch.randn(modules[name].weight.shape, generator=gen))
+    return base, tuned
+
+
+def _slow_target(proj, diffs):
+    """θ0 − θf materialised from the weights, each layer written as gradient factors and sent through
+    the per-layer projection of gradients (dense: the stored JL matrix times the flattened matrix)."""
+    blocks = []
+    for name in proj.shapes:
+        out, inp = diffs[name].shape
+        as_factors = LayerFactors(diffs[name].t().reshape(1, inp, out), torch.eye(inp).reshape(1, inp, inp))
+        blocks.append(proj.project_layer(name, as_factors)[0])
+    return torch.cat(blocks)
+
+
+@pytest.mark.parametrize("kind", sorted(PROJECTORS))
+def test_a_layer_theta_f_leaves_unchanged_projects_to_zeros_of_its_block(pair_with_an_unchanged_layer, kind):
+    base, tuned = pair_with_an_unchanged_layer
+    mods0, mods_f = linear_modules(base), linear_modules(tuned)
+    deltas = {n: weight_delta(mods0[n], mods_f[n]) for n in PAIR_LAYERS}
+    assert deltas[UNCHANGED].terms == [] and all(deltas[n].terms for n in PAIR_LAYERS if n != UNCHANGED)
+    diffs = {n: (oriented_weight(mods0[n]) - oriented_weight(mods_f[n])).detach() for n in PAIR_LAYERS}
+    assert not torch.any(diffs[UNCHANGED])
+    proj = make_projector(kind, {n: layer_shape(mods_f[n]) for n in PAIR_LAYERS}, dim=PAIR_DIM, seed=3)
+    target = proj.project_delta(deltas)  # the expression features/build.py computes the target with
+    slow = _slow_target(proj, diffs)
+    assert target.shape == slow.shape == (proj.dim,)
+    torch.testing.assert_close(target, slow, atol=1e-5, rtol=1e-4)
+    block = proj.project_delta_layer(UNCHANGED, deltas[UNCHANGED])
+    out, inp = layer_shape(mods_f[UNCHANGED])
+    width = proj.project_layer(UNCHANGED, LayerFactors(torch.zeros(1, 1, out), torch.zeros(1, 1, inp))).shape[1]
+    assert block.shape == (width,) and not torch.any(block)
+    assert torch.any(target), "the changed layers still carry the target"
+    if kind == "dense":  # the dense JL written out: the stored matrix of each layer times vec(θ0 − θf)
+        by_matrix = torch.cat([proj.matrix(n) @ diffs[n].reshape(-1) for n in PAIR_LAYERS])
+        torch.testing.assert_close(target, by_matrix, atol=1e-5, rtol=1e-4)
+
+
+def test_an_empty_delta_materialises_as_a_zero_tensor():
+    zero = WeightDelta().materialise()
+    assert isinstance(zero, torch.Tensor) and not torch.any(zero)
+    assert torch.equal(zero.expand(3, 2), torch.zeros(3, 2))  # what the dense and identity projectors read
+
+
+@pytest.mark.parametrize("kind", sorted(PROJECTORS))
+def test_the_feature_store_target_of_an_explicit_list_with_an_unchanged_layer(pair_with_an_unchanged_layer,
+                                                                               tiny_tokenizer, kind, tmp_path):
+    """End to end: the store's target for an explicit parameter list that names the unchanged layer."""
+    from lm_eval_approx.data.corpus import Corpus
+    from lm_eval_approx.features.build import build_feature_store
+    from lm_eval_approx.features.config import FeatureConfig
+
+    base, tuned = pair_with_an_unchanged_layer
+    for model, folder in ((base, tmp_path / "base"), (tuned, tmp_path / "tuned")):
+        model.save_pretrained(folder, safe_serialization=True)
+        tiny_tokenizer.save_pretrained(folder)
+    config = FeatureConfig(base=str(tmp_path / "base"), finetuned=str(tmp_path / "tuned"), task="approx_agnews",
+                           params=",".join(PAIR_LAYERS), projection=kind, dim=PAIR_DIM, seed=3, batch_size=2,
+                           max_length=16, labels="true")
+    corpus = Corpus(ids=["doc:0", "doc:1"], texts=["The team won.", "Stocks fell."], labels=[1, 2],
+                    sources=["test"] * 2)
+    store = build_feature_store(config, corpus, None, tmp_path / "store")
+    assert store.meta["params"] == PAIR_LAYERS
+    mods0, mods_f = linear_modules(base), linear_modules(tuned)
+    proj = make_projector(kind, {n: layer_shape(mods_f[n]) for n in PAIR_LAYERS}, dim=PAIR_DIM, seed=3)
+    diffs = {n: (oriented_weight(mods0[n]) - oriented_weight(mods_f[n])).detach() for n in PAIR_LAYERS}
+    np.testing.assert_allclose(store.target, _slow_target(proj, diffs).numpy(), atol=1e-5, rtol=1e-4)

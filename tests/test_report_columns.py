@@ -155,3 +155,31 @@ def test_the_csv_and_the_page_carry_every_new_column(tmp_path):
     page = render(board, [])  # the page shows the Markdown's columns: result columns, context folded per row
     assert "<th>knew</th>" in page and "<th>Δ vs random [95% CI]</th>" in page and "delta_vs" not in page
     assert "<dt>selection FLOPs</dt><dd>2.5e12</dd>" in page and "¹ one seed: documents-only interval" in page
+
+
+def test_a_metric_the_results_lack_is_a_named_error_and_the_right_one_still_reports(tmp_path):
+    """A misspelt leaderboard metric, or a cell whose results lack it, names the metric instead of
+    putting None among a row's scores (which crashed in Row.mean)."""
+    from lm_eval_approx.errors import ConfigError
+    from lm_eval_approx.leaderboard.report import CSV_FILE, MD_FILE, write_tables
+
+    def cells(metric, lacking=None):
+        made = [_cell("theta0", "theta0", 0, 200, metric=metric), _cell("random", "approx", 0, 240, metric=metric),
+                _cell("select", "approx", 0, 320, metric=metric), _cell("select", "approx", 1, 300, metric=metric)]
+        if lacking is not None:  # this cell's results report another metric only
+            made[lacking]["results"]["approx_agnews"] = {"acc_norm,none": 0.5}
+        return made
+
+    for folder, made in (("misspelt", cells("accuracy")), ("lacking", cells("acc", lacking=3))):
+        wanted = "accuracy" if folder == "misspelt" else "acc"
+        (tmp_path / folder / "results").mkdir(parents=True)
+        for i, cell in enumerate(made):
+            (tmp_path / folder / "results" / f"{i:02d}.json").write_text(json.dumps(cell))
+        with pytest.raises(ConfigError, match=rf"metric='{wanted}'.*approx_agnews") as caught:
+            write_tables(tmp_path / folder)
+        assert caught.value.field == "metric" and caught.value.value == wanted
+        assert not (tmp_path / folder / MD_FILE).exists() and not (tmp_path / folder / CSV_FILE).exists()
+    board = _board(tmp_path / "right", cells("acc"))
+    assert board.metric == "acc"
+    assert {r.label: r.mean for r in board.rows} == pytest.approx({"theta0": 0.5, "random": 0.6, "select": 0.775})
+    assert "| select |" in to_markdown(board)

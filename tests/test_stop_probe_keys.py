@@ -1,4 +1,4 @@
-"""The one stop-probe builder (``training/stop_signals.py`` ``build_stop_probes``, ``monitor_inputs``)
+"""The one stop-probe builder (``training/stop_signals.py`` ``probes_for_selection``, ``monitor_inputs``)
 keeps the cache keys the running grids use: the values pinned below were computed by the pipeline's
 own builder before the pipeline and the ``train`` command shared one (θ0 and θf fingerprinted as
 ``fp-llama``, so the keys do not depend on where the test model lies)."""
@@ -48,7 +48,7 @@ def test_the_pipeline_keeps_its_probe_and_stage_keys(tiny_llama, fixed_fingerpri
     config = types.SimpleNamespace(base=tiny_llama, finetuned=tiny_llama, add_bos_token=None, extract_batch_size=4,
                                    extract_max_length=64, device="cpu", extract_dtype="float32")
     recipe = TrainingRecipe(stop_on=stop_on, monitor_size=6, seed=1)
-    [probe] = pipeline._stop_probes(config, AGNEWS, corpus, rows, recipe)
+    [probe] = pipeline._probes_from_config(config, AGNEWS, corpus, rows, recipe)
     record_probes(TrainingHistory(), [probe], load_model(tiny_llama), load_tokenizer(tiny_llama),
                   start=("fp-base", "no"))
     assert (probe.key, _stages(TEACHER_STAGE), _stages(START_STAGE)) == (

@@ -157,7 +157,7 @@ def test_token_ids_we_train_and_featurise_are_hflms_for_lm_evals_instances(user_
     from lm_eval_approx.data.selection_file import SelectedExample
     from lm_eval_approx.features.encoding import encode_classification, encode_lm
     from lm_eval_approx.models.loading import load_tokenizer
-    from lm_eval_approx.training.data import IGNORE_INDEX, render_examples
+    from lm_eval_approx.training.rendering import IGNORE_INDEX, render_examples
 
     spec, task = get_task_spec(name, include_path=user_tasks), _lm_eval_task(user_tasks, name)
     task.build_all_requests(limit=None, rank=0, world_size=1)

@@ -16,15 +16,6 @@ from lm_eval_approx.models.loading import load_model
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample, write_selection
 from _specs import AGNEWS, MSMARCO
-from lm_eval_approx.training.data import (
-    IGNORE_INDEX,
-    TrainingDataError,
-    normalise_weights,
-    render_example,
-    render_examples,
-    split_validation,
-    training_batch,
-)
 from lm_eval_approx.training.loss import example_losses_from_logits
 from lm_eval_approx.training.loop import (
     CHECKPOINT_FILE,
@@ -33,6 +24,15 @@ from lm_eval_approx.training.loop import (
     train_adapter,
     train_model,
     work_dir_for,
+)
+from lm_eval_approx.training.rendering import (
+    IGNORE_INDEX,
+    TrainingDataError,
+    normalise_weights,
+    render_example,
+    render_examples,
+    split_validation,
+    training_batch,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -417,7 +417,7 @@ def test_class_balance_weights_each_label_equally_and_trains_as_explicit_weights
     were multiplied by hand; a language-modelling task refuses it by name."""
     from dataclasses import replace
 
-    from lm_eval_approx.training.data import balance_classes
+    from lm_eval_approx.training.rendering import balance_classes
 
     skewed = [replace(e, label=0 if i % 3 else e.label) for i, e in enumerate(toy_examples(24, weights=True))]
     balanced = balance_classes(skewed)

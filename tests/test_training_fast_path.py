@@ -12,7 +12,6 @@ from lm_eval_approx.models.loading import load_model, load_tokenizer
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample
 from _specs import AGNEWS, MSMARCO
-from lm_eval_approx.training.data import IGNORE_INDEX, normalise_weights, render_examples, training_batch
 from lm_eval_approx.models.head_positions import HeadPositionsError, supports_head_positions
 from lm_eval_approx.training.loss import (
     batch_example_losses,
@@ -22,6 +21,7 @@ from lm_eval_approx.training.loss import (
 )
 from lm_eval_approx.training.loop import save_training, train_model
 from lm_eval_approx.training.model import prepare_model
+from lm_eval_approx.training.rendering import IGNORE_INDEX, normalise_weights, render_examples, training_batch
 
 RTOL = 1e-5
 NO_DROPOUT = dict(batch_size=4, learning_rate=3e-3, validation_fraction=0.25, lora_dropout=0.0)

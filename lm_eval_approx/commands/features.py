@@ -6,6 +6,7 @@ corpus over processes; rank 0 merges the shards.
 
 from __future__ import annotations
 
+from lm_eval_approx.config_checks import add_field_arguments, field_values
 from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.features.config import FeatureConfig
 from lm_eval_approx.models.pairs import check_model_pair
@@ -13,7 +14,6 @@ from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.tasks.kinds import CLASSIFICATION
 from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
 from lm_eval_approx.training.examples import check_labels
-from lm_eval_approx.validation import add_field_arguments, field_values
 
 # The FeatureConfig fields the command line sets, in flag order; corpus_limit is spelled --limit.
 FLAG_FIELDS = ("base", "finetuned", "task", "corpus", "params", "dim", "checkpoints", "labels", "corpus_limit",

@@ -47,9 +47,10 @@ from lm_eval_approx.training.recipe import (
 from lm_eval_approx.training.retraining_rule import rule_for_task
 from lm_eval_approx.training.stop_signals import (
     TASK_TEXTS,
-    build_stop_probes,
     monitor_inputs,
+    probes_for_selection,
 )
+from lm_eval_approx.training.history import TrainingHistory
 from lm_eval_approx.training.summary import read_training_history
 
 logger = logging.getLogger(__name__)
@@ -128,10 +129,10 @@ def train_command(args: argparse.Namespace) -> int:
     probes, monitor = ((), None)
     if recipe.uses_probe:
         check_device_available("device", device)  # before any monitor text is drawn or model loaded
-        probes, monitor = _stop_probes(args.base, finetuned, spec, recipe, examples, device, dtype)
+        probes, monitor = _probes_and_monitor_key(args.base, finetuned, spec, recipe, examples, device, dtype)
     out = train_adapter(args.base, spec, examples, recipe, args.out, progress=not args.no_progress,
                         probes=probes, monitor=monitor)
-    history = read_training_history(out)
+    history: TrainingHistory = read_training_history(out)  # type: ignore[assignment]  # train_adapter wrote it
     kept = (f"{recipe.stop_on} {history.best_signal:.4g}" if recipe.uses_probe
             else f"validation loss {history.best_validation_loss}")
     print(
@@ -143,11 +144,11 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_probes(base: str, finetuned: str | None, spec, recipe: TrainingRecipe, examples: list,
-                 device: str = CPU, dtype: str = DEFAULT_DTYPE) -> tuple:
+def _probes_and_monitor_key(base: str, finetuned: str | None, spec, recipe: TrainingRecipe, examples: list,
+                            device: str = CPU, dtype: str = DEFAULT_DTYPE) -> tuple:
     """The stop signal's probe on texts of the task's training split that were not selected (θf and
     the samplers on ``device`` in ``dtype``), and what identifies it in the training key (the texts'
     source, θf and its dtype), so an output folder trained against another θf is not reused."""
-    probes = build_stop_probes(spec, recipe, examples, base=base, finetuned=finetuned, max_length=recipe.max_length,
-                               device=device, dtype=dtype)
+    probes = probes_for_selection(spec, recipe, examples, base=base, finetuned=finetuned, max_length=recipe.max_length,
+                                  device=device, dtype=dtype)
     return probes, json.dumps(monitor_inputs(recipe, TASK_TEXTS, finetuned or base, dtype), sort_keys=True)

@@ -26,6 +26,7 @@ import numpy as np
 
 from lm_eval_approx.cache.keys import short_hash
 from lm_eval_approx.cache.safe_paths import expand_user
+from lm_eval_approx.config_checks import check_int, is_int
 from lm_eval_approx.data.mirror import (
     data_dir,
     hub_offline,
@@ -33,7 +34,6 @@ from lm_eval_approx.data.mirror import (
     mirror_missing,
 )
 from lm_eval_approx.errors import ConfigError, DataNotFoundError
-from lm_eval_approx.validation import check_int, is_int
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lm_eval_approx.cache.keys import short_hash
+from lm_eval_approx.config_checks import check_int, check_number
 from lm_eval_approx.errors import ApproxError
-from lm_eval_approx.validation import check_int, check_number
 
 
 class SelectionFileError(ApproxError, ValueError):

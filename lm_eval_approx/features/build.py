@@ -44,7 +44,7 @@ from lm_eval_approx.features.label_head import (
 )
 from lm_eval_approx.features.fused import NO_CHOICE, PseudoLabelChoice, carriers, task_has_carriers
 from lm_eval_approx.features.losses import STREAM_CHUNK
-from lm_eval_approx.features.projection import make_projector
+from lm_eval_approx.features.projection import Projector, make_projector
 from lm_eval_approx.features.pseudo_labels import pseudo_label
 from lm_eval_approx.features.store import META_FILE, NO_LABEL, FeatureStore
 from lm_eval_approx.models.interpolation import interpolated
@@ -135,7 +135,7 @@ def _label_rank(tokenizer, spec, add_bos_token: bool | None) -> int:
 def document_batches(order, windows: list[int], batch_size: int) -> list[np.ndarray]:
     """Consecutive documents of ``order`` in batches of at most ``batch_size`` windows (a document
     with more windows than that is a batch of its own): a document never spans two batches."""
-    batches, current, size = [], [], 0
+    batches, current, size = [], list[int](), 0
     for j in order:
         if current and size + windows[j] > batch_size:
             batches.append(np.asarray(current))
@@ -175,6 +175,7 @@ class _Extractor:
         with _float32_pair(config, self.model0, self.model_f) as (ref0, ref_f):
             self.names = _parameter_set(config, ref0, ref_f)
             mods0, mods_f = linear_modules(ref0), linear_modules(ref_f)
+            self.projector: Projector
             if self.label_ids is not None:
                 head = self.names[0]
                 self.projector, target = label_head_projector(mods0[head], mods_f[head], head, self.label_ids,
@@ -192,7 +193,7 @@ class _Extractor:
         low_rank = (self.is_head and self.spec.kind == CLASSIFICATION and config.projection == "kronecker")
         self.factor_shape = None
         if low_rank:
-            d1, d2 = self.projector.blocks[self.names[0]]
+            d1, d2 = self.projector.blocks[self.names[0]]  # type: ignore[attr-defined]  # a KroneckerProjector here
             self.factor_shape = (_label_rank(self.tokenizer, self.spec, config.add_bos_token), d1, d2)
         self.meta = {"base": model_fingerprint(config.base), "finetuned": model_fingerprint(config.finetuned),
                      "task": config.task, "params": self.names, "params_spec": config.params,
@@ -274,12 +275,12 @@ class _Extractor:
             feats = projected.cpu().numpy()
             low = None
             if store.factors is not None:
-                a, b = self.projector.low_rank(factors)
+                a, b = self.projector.low_rank(factors)  # type: ignore[misc]  # factors only from a low-rank projector
                 r = store.factors[0].shape[1]
                 if a.shape[1] > r:
                     raise ConfigError("task", cfg.task, f"verbalisers of at most {r} tokens (found {a.shape[1]})")
                 low = tuple(np.pad(t.cpu().numpy(), ((0, 0), (0, r - t.shape[1]), (0, 0))) for t in (a, b))
-            store.write_rows(rows[part], feats, loss.cpu().numpy(), chunk_labels[part], sqnorm, low)
+            store.write_rows(rows[part], feats, loss.cpu().numpy(), chunk_labels[part], sqnorm, low)  # type: ignore[arg-type]  # low: (A, B)
             progress.update(len(part))
 
 

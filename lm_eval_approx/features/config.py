@@ -10,6 +10,13 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from lm_eval_approx.config_checks import (
+    MIN_MAX_LENGTH,
+    check_choice,
+    check_int,
+    check_text,
+    help_field,
+)
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.models.devices import DTYPES, check_device
 from lm_eval_approx.models.parameter_sets import (
@@ -20,13 +27,6 @@ from lm_eval_approx.models.parameter_sets import (
 )
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
 from lm_eval_approx.tasks.lm_eval_tasks import get_task_spec
-from lm_eval_approx.validation import (
-    MIN_MAX_LENGTH,
-    check_choice,
-    check_int,
-    check_text,
-    help_field,
-)
 
 DEFAULT_DIM = 4096
 DEFAULT_MAX_LENGTH = 256

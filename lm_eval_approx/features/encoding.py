@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lm_eval_approx.config_checks import MIN_MAX_LENGTH, check_int
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
-from lm_eval_approx.validation import MIN_MAX_LENGTH, check_int
 
 # HFLM's default for its ``add_bos_token`` model argument: the tokenizer's own special tokens.
 HFLM_ADD_BOS_TOKEN = None

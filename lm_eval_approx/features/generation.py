@@ -34,10 +34,10 @@ import numpy as np
 
 from lm_eval_approx.cache.atomic import write_json_atomic
 from lm_eval_approx.cache.stages import StageRecord, run_stage
+from lm_eval_approx.config_checks import check_choice, check_int, check_number
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.devices import DEFAULT_DTYPE, EXTRACT_DTYPE_KEY
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, task_key
-from lm_eval_approx.validation import check_choice, check_int, check_number
 
 FINETUNED, BASE, CONTRAST = "finetuned", "base", "contrast"
 SOURCES = (FINETUNED, BASE, CONTRAST)

@@ -7,7 +7,7 @@
   included where lm-eval scores it.
 
 The tokens are those of ``features/encoding.py``, lm-eval HFLM's rule, and these are the losses
-training minimises (``training/loss.py`` on ``training/data.py`` rows): weight 1 on each label
+training minimises (``training/loss.py`` on ``training/rendering.py`` rows): weight 1 on each label
 token, 1/n on each of the n passage tokens.
 
 Texts stream through in chunks of ``STREAM_CHUNK`` documents (any iterable works): only one chunk's
@@ -26,6 +26,7 @@ from itertools import islice
 import numpy as np
 import torch
 
+from lm_eval_approx.config_checks import check_int
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.features.config import DEFAULT_MAX_LENGTH
 from lm_eval_approx.features.encoding import (
@@ -38,7 +39,6 @@ from lm_eval_approx.features.encoding import (
     gather_positions,
 )
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
-from lm_eval_approx.validation import check_int
 
 DEFAULT_BATCH_SIZE = 16
 STREAM_CHUNK = 4096

@@ -23,10 +23,10 @@ import inspect
 import numpy as np
 import torch
 
+from lm_eval_approx.config_checks import check_int
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.features.encoding import HFLM_ADD_BOS_TOKEN, prefix_token_id, tok_encode
 from lm_eval_approx.features.losses import DEFAULT_BATCH_SIZE, model_device
-from lm_eval_approx.validation import check_int
 
 DEFAULT_POOLED_MAX_LENGTH = 128
 

@@ -25,11 +25,11 @@ from typing import ClassVar
 import torch
 
 from lm_eval_approx.cache.keys import short_hash
+from lm_eval_approx.config_checks import check_int
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.features.config import DEFAULT_DIM
 from lm_eval_approx.features.gradients import LayerFactors, tensor_key
 from lm_eval_approx.models.layers import WeightDelta
-from lm_eval_approx.validation import check_int
 
 DENSE_MAX_ELEMENTS = 1 << 28
 IDENTITY_MAX_DIM = 1 << 24

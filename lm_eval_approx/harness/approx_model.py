@@ -52,7 +52,7 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[ApproxConfig, TrainingReci
     found), the training recipe and HFLM's own args."""
     config_fields = {f.name for f in dataclasses.fields(ApproxConfig)} - {"strategy_options", "add_bos_token", "device"}
     recipe_fields = {f.name for f in dataclasses.fields(TrainingRecipe)}
-    config, recipe, options, rest = {}, {}, {}, {}
+    config, recipe, options, rest = dict[str, Any](), {}, {}, {}
     recipe_file = kwargs.pop("recipe", None)
     for key, value in kwargs.items():
         if key in config_fields:

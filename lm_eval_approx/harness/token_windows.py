@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 
+from lm_eval_approx.config_checks import check_int
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import load_tokenizer
-from lm_eval_approx.tasks.data import load_msmarco
-from lm_eval_approx.validation import check_int
+from lm_eval_approx.tasks.dataset_loaders import load_msmarco
 
 logger = logging.getLogger(__name__)
 

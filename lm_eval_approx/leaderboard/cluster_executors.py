@@ -127,7 +127,8 @@ class SlurmExecutor(Executor):
         # On SLURM the whole phase is one array (SLURM runs `workers` at a time); locally, jobs are
         # started as earlier ones end.
         room = self.workers if self.cluster == "local" and self.workers else len(tasks)
-        waiting, running, outcomes = list(tasks), {}, {}
+        waiting, outcomes = list(tasks), {}
+        running: dict = {}  # submitit job → its task
         while waiting or running:
             if waiting and len(running) < room:
                 batch, waiting = waiting[:room - len(running)], waiting[room - len(running):]

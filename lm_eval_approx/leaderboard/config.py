@@ -57,6 +57,7 @@ from functools import partial
 from typing import Any
 
 from lm_eval_approx.approx_config import ApproxConfig, UnresolvedConfigError
+from lm_eval_approx.config_checks import check_choice, check_int, check_text
 from lm_eval_approx.errors import ConfigError
 
 # LeaderboardConfigError, TargetNotLoadedError and field_error are part of this module's interface
@@ -99,7 +100,6 @@ from lm_eval_approx.strategies.base import TARGET_TEXTS
 from lm_eval_approx.strategies.registry import strategy_registry
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.training.retraining_rule import CONDITIONS, WEIGHTS, rule_for_task
-from lm_eval_approx.validation import check_choice, check_int, check_text
 
 TOP_KEYS = ("name", "base", "task", "include_path", "metric", "expert", "corpus", "strategies", "budgets", "seeds",
             "condition",

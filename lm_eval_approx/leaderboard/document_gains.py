@@ -26,6 +26,7 @@ the same documents (checked, as ``leaderboard compare`` does).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ HEADER = ("| row | seeds | mean gain over θ0 | share of the expert's gain | doc
           "| correlation with the expert's per-document gain |")
 
 
-def document_values(runs: dict[int, dict[str, object]]) -> dict[str, float]:
+def document_values(runs: dict[int, dict[str, Any]]) -> dict[str, float]:
     """Per document: the seeds' mean of its value (log-likelihood per weight for a pair)."""
     values: dict[str, list[float]] = {}
     for run in runs.values():

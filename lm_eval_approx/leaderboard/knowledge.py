@@ -118,6 +118,6 @@ def _stops_on_task_texts(cell: dict[str, Any], record: dict[str, Any], snapshot:
     elif recipe:
         source = recipe
     else:
-        row = next((s for s in snapshot.get("strategies") or [] if s.get("label") == record.get("label")), {})
+        row: dict[str, Any] = next((s for s in snapshot.get("strategies") or [] if s.get("label") == record.get("label")), {})
         source = {**(snapshot.get("recipe") or {}), **(snapshot.get("retraining") or {}), **(row.get("recipe") or {})}
     return source.get("stop_on") in TASK_SIGNALS and source.get("monitor_source") in TASK_MONITOR

@@ -73,12 +73,20 @@ def describe(name: str, runs: dict[int, dict[str, object]], metric: str) -> str:
     return f"{name}: {np.mean(scores):.3f}{spread} over seeds {sorted(runs)} ({', '.join(f'{s:.3f}' for s in scores)})"
 
 
+def _shared(interval: Interval | None) -> Interval:
+    """``interval``, checked: the intervals module gives None for runs that share no document or
+    hold values of two shapes (a number on one side, a (log-likelihood, weight) pair on the other)."""
+    if interval is None:
+        raise RowComparisonError("the rows share no document with values of one shape (numbers or pairs)")
+    return interval
+
+
 def _bounds(interval: Interval) -> str:
     return f"{interval.delta:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]"
 
 
 def _two_level(row: list[dict[str, object]], reference: list[dict[str, object]], metric: str) -> str:
-    levels = two_level_interval(row, reference, metric)
+    levels = _shared(two_level_interval(row, reference, metric))
     return f"  two-level (seeds, then documents): {_bounds(levels)}{'  excludes 0' if levels.excludes_zero() else ''}"
 
 
@@ -96,7 +104,7 @@ def compare_rows(out: str | Path, row: str, against: str, k: int | None = None, 
                                  "a paired interval needs them")
     lines = [describe(row, row_runs, metric), describe(against, ref_runs, metric)]
     if all_seeds:
-        both = paired_interval(list(row_runs.values()), list(ref_runs.values()), metric)
+        both = _shared(paired_interval(list(row_runs.values()), list(ref_runs.values()), metric))
         lines.append(f"{row} (seeds {sorted(row_runs)}) − {against} (seeds {sorted(ref_runs)}): {_bounds(both)} "
                      f"({both.documents} documents){'  excludes 0' if both.excludes_zero() else ''}")
         if len(row_runs) > 1 and len(ref_runs) > 1:
@@ -107,11 +115,11 @@ def compare_rows(out: str | Path, row: str, against: str, k: int | None = None, 
         raise RowComparisonError(f"rows {row!r} (seeds {sorted(row_runs)}) and {against!r} (seeds {sorted(ref_runs)}) "
                                  "share no seed; --all-seeds pairs their means over all their seeds")
     paired_row, paired_ref = [row_runs[s] for s in seeds], [ref_runs[s] for s in seeds]
-    both = paired_interval(paired_row, paired_ref, metric)
+    both = _shared(paired_interval(paired_row, paired_ref, metric))
     lines.append(f"{row} − {against} over seeds {seeds}: {_bounds(both)} "
                  f"({both.documents} documents){'  excludes 0' if both.excludes_zero() else ''}")
     if len(seeds) > 1:
         lines.append(_two_level(paired_row, paired_ref, metric))
     for seed in seeds:
-        lines.append(f"  seed {seed}: {_bounds(paired_interval([row_runs[seed]], [ref_runs[seed]], metric))}")
+        lines.append(f"  seed {seed}: {_bounds(_shared(paired_interval([row_runs[seed]], [ref_runs[seed]], metric)))}")
     return lines

@@ -24,12 +24,12 @@ def _approx_labels(board: Board) -> list[str]:
 
 
 def metric_vs_k(board: Board, path: Path) -> Path:
-    budgets = sorted({r.k for r in board.rows if r.kind == APPROX})
+    budgets = sorted({r.k for r in board.rows if r.kind == APPROX and r.k is not None})
     if len(budgets) == 1:
         return _metric_by_strategy(board, path, budgets[0])
     fig, ax = _figure()
     for label in _approx_labels(board):
-        rows = sorted((r for r in board.rows if r.label == label and r.kind == APPROX), key=lambda r: r.k)
+        rows = sorted((r for r in board.rows if r.label == label and r.kind == APPROX), key=lambda r: r.k or 0)
         ax.errorbar([r.k for r in rows], [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows],
                     marker="o", capsize=3, label=label)
     _reference_lines(board, ax)
@@ -70,7 +70,7 @@ def _reference_lines(board: Board, ax) -> None:
 
 def gap_closed(board: Board, path: Path) -> Path:
     labels = _approx_labels(board)
-    budgets = sorted({r.k for r in board.rows if r.kind == APPROX})
+    budgets = sorted({r.k for r in board.rows if r.kind == APPROX and r.k is not None})
     fig, ax = _figure()
     width = BAR_WIDTH / max(len(budgets), 1)
     for j, k in enumerate(budgets):

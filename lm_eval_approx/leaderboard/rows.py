@@ -9,11 +9,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lm_eval_approx.config_checks import check_int
 from lm_eval_approx.errors import ConfigError, UnknownNameError
 from lm_eval_approx.leaderboard.checks import field_error
 from lm_eval_approx.approx_config import ApproxConfig
 from lm_eval_approx.strategies.registry import strategy_registry
-from lm_eval_approx.validation import check_int
 
 # ApproxConfig fields a leaderboard sets itself (per cell, or ``device`` from its top level), so
 # `approx:` may not name them.

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lm_eval_approx.config_checks import check_int, check_number
 from lm_eval_approx.leaderboard.checks import check_corpus_spec, check_task_name, field_error
 from lm_eval_approx.leaderboard.rows import mapping
-from lm_eval_approx.validation import check_int, check_number
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
 CORPUS_KEYS = ("spec", "size", "seed")

@@ -30,7 +30,7 @@ def read_yaml(config_file: str | None = None, preset: str | None = None) -> dict
             raise UnknownNameError("preset", preset, preset_names())
         path = PRESET_DIR / f"{preset}.yaml"
     else:
-        path = Path(config_file)
+        path = Path(config_file)  # type: ignore[arg-type]  # one of the two is given (checked above)
         if not path.is_file():
             raise field_error("--config", config_file, "an existing YAML file")
     try:

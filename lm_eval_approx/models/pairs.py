@@ -184,7 +184,7 @@ def _chosen_modules(model, params: str) -> list[str]:
         return [head_name(model)]
     if params == CHANGED:
         return sorted(linear_modules(model))
-    names = explicit_layers(params)
+    names = explicit_layers(params) or []  # None only for the named sets handled above
     resolve_modules(model, names)
     return names
 
@@ -235,7 +235,7 @@ def _check_target(base: ModelFiles, finetuned: ModelFiles, config0, params: str)
                              f"the adapter leaves {', '.join(modules[:5])} unchanged (every LoRA B·A on them is "
                              f"zero; it changes {sorted(changed)[:5] or 'nothing'}), so θ0 − θf is zero there")
     if _same_path(base.resolved, finetuned.resolved):
-        differ = False
+        differ: str | bool | None = False
     else:
         differ = first_difference(base.resolved, finetuned.resolved, _parameter_names(model, modules))
     if differ is False:

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lm_eval_approx.config_checks import is_int
 from lm_eval_approx.errors import ConfigError, SelectionError
 from lm_eval_approx.features.gradient_features import GradientFeatures
-from lm_eval_approx.validation import is_int
 
 FEATURES = "features"
 LABELS = "labels"

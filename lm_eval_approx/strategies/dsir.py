@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lm_eval_approx.config_checks import check_choice, check_int, help_field
 from lm_eval_approx.errors import SelectionError
 from lm_eval_approx.strategies.base import TARGET_TEXTS, CandidatePool, Selection, Strategy
 from lm_eval_approx.strategies.nearest import TEXTS, target_texts
-from lm_eval_approx.validation import check_choice, check_int, help_field
 
 TOKEN = re.compile(r"\w+|[^\w\s]+")
 GUMBEL, TOPK = "gumbel", "topk"

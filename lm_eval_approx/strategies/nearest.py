@@ -16,6 +16,8 @@ in the rare case that earlier picks used it up.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from lm_eval_approx.errors import SelectionError
@@ -75,7 +77,7 @@ def top_order(scores: np.ndarray, depth: int) -> np.ndarray:
     return candidates[np.argsort(-scores[candidates], kind="stable")][:depth]
 
 
-def _target_blocks(docs: np.ndarray, targets: np.ndarray):
+def _target_blocks(docs: np.ndarray, targets: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(first target, cosines [n, block] as float64) over consecutive blocks of targets."""
     width = max(1, BLOCK_ENTRIES // max(1, len(docs)))
     for lo in range(0, len(targets), width):

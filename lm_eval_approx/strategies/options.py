@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lm_eval_approx.validation import check_choice, check_int, check_number, help_field
+from lm_eval_approx.config_checks import check_choice, check_int, check_number, help_field
 
 COSINE_RANGE = (-1.0, 1.0)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lm_eval_approx.config_checks import check_choice, help_field
 from lm_eval_approx.strategies.base import (
     BASE_ENCODER,
     TARGET_TEXTS,
@@ -45,7 +46,6 @@ from lm_eval_approx.strategies.nearest import (
     round_robin_nearest,
     top_order,
 )
-from lm_eval_approx.validation import check_choice, help_field
 
 ROUND_ROBIN = "round_robin"
 AGGREGATES = (ROUND_ROBIN, "max", "mean")

@@ -8,7 +8,7 @@ or the decimal string of an index. The expert is trained on the text field with 
 empty, exactly as every candidate document is rendered, so θf and its approximation see examples
 of the same form (for a task whose prompt shows several fields this is a simplification, stated in
 docs/ARCHITECTURE.md). The shipped ``approx_*`` tasks are lm-eval tasks like any other: their
-training split is read from the data mirror by their ``custom_dataset`` loader (``tasks/data.py``).
+training split is read from the data mirror by their ``custom_dataset`` loader (``tasks/dataset_loaders.py``).
 """
 
 from __future__ import annotations

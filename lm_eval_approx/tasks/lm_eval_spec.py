@@ -41,9 +41,9 @@ import json
 from typing import Any
 
 from lm_eval_approx.cache.keys import short_hash
+from lm_eval_approx.config_checks import check_text
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING
-from lm_eval_approx.validation import check_text
 
 MULTIPLE_CHOICE = "multiple_choice"
 ROLLING = "loglikelihood_rolling"

@@ -1,6 +1,6 @@
 """Length-bucketed training batches: the same examples per epoch, far fewer padding tokens.
 
-A batch is right-padded to its longest row (``training/data.py`` ``training_batch``), so a batch of
+A batch is right-padded to its longest row (``training/rendering.py`` ``training_batch``), so a batch of
 one 115-token and fifteen 40-token rows costs 16 × 115 positions. Measured on SmolLM2 training
 batches of 16 WikiText-2 + DBpedia candidates under the AG News prompt: 66% of the padded positions
 were real tokens. Every padded position costs the full forward and backward of a real one, plus a
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.training.data import EpochShuffle
+from lm_eval_approx.training.rendering import EpochShuffle
 
 # Batches per sorting window: wide enough that a window spans the range of lengths (8 × 16 = 128
 # examples), narrow enough that the windows of one epoch still mix examples of different seeds of

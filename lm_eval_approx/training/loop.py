@@ -1,7 +1,7 @@
 """Train θ0 on a list of examples with one recipe: the expert θf and every approximation alike.
 
 Loss. Example i has loss L_i (summed label-token NLL for classification, mean token NLL for
-language modelling, see ``training/data.py``) and weight w_i (1 unless the strategy weights examples,
+language modelling, see ``training/rendering.py``) and weight w_i (1 unless the strategy weights examples,
 e.g. select_omp). With w̃_i = w_i / mean(w) over the training part, a batch B minimises
 (1/|B|) Σ_{i∈B} w̃_i L_i, so the expected gradient is that of Σ_i w_i L_i / Σ_i w_i, the loss of
 the weighted data set; with equal weights it is the ordinary mean loss. Validation loss is

@@ -1,6 +1,6 @@
 """Per-example training losses from one forward pass, with the output head run only where needed.
 
-A batch (right-padded, see ``training.data.training_batch``) has labels y[b, t] (IGNORE_INDEX where
+A batch (right-padded, see ``training.rendering.training_batch``) has labels y[b, t] (IGNORE_INDEX where
 not supervised); the model's logits z[b, t] at position t predict y[b, t + 1]. The loss of example b
 is Σ_t NLL(z[b, t], y[b, t + 1]) over supervised t + 1 (classification), or that sum divided by the
 number of supervised tokens (language modelling): ``example_losses_from_logits``. These are the
@@ -34,7 +34,7 @@ import torch
 
 from lm_eval_approx.models.head_positions import HeadPositionsError, causal_lm
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING
-from lm_eval_approx.training.data import IGNORE_INDEX
+from lm_eval_approx.training.rendering import IGNORE_INDEX
 
 
 def example_losses_from_logits(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:

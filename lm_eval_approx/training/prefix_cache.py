@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_approx.errors import ApproxError
-from lm_eval_approx.training.data import RenderedExample, training_batch
 from lm_eval_approx.training.loss import batch_example_losses
+from lm_eval_approx.training.rendering import RenderedExample, training_batch
 
 PREFIX_STATES = "prefix_states"  # the batch entry holding each row's cached h_k
 # Config fields that name a dropout; the ones of heads a causal LM does not run are not counted.

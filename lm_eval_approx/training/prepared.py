@@ -16,7 +16,11 @@ from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.head_positions import supports_head_positions
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, TaskSpec
 from lm_eval_approx.training.batching import BucketedBatches
-from lm_eval_approx.training.data import (
+from lm_eval_approx.training.model import prepare_model
+from lm_eval_approx.training.precision import accelerator_for
+from lm_eval_approx.training.prefix_cache import FrozenPrefix, prefixed_batch
+from lm_eval_approx.training.recipe import BALANCED, BUCKETED, NO_BALANCE, TrainingRecipe
+from lm_eval_approx.training.rendering import (
     EpochShuffle,
     balance_classes,
     normalise_weights,
@@ -24,10 +28,6 @@ from lm_eval_approx.training.data import (
     split_validation,
     training_batch,
 )
-from lm_eval_approx.training.model import prepare_model
-from lm_eval_approx.training.precision import accelerator_for
-from lm_eval_approx.training.prefix_cache import FrozenPrefix, prefixed_batch
-from lm_eval_approx.training.recipe import BALANCED, BUCKETED, NO_BALANCE, TrainingRecipe
 
 SHUFFLE_STRIDE = 1_000_003
 

@@ -25,9 +25,7 @@ from typing import Any
 
 from lm_eval_approx.cache.atomic import write_text_atomic
 from lm_eval_approx.cache.keys import RECIPE_KIND, record_key
-from lm_eval_approx.errors import ConfigError
-from lm_eval_approx.training.precision import AUTO, resolve_precision
-from lm_eval_approx.validation import (
+from lm_eval_approx.config_checks import (
     MIN_MAX_LENGTH,
     add_field_arguments,
     check_choice,
@@ -36,6 +34,8 @@ from lm_eval_approx.validation import (
     field_values,
     help_field,
 )
+from lm_eval_approx.errors import ConfigError
+from lm_eval_approx.training.precision import AUTO, resolve_precision
 
 LORA = "lora"
 FULL = "full"

@@ -53,7 +53,7 @@ CACHE_PROBES = True  # a task_* signal's monitor texts: the task's training spli
 
 def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[str],
                   pool: tuple[Sequence[str], Sequence[str]] | None = None,
-                  selected_ids: set[str] = frozenset(), models: tuple[str, str | None] | None = None,
+                  selected_ids: set[str] | frozenset[str] = frozenset(), models: tuple[str, str | None] | None = None,
                   add_bos_token: bool | None = None, device: str = CPU, dtype: str = DEFAULT_DTYPE) -> list[str]:
     """The texts ``recipe.stop_on`` is measured on: for a ``teacher_*`` signal, unselected documents
     of ``pool`` (its texts and ids; ``selected_ids`` are left out); for a ``task_*`` signal,
@@ -61,6 +61,7 @@ def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[st
     sampled from ``models`` (θ0, θf, on ``device`` in ``dtype``) when ``recipe.monitor_source`` names
     a sampler."""
     from lm_eval_approx.tasks.documents import has_training_texts
+    from lm_eval_approx.tasks.lm_eval_spec import LmEvalTaskSpec
     from lm_eval_approx.training.examples import task_examples
     from lm_eval_approx.training.probes import held_out_texts
 
@@ -73,7 +74,7 @@ def monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, selected_texts: set[st
         return held_out_texts(texts, ids, set(selected_ids), recipe.monitor_size, recipe.seed)
     if recipe.monitor_source != TASK_MONITOR:
         return sampled_monitor_texts(spec, recipe, models, add_bos_token, device=device, dtype=dtype)
-    if not has_training_texts(spec):
+    if not isinstance(spec, LmEvalTaskSpec) or not has_training_texts(spec):
         raise ConfigError("stop_on", recipe.stop_on, f"a task with a training split to draw its monitor texts from "
                           f"({spec.name} has none), or stop_on validation_loss")
     examples = task_examples(spec, recipe.monitor_size, recipe.seed)
@@ -91,7 +92,7 @@ def monitor_identity(recipe: TrainingRecipe, pool_fingerprint: str) -> str:
     return TASK_TEXTS if recipe.monitor_source == TASK_MONITOR else f"sampled:{recipe.monitor_source}"
 
 
-def monitor_inputs(recipe: TrainingRecipe, pool_fingerprint: str, finetuned: str | None,
+def monitor_inputs(recipe: TrainingRecipe, pool_fingerprint: str, finetuned: str,
                    dtype: str = DEFAULT_DTYPE) -> dict[str, str]:
     """What a probe stop signal adds to a training's key, since it picks the kept epoch: where its
     monitor texts come from, and θf's fingerprint (``finetuned`` names θf) and the dtype it ran in
@@ -107,20 +108,20 @@ def monitor_inputs(recipe: TrainingRecipe, pool_fingerprint: str, finetuned: str
     return keyed_fields(MONITOR_KIND, monitor)
 
 
-def build_stop_probes(spec: TaskSpec, recipe: TrainingRecipe, selected: Sequence, *, base: str,
-                      finetuned: str | None, pool: tuple[Sequence[str], Sequence[str]] | None = None,
-                      batch_size: int = 16, max_length: int = 128, add_bos_token: bool | None = None,
-                      device: str = CPU, dtype: str = DEFAULT_DTYPE) -> list:
+def probes_for_selection(spec: TaskSpec, recipe: TrainingRecipe, selected: Sequence, *, base: str,
+                         finetuned: str | None, pool: tuple[Sequence[str], Sequence[str]] | None = None,
+                         batch_size: int = 16, max_length: int = 128, add_bos_token: bool | None = None,
+                         device: str = CPU, dtype: str = DEFAULT_DTYPE) -> list:
     """The probe of ``recipe.stop_on`` for a retraining on ``selected`` (rows with ``id`` and
     ``text``), for the pipeline and the ``train`` command alike: checked first (``check_teacher``),
     then measured on ``monitor_texts`` (``pool``: the candidate pool's texts and ids, which only
-    the pipeline has) by ``stop_probes``; θf and the samplers run on ``device`` in ``dtype``."""
+    the pipeline has) by ``probes_for_texts``; θf and the samplers run on ``device`` in ``dtype``."""
     check_teacher(spec, recipe, finetuned)  # before any text is drawn or model loaded
     texts = monitor_texts(spec, recipe, {row.text for row in selected}, pool=pool,
                           selected_ids={row.id for row in selected}, models=(base, finetuned),
                           add_bos_token=add_bos_token, device=device, dtype=dtype)
-    return stop_probes(spec, recipe, texts, base=base, finetuned=finetuned, batch_size=batch_size,
-                       max_length=max_length, add_bos_token=add_bos_token, device=device, dtype=dtype)
+    return probes_for_texts(spec, recipe, texts, base=base, finetuned=finetuned, batch_size=batch_size,
+                            max_length=max_length, add_bos_token=add_bos_token, device=device, dtype=dtype)
 
 
 def sampled_monitor_texts(spec: TaskSpec, recipe: TrainingRecipe, models: tuple[str, str | None] | None,
@@ -154,9 +155,9 @@ def check_teacher(spec: TaskSpec, recipe: TrainingRecipe, finetuned: str | None)
                           "compares the retrained model with it")
 
 
-def stop_probes(spec: TaskSpec, recipe: TrainingRecipe, texts: Sequence[str], *, base: str,
-                finetuned: str | None = None, batch_size: int = 16, max_length: int = 128,
-                add_bos_token: bool | None = None, device: str = CPU, dtype: str = DEFAULT_DTYPE) -> list:
+def probes_for_texts(spec: TaskSpec, recipe: TrainingRecipe, texts: Sequence[str], *, base: str,
+                     finetuned: str | None = None, batch_size: int = 16, max_length: int = 128,
+                     add_bos_token: bool | None = None, device: str = CPU, dtype: str = DEFAULT_DTYPE) -> list:
     """The probe of ``recipe.stop_on`` on ``texts``: the task loss itself (``task_loss``, language
     modelling), or θf against the model being retrained (``teacher_*``, ``task_kl``,
     ``task_agreement``: classification; θf is loaded on ``device`` in ``dtype``, read once, and
@@ -172,13 +173,13 @@ def stop_probes(spec: TaskSpec, recipe: TrainingRecipe, texts: Sequence[str], *,
     check_teacher(spec, recipe, finetuned)
     names = (TASK_KL, TASK_AGREEMENT) if recipe.stop_on in TASK_SIGNALS else (TEACHER_KL, TEACHER_AGREEMENT)
     if not CACHE_PROBES:
-        teacher = load_model(finetuned, dtype, device)
+        teacher = load_model(finetuned, dtype, device)  # type: ignore[arg-type]  # check_teacher refused None
         probe = teacher_probes(teacher, load_tokenizer(base), spec, texts, batch_size, max_length,
                                add_bos_token=add_bos_token, names=names)
         del teacher
         return [probe]
-    settings.update({"finetuned": model_fingerprint(finetuned), EXTRACT_DTYPE_KEY: dtype})
-    target = teacher_distribution(spec, texts, finetuned, base, settings, device)
+    settings.update({"finetuned": model_fingerprint(finetuned), EXTRACT_DTYPE_KEY: dtype})  # type: ignore[arg-type]
+    target = teacher_distribution(spec, texts, finetuned, base, settings, device)  # type: ignore[arg-type]
     probe = teacher_probes(None, load_tokenizer(base), spec, texts, batch_size, max_length,
                            add_bos_token=add_bos_token, names=names, target=target)
     return [dataclasses.replace(probe, key=stage_key(PROBE_KEY, settings))]

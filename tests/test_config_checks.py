@@ -1,4 +1,4 @@
-"""The shared checks (validation.py) and the flags generated from dataclass fields."""
+"""The shared checks (config_checks.py) and the flags generated from dataclass fields."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from lm_eval_approx.errors import ConfigError, SelectionError
-from lm_eval_approx.leaderboard.checks import LeaderboardConfigError, field_error
-from lm_eval_approx.validation import (
+from lm_eval_approx.config_checks import (
     add_field_arguments,
     check_choice,
     check_int,
@@ -21,6 +19,8 @@ from lm_eval_approx.validation import (
     help_field,
     is_int,
 )
+from lm_eval_approx.errors import ConfigError, SelectionError
+from lm_eval_approx.leaderboard.checks import LeaderboardConfigError, field_error
 
 
 @pytest.mark.parametrize("value, ok", [(0, True), (7, True), (True, False), (False, False), (1.0, False),

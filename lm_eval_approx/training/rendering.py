@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lm_eval_approx.config_checks import is_int
 from lm_eval_approx.data.selection_file import SelectedExample
 from lm_eval_approx.errors import ApproxError, ConfigError
 from lm_eval_approx.features.encoding import (
@@ -28,7 +29,6 @@ from lm_eval_approx.features.encoding import (
     encode_lm,
 )
 from lm_eval_approx.tasks.kinds import CLASSIFICATION, LANGUAGE_MODELLING, TaskSpec
-from lm_eval_approx.validation import is_int
 
 IGNORE_INDEX = -100
 

@@ -72,7 +72,7 @@ def load_jsonl_splits(file: str | None = None, test_size: int | None = None, val
     """Disjoint train / (validation) / test splits of ONE JSON Lines (or CSV) file, for a task YAML
     with no Python of its own::
 
-        custom_dataset: !function lm_eval_approx.tasks.data.load_jsonl_splits
+        custom_dataset: !function lm_eval_approx.tasks.dataset_loaders.load_jsonl_splits
         dataset_kwargs: {file: seed/dbpedia.jsonl, test_size: 1000, seed: 0}
 
     ``file`` is relative to the data mirror (``LM_EVAL_APPROX_DATA``), or absolute / ``~``. The rows
@@ -82,8 +82,8 @@ def load_jsonl_splits(file: str | None = None, test_size: int | None = None, val
     import numpy as np
 
     from lm_eval_approx.cache.safe_paths import expand_user
+    from lm_eval_approx.config_checks import check_int
     from lm_eval_approx.errors import ConfigError
-    from lm_eval_approx.validation import check_int
 
     if not isinstance(file, str) or not file.strip():
         raise ConfigError("dataset_kwargs.file", file, "a JSONL/CSV file, relative to LM_EVAL_APPROX_DATA or absolute")
