@@ -191,3 +191,17 @@ def test_a_run_stopped_on_a_teacher_signal_resumes_to_the_same_weights_and_curve
     assert resumed.history.best_epoch == whole.history.best_epoch
     for (name, a), (_, b) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("stop_on", ["task_agreement", "task_kl", "task_loss"])
+def test_a_task_signal_on_a_template_task_is_a_named_error(stop_on):
+    """A TemplateSpec has no training split to draw monitor texts from: a ConfigError naming stop_on,
+    raised before any model is loaded (the model names below do not exist)."""
+    from lm_eval_approx.training.stop_signals import monitor_texts, probes_for_selection
+
+    recipe = TrainingRecipe(stop_on=stop_on)
+    with pytest.raises(ConfigError, match=rf"stop_on='{stop_on}'.*approx_agnews has none") as caught:
+        monitor_texts(AGNEWS, recipe, set())
+    assert caught.value.field == "stop_on"
+    with pytest.raises(ConfigError, match=rf"stop_on='{stop_on}'.*approx_agnews has none"):
+        probes_for_selection(AGNEWS, recipe, [], base="no-such-base", finetuned="no-such-finetune")

@@ -183,3 +183,20 @@ def test_a_metric_the_results_lack_is_a_named_error_and_the_right_one_still_repo
     assert board.metric == "acc"
     assert {r.label: r.mean for r in board.rows} == pytest.approx({"theta0": 0.5, "random": 0.6, "select": 0.775})
     assert "| select |" in to_markdown(board)
+
+
+def test_the_records_listing_names_a_metric_the_results_lack(tmp_path):
+    """``leaderboard records`` prints each trained cell's score: a misspelt metric is the same named
+    error there, not a None formatted as a number."""
+    from lm_eval_approx.errors import ConfigError
+    from lm_eval_approx.leaderboard.retraining_records import retraining_records
+
+    for folder, metric in (("misspelt", "accuracy"), ("right", "acc")):
+        (tmp_path / folder / "results").mkdir(parents=True)
+        for i, hits in enumerate((240, 320)):
+            cell = _cell("select", "approx", i, hits, metric=metric)
+            (tmp_path / folder / "results" / f"{i:02d}.json").write_text(json.dumps(cell))
+    with pytest.raises(ConfigError, match=r"metric='accuracy'.*approx_agnews"):
+        retraining_records(tmp_path / "misspelt")
+    lines, _ = retraining_records(tmp_path / "right")
+    assert [line.split(";")[0] for line in lines] == ["00: score 0.6000", "01: score 0.8000"]

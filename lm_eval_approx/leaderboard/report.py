@@ -147,11 +147,12 @@ def task_metric(results: dict, task: str, metric: str | None = None) -> tuple[fl
     return (float(value) if isinstance(value, (int, float)) else None), metric, bool(better.get(metric, True))
 
 
-def _target_score(results: dict, target: str, metric: str) -> float:
-    """A cell's score: ``metric`` of ``target``; a named error when its results lack it (a misspelt metric)."""
-    value = task_metric(results, target, metric)[0]
+def target_score(results: dict, target: str, metric: str | None) -> float:
+    """A cell's score: ``metric`` of ``target`` (None: its first metric); a named error when its
+    results lack it (a misspelt metric)."""
+    value, name, _ = task_metric(results, target, metric)
     if value is None:
-        raise ConfigError("metric", metric, f"a metric that every cell's results report for {target}")
+        raise ConfigError("metric", name, f"a metric that every cell's results report for {target}")
     return value
 
 
@@ -176,7 +177,7 @@ def build_board(out: str | Path) -> Board:
     rows = []
     for (kind, label, k), members in groups.items():
         row = Row(label, kind, k, [e["seed"] for _, e in members],
-                  [_target_score(c, target, metric) for c, _ in members])
+                  [target_score(c, target, metric) for c, _ in members])
         row.extras = {col: _mean([task_metric(c, t)[0] for c, _ in members]) for col, t in zip(extra_columns, extra_tasks)}
         row.selection_seconds = _mean([e.get("selection_seconds") for _, e in members])
         row.training_seconds = _mean([e.get("training_seconds") for _, e in members])

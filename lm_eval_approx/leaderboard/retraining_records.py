@@ -20,7 +20,7 @@ from pathlib import Path
 from lm_eval_approx.cache.atomic import write_text_atomic
 from lm_eval_approx.cache.paths import cache_path
 from lm_eval_approx.leaderboard.config import APPROX, EXPERT
-from lm_eval_approx.leaderboard.report import NoResultsError, task_metric
+from lm_eval_approx.leaderboard.report import NoResultsError, target_score
 from lm_eval_approx.leaderboard.runner import result_files, results_dir
 from lm_eval_approx.training.summary import kept_text, read_retraining_summary
 
@@ -57,7 +57,7 @@ def retraining_records(out: str | Path, write: bool = False) -> tuple[list[str],
         summary, source = extras.get("retraining"), RECORDED
         if summary is None:
             summary, source = cached_summary(cell), STAGE_CACHE
-        score = task_metric(cell, extras["target"], extras.get("metric"))[0]
+        score = target_score(cell, extras["target"], extras.get("metric"))
         if summary is None:
             lines.append(f"{path.stem}: score {score:.4f}; no retraining record, and its training stage is not cached here")
             continue
