@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -98,6 +99,14 @@ def check_text(field: str, value: Any, accepted: str = "a non-empty string", *,
     if not isinstance(value, str) or not value.strip():
         raise error(field, value, accepted)
     return value
+
+
+def parse_json(field: str, text: str) -> Any:
+    """``text`` as JSON, or a ConfigError naming ``field``, the text's start and the parser's reason."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(field, text[:80], f"valid JSON ({exc.msg})") from None
 
 
 def field_default(f: dataclasses.Field) -> Any:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from lm_eval_approx.config_checks import parse_json
 from lm_eval_approx.errors import ConfigError
 
 VALIDATION_LOSS = "validation_loss"
@@ -117,10 +118,7 @@ class TrainingHistory:
 
     @classmethod
     def from_json(cls, text: str) -> TrainingHistory:
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError("training record", text[:80], f"valid JSON ({exc.msg})") from None
+        record = parse_json("training record", text)
         return cls.from_dict(record)
 
 

@@ -33,6 +33,7 @@ from lm_eval_approx.config_checks import (
     check_number,
     field_values,
     help_field,
+    parse_json,
 )
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.training.precision import AUTO, resolve_precision
@@ -238,10 +239,7 @@ class TrainingRecipe:
 
     @classmethod
     def from_json(cls, text: str) -> TrainingRecipe:
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError("recipe", text[:80], f"valid JSON ({exc.msg})") from None
+        record = parse_json("recipe", text)
         if isinstance(record, dict):  # a saved recipe without these fields trained on the old path
             record = {**OLD_TRAINING_PATH, **record}
         return cls.from_dict(record)
