@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from lm_eval_approx.training import loop as training
 from lm_eval_approx.errors import ConfigError
 from lm_eval_approx.models.loading import load_model
+from lm_eval_approx.training.history import TrainingHistory
 from lm_eval_approx.training.recipe import TrainingRecipe
 from lm_eval_approx.data.selection_file import SelectedExample, write_selection
 from _specs import AGNEWS, MSMARCO
@@ -172,6 +173,9 @@ def test_interrupted_training_resumes_to_the_same_adapter(tiny_llama, tmp_path):
     resumed = train_adapter(tiny_llama, AGNEWS, examples, recipe, target, progress=False)
     record = json.loads((resumed / TRAINING_FILE).read_text())
     assert record["resumed_from_epoch"] == 1 and record["epochs_run"] == 3
+    # what the first attempt clocked to its checkpoint is kept, so a cell's cost can add it back
+    assert 0 < record["seconds_at_resume"] < TrainingHistory.from_dict(record).clocked_seconds()
+    assert "seconds_at_resume" not in json.loads((straight / TRAINING_FILE).read_text())
     assert not work_dir_for(target).exists()
     _assert_same_tensors(_adapter_tensors(straight), _adapter_tensors(resumed))
     assert json.loads((straight / "curves.json").read_text())["train_loss"] == record["train_loss"]

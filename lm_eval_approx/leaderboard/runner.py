@@ -9,7 +9,8 @@ stages (labels, features, selection, training), so cells sharing upstream work p
 Cost columns: ``selection_seconds`` sums the original compute time of the labels, base-loss,
 features and selection stages of the cell (from each stage's ``stage.json``, so a stage another
 cell computed is still counted: it is what this selection costs from scratch);
-``training_seconds`` is the training stage's.
+``training_seconds`` is the training stage's, plus what a resumed training's checkpoint had clocked
+(``training/summary.py`` ``retraining_seconds``).
 
 Every path written or read under DIR goes through ``safe_paths.contained``: a cell id that is not
 one plain file name, or a ``results/`` folder, results file or snapshot that is a symlink leading
@@ -63,7 +64,7 @@ from lm_eval_approx.pipeline import (
 from lm_eval_approx.plugins.registry import include_task_folders
 from lm_eval_approx.training.examples import corpus_examples, task_examples
 from lm_eval_approx.training.recipe import TrainingRecipe
-from lm_eval_approx.training.summary import read_retraining_summary, read_training_history, retraining_summary
+from lm_eval_approx.training.summary import read_training_history, retraining_seconds, retraining_summary
 
 logger = logging.getLogger(__name__)
 
@@ -293,12 +294,13 @@ def cell_extras(config: LeaderboardConfig, cell: Cell, lm, truth: TrueData, expe
     if cell.kind != APPROX:
         return extras
     info = lm.get_model_info()["approx"]
-    summary = read_retraining_summary(info["adapter"]) if info.get("adapter") else None
-    if summary is not None:
-        extras["retraining"] = summary
+    history = read_training_history(info["adapter"]) if info.get("adapter") else None
+    if history is not None:
+        extras["retraining"] = retraining_summary(history)
     extras["strategy"] = config.strategy(cell.label).name
     extras["selection_seconds"] = round(_stage_seconds(SELECTION_STAGES, info["stage_keys"]), 3)
-    extras["training_seconds"] = round(_stage_seconds((TRAINING_STAGE,), info["stage_keys"]), 3)
+    extras["training_seconds"] = round(retraining_seconds(_stage_seconds((TRAINING_STAGE,), info["stage_keys"]),
+                                                          history), 3)
     extras["selection_cost"] = selection_cost(config, cell, info["stage_keys"])
     rows = read_selection(info["selection_file"])
     extras["sources"] = source_fractions([r.source for r in rows])

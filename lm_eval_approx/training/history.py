@@ -27,8 +27,8 @@ PREFIX_PHASE = "prefix"  # a run with the frozen-prefix cache: its states' one f
 RECORD_FIELDS = ("base", "task", "selection_hash", "recipe_hash", "method")
 # Left out of the JSON while unset, as they always were: ``best_signal`` is measured only when a probe
 # picks the epoch, ``examples_per_second`` once the run has ended, and the phase and token counts
-# did not exist in older records.
-OMITTED_WHILE_UNSET = ("best_signal", "examples_per_second", "phase_seconds", "tokens")
+# did not exist in older records; ``seconds_at_resume`` exists only for a run that resumed.
+OMITTED_WHILE_UNSET = ("best_signal", "examples_per_second", "phase_seconds", "tokens", "seconds_at_resume")
 
 
 @dataclass
@@ -56,6 +56,9 @@ class TrainingHistory:
     probe_seconds: float = 0.0
     phase_seconds: dict[str, float] | None = None  # PHASES → seconds
     tokens: dict[str, int] | None = None  # {"real", "padded"}: attended tokens against the batches' area
+    # The clocked seconds the checkpoint carried when this run last resumed: the stage that ran the
+    # training timed only the attempt that finished, so a cell's cost adds these back.
+    seconds_at_resume: float | None = None
 
     @classmethod
     def start(cls, key: str, n_train: int, n_validation: int, stop_on: str) -> TrainingHistory:
@@ -75,7 +78,17 @@ class TrainingHistory:
         history.phase_seconds = history.phase_seconds or dict.fromkeys(PHASES, 0.0)
         history.tokens = history.tokens or {"real": 0, "padded": 0}
         history.resumed_from_epoch = history.epochs_run
+        history.seconds_at_resume = history.clocked_seconds()
         return history
+
+    def clocked_seconds(self) -> float:
+        """The training work this history timed, across every attempt that reached a checkpoint:
+        the epochs' steps, the probes, and the render, validation and prefix phases (the steps'
+        forward, backward and optimizer phases lie inside ``train_seconds``). Model loading and the
+        work an interrupted attempt did after its last checkpoint are not in it."""
+        phases = self.phase_seconds or {}
+        return (self.train_seconds + self.probe_seconds
+                + sum(phases.get(name, 0.0) for name in ("render", "validation", PREFIX_PHASE)))
 
     def curves(self) -> dict[str, Any]:
         """What ``curves.json`` holds: the loss curves, every step and the probes."""

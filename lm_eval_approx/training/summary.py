@@ -29,6 +29,17 @@ def retraining_summary(record: dict[str, Any] | TrainingHistory) -> dict[str, An
             "stopped_early": bool(history.stopped_early), "signal": list(signal or [])}
 
 
+def retraining_seconds(stage_seconds: float, history: TrainingHistory | None) -> float:
+    """A retraining's cost in seconds: its stage's, which times only the attempt that finished, plus
+    what the checkpoint it resumed from had clocked. A run resumed before histories recorded that
+    (no ``seconds_at_resume``) reports at least its history's clocked work."""
+    if history is None or history.resumed_from_epoch is None:
+        return stage_seconds
+    if history.seconds_at_resume is not None:
+        return stage_seconds + history.seconds_at_resume
+    return max(stage_seconds, history.clocked_seconds())
+
+
 def read_training_history(folder: str | Path) -> TrainingHistory | None:
     """The training record in ``folder``, or None when it has none (a model that was not trained by
     this tool)."""
