@@ -17,6 +17,11 @@ through lm-eval scoring inside a one-strategy leaderboard (needs the data mirror
     python benchmarks/kill_resume.py --trials 2                      # pipeline stages, 12 kills
     python benchmarks/kill_resume.py --mode leaderboard --trials 5   # all eight stages, 40 kills
     python benchmarks/kill_resume.py --mode weights --trials 3       # the weights condition's stages
+    python benchmarks/kill_resume.py --mode fused --trials 2         # pipeline stages, fused_labels
+
+``--mode fused`` is the pipeline run with ``fused_labels`` on a task whose choices one carrier row
+scores under the tiny tokenizer: the labels stage runs the features stage inside it (a kill in
+``labels`` can land in θf's store), and a trial of ``features`` rebuilds that store alone.
 
 ``--mode weights`` runs the leaderboard under the ``weights`` condition: a ``gen_knn`` row whose
 target texts are sampled from θf (the ``generations`` stage) and whose retraining rule monitors
@@ -65,7 +70,11 @@ WEIGHTS_STAGES = ("generations", "selection", "monitor_teacher", "probe_start", 
                   "leaderboard")
 # The stages of each mode in the order they start; a trial removes the killed stage and every later
 # one (all of their cache entries) from the baseline's cache before it starts.
-MODE_STAGES = {"pipeline": PIPELINE_STAGES, "leaderboard": LEADERBOARD_STAGES, "weights": WEIGHTS_STAGES}
+MODE_STAGES = {"pipeline": PIPELINE_STAGES, "fused": PIPELINE_STAGES, "leaderboard": LEADERBOARD_STAGES,
+               "weights": WEIGHTS_STAGES}
+PIPELINE_MODES = ("pipeline", "fused")
+# " Sports" and " Business" are one token under the tiny tokenizer, " Sci/Tech" three: every document has a carrier.
+CARRIER_TASK = "kill_resume_carrier"
 # Cached stages of each mode (the others, evaluation and leaderboard, write results JSON only).
 CACHED_STAGES = {mode: tuple(s for s in stages if s not in ("evaluation", "leaderboard"))
                  for mode, stages in MODE_STAGES.items()}
@@ -105,13 +114,14 @@ def _child(args) -> int:
     # The probe-start stage looks run_stage up in cache.stages when it runs; the others imported it.
     pipeline.run_stage = stop_signals.run_stage = stages.run_stage = generation.run_stage = marked_stage
     mark("start", "leaderboard")
-    if args.mode == "pipeline":
+    if args.mode in PIPELINE_MODES:
         from lm_eval_approx.pipeline import ApproxConfig, run_approximation
         from lm_eval_approx.training.recipe import TrainingRecipe
 
+        fused = {"task": _use_carrier_task(), "fused_labels": True} if args.mode == "fused" else {}
         config = ApproxConfig(base=str(args.work / "base"), finetuned=str(args.work / "finetuned"),
                               corpus=str(args.work / "candidates.jsonl"), strategy="select", k=8, dim=64,
-                              extract_batch_size=8, extract_max_length=64)
+                              extract_batch_size=8, extract_max_length=64, **fused)
         # stop_on=teacher_kl: the training stage also measures θf's held-out probe after every
         # epoch, so a kill can land inside a probe and the kept epoch must survive it.
         run_approximation(config, TrainingRecipe(epochs=2, batch_size=4, validation_fraction=0.0,
@@ -137,6 +147,21 @@ def _child(args) -> int:
     return 0
 
 
+def _use_carrier_task() -> str:
+    """``CARRIER_TASK`` made loadable by name wherever the pipeline loads a task; returns the name."""
+    from lm_eval_approx import approx_config
+    from lm_eval_approx.features import build, config
+    from lm_eval_approx.tasks.kinds import CLASSIFICATION
+    from lm_eval_approx.tasks.template_spec import TemplateSpec
+
+    spec = TemplateSpec(name=CARRIER_TASK, kind=CLASSIFICATION, template="Article: {text}\nTopic:",
+                        choices=("Sports", "Business", "Sci/Tech"), max_words=64)
+    for module in (approx_config, build, config):
+        module.get_task_spec = lambda name, *a, _load=module.get_task_spec, **k: (
+            spec if name == CARRIER_TASK else _load(name, *a, **k))
+    return CARRIER_TASK
+
+
 # ---- the harness ------------------------------------------------------------------------------------
 def _setup(work: Path, mode: str) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
@@ -146,7 +171,7 @@ def _setup(work: Path, mode: str) -> None:
     save_tiny_model(work / "finetuned", "llama", seed=1)
     rows = [{"text": f"{TOPICS[(i * 3) % 4]} candidate {i}"} for i in range(CORPUS_SIZE)]
     (work / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if mode != "pipeline":
+    if mode not in PIPELINE_MODES:
         from lm_eval_approx.leaderboard.sources import apply_overrides, read_yaml
 
         data = apply_overrides(read_yaml(preset="tiny"), [f"base={work / 'base'}"])

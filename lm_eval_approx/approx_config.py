@@ -76,6 +76,11 @@ class ApproxConfig:
                              "their own", "cpu")
     extract_dtype: str = help_field(f"the models' dtype there: {' | '.join(DTYPES)} (sums over tokens stay float32; "
                                     "not float32: in the stages' keys)", DTYPES[0], choices=DTYPES)
+    fused_labels: bool = help_field(
+        "read θf's pseudo-labels in the forward of its own feature store (θf runs once for labels and features, "
+        "whatever the strategy) where one row scores every choice: a classification task with at most one "
+        "verbaliser longer than one token, params other than head_labels; elsewhere the two passes. "
+        "True: in the labels' and that store's keys", False)
 
     def __post_init__(self) -> None:
         # What resolve() loads, kept beside the fields (not one of them: to_dict and equality see the config alone).
@@ -101,6 +106,8 @@ class ApproxConfig:
         check_choice("extract_dtype", self.extract_dtype, DTYPES)
         if self.add_bos_token is not None and not isinstance(self.add_bos_token, bool):
             raise ConfigError("add_bos_token", self.add_bos_token, "true, false or None")
+        if not isinstance(self.fused_labels, bool):
+            raise ConfigError("fused_labels", self.fused_labels, "true or false")
         if not isinstance(self.strategy_options, dict) or not all(isinstance(o, str) for o in self.strategy_options):
             raise ConfigError("strategy_options", self.strategy_options, "a mapping of option names to values")
 

@@ -5,6 +5,11 @@ corpus → pseudo-labels (θf) → [θ0 losses] → [gradient features] → sele
 Bracketed stages run only when the strategy needs them (``Strategy.requires``). The result is
 the folder of a PEFT adapter (or full model) that lm-eval scores with ``peft=`` on top of θ0.
 What one approximation is, ``ApproxConfig``, lives in ``approx_config.py``.
+
+With ``fused_labels`` (``_fuses_labels``) θf runs once for its pseudo-labels and its own feature
+store: the labels stage runs the α = 1 feature stage, whose forward reads the labels
+(``features/fused.py``), and keeps that store's labels and losses; the feature stage then finds the
+store cached. Both keys record it (``fused``), so no key of the two passes changes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lm_eval_approx.cache.stages import StageRecord, run_stage
+from lm_eval_approx.cache.stages import StageRecord, run_stage, stage_key
 from lm_eval_approx.data.corpus import load_corpus
 from lm_eval_approx.data.selection_file import (
     read_selection,
@@ -32,6 +37,7 @@ from lm_eval_approx.features.generation import GenerationSettings, generated_tex
 from lm_eval_approx.models.devices import EXTRACT_DTYPE_KEY, check_device_available
 from lm_eval_approx.models.loading import load_model, load_tokenizer, model_fingerprint
 from lm_eval_approx.models.pairs import check_model_pair
+from lm_eval_approx.models.parameter_sets import HEAD_LABELS
 from lm_eval_approx.strategies.base import (
     BASE_ENCODER,
     FEATURES,
@@ -96,30 +102,58 @@ def _models_key(config: ApproxConfig) -> dict[str, str]:
     return {"base": model_fingerprint(config.base), "finetuned": model_fingerprint(config.finetuned)}
 
 
-def _label_stage(config, spec, corpus, models) -> StageRecord:
-    """θf's pseudo-labels and losses (classification), or θf's LM losses (language modelling)."""
+def _fuses_labels(config: ApproxConfig, spec) -> bool:
+    """Whether θf's pseudo-labels come from the forward of its own feature store: asked for
+    (``fused_labels``), a classification task whose choices one carrier row scores (at most one
+    verbaliser longer than one token) and features whose loss is the task's (not ``head_labels``).
+    The strategy plays no part: the labels stage holds the same bytes whichever cell made it."""
+    from lm_eval_approx.features.fused import task_has_carriers  # torch: only when asked for
+
+    return (config.fused_labels and spec.kind == CLASSIFICATION and config.params != HEAD_LABELS
+            and task_has_carriers(load_tokenizer(config.base), spec, config.add_bos_token))
+
+
+def _label_pass(config, spec, corpus) -> tuple[np.ndarray, np.ndarray]:
+    """θf's own pass over the candidates: its pseudo-labels and their losses (classification), or
+    no labels and its LM losses (language modelling)."""
     from lm_eval_approx.features.losses import (
         example_losses,  # torch: only when computing
     )
     from lm_eval_approx.features.pseudo_labels import pseudo_label
 
+    model, tokenizer = load_model(config.finetuned, config.extract_dtype, config.device), load_tokenizer(config.base)
+    if spec.kind == CLASSIFICATION:
+        result = pseudo_label(model, tokenizer, spec, corpus.texts, config.extract_batch_size,
+                              config.extract_max_length, add_bos_token=config.add_bos_token)
+        return result.labels, result.loss
+    loss = example_losses(model, tokenizer, spec, corpus.texts, None, config.extract_batch_size,
+                          config.extract_max_length, add_bos_token=config.add_bos_token)
+    return np.full(len(corpus), -1, dtype=np.int64), loss
+
+
+def _label_stage(config, spec, corpus, models, fused: bool = False) -> StageRecord:
+    """θf's pseudo-labels and losses (classification), or θf's LM losses (language modelling);
+    ``fused``: those that θf's own feature store read in its forward (``_fuses_labels``)."""
+    from lm_eval_approx.features.build import open_feature_stores
+
+    inputs = {"finetuned": models["finetuned"], "task": task_key(spec), "corpus": corpus.fingerprint(),
+              "max_length": config.extract_max_length, **_extract_input(config)}
+    if fused:  # only then: the two passes keep their key; the forward is the feature pass of these params
+        inputs["fused"] = {"params": config.params}
+
     def compute(folder: Path) -> dict:
-        model, tokenizer = load_model(config.finetuned, config.extract_dtype, config.device), load_tokenizer(config.base)
-        if spec.kind == CLASSIFICATION:
-            result = pseudo_label(model, tokenizer, spec, corpus.texts, config.extract_batch_size, config.extract_max_length,
-                                  add_bos_token=config.add_bos_token)
-            labels, loss = result.labels, result.loss
+        if fused:  # the store's stage takes its own lock and resumes on its own, inside this one's
+            stage = _feature_stage(config, spec, corpus, models, (stage_key(LABEL_STAGE, inputs), folder),
+                                   Fraction(1), fused=True)
+            store = open_feature_stores(stage.path / FEATURE_DIR)[-1]
+            labels, loss = np.array(store.labels, dtype=np.int64), np.array(store.loss, dtype=np.float32)
         else:
-            labels = np.full(len(corpus), -1, dtype=np.int64)
-            loss = example_losses(model, tokenizer, spec, corpus.texts, None, config.extract_batch_size,
-                                  config.extract_max_length, add_bos_token=config.add_bos_token)
+            labels, loss = _label_pass(config, spec, corpus)
         np.save(folder / LABELS_FILE, labels)
         np.save(folder / LOSS_FILE, loss)
         counts = np.bincount(labels[labels >= 0], minlength=spec.num_classes).tolist() if spec.num_classes else []
         return {"label_counts": counts}
 
-    inputs = {"finetuned": models["finetuned"], "task": task_key(spec), "corpus": corpus.fingerprint(),
-              "max_length": config.extract_max_length, **_extract_input(config)}
     return run_stage(LABEL_STAGE, inputs, compute)
 
 
@@ -156,17 +190,24 @@ def _extract_input(config: ApproxConfig) -> dict:
     return {**_bos_input(config), EXTRACT_DTYPE_KEY: config.extract_dtype}
 
 
-def _feature_stages(config, spec, corpus, models, labels_stage) -> list[StageRecord]:
+def _feature_stages(config, spec, corpus, models, labels_stage, fused: bool = False) -> list[StageRecord]:
     """One stage per synthetic checkpoint α = j/M, keyed by α in lowest terms: the α = 1 store (θf's
     own features) is the plain ``checkpoints = 1`` stage, shared by select and every M, and α = 1/2
-    is shared by M = 2 and M = 4."""
+    is shared by M = 2 and M = 4. ``fused``: the α = 1 store is the one the labels stage made."""
     alphas = [Fraction(j, config.checkpoints) for j in range(1, config.checkpoints + 1)]
-    return [_feature_stage(config, spec, corpus, models, labels_stage, alpha) for alpha in alphas]
+    labels = (labels_stage.key, labels_stage.path)
+    return [_feature_stage(config, spec, corpus, models, labels, alpha, fused) for alpha in alphas]
 
 
-def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) -> StageRecord:
+def _feature_stage(config, spec, corpus, models, labels: tuple[str, Path], alpha: Fraction,
+                   fused: bool = False) -> StageRecord:
+    """The store of checkpoint α for the labels stage (key, folder) ``labels``. ``fused`` at α = 1:
+    θf's own store reads θf's pseudo-labels in its forward (the labels stage's source, so it never
+    reads the labels stage's files: the labels stage may be computing it)."""
     from lm_eval_approx.features.build import build_feature_stores
 
+    labels_key, labels_path = labels
+    own_forward = fused and alpha == 1
     checkpoint = None if alpha.denominator == 1 else alpha.numerator
     feature_config = FeatureConfig(
         base=config.base, finetuned=config.finetuned, task=spec.name, params=config.params, dim=config.dim,
@@ -177,15 +218,19 @@ def _feature_stage(config, spec, corpus, models, labels_stage, alpha: Fraction) 
     )
 
     def compute(folder: Path) -> dict:
-        labels = np.load(labels_stage.path / LABELS_FILE)
-        given = labels if spec.kind == CLASSIFICATION else None
-        stores = build_feature_stores(feature_config, corpus, given, folder / FEATURE_DIR)
+        if own_forward:
+            stores = build_feature_stores(feature_config, corpus, None, folder / FEATURE_DIR, fused=True)
+        else:
+            given = np.load(labels_path / LABELS_FILE) if spec.kind == CLASSIFICATION else None
+            stores = build_feature_stores(feature_config, corpus, given, folder / FEATURE_DIR)
         return {"stores": [str(s.path) for s in stores], **({} if checkpoint is None else {"alpha": str(alpha)})}
 
-    inputs = {**models, "labels": labels_stage.key, "params": config.params, "dim": config.dim,
+    inputs = {**models, "labels": labels_key, "params": config.params, "dim": config.dim,
               "projection": config.projection, "projection_seed": config.projection_seed,
               "checkpoints": alpha.denominator, "max_length": config.extract_max_length, **_extract_input(config)}
     inputs["checkpoint"] = checkpoint  # None (θf's own store) is left out of the key: cache/keys.py KEY_RULES
+    if own_forward:  # only then: every store of the two passes keeps its key
+        inputs["fused"] = True
     return run_stage(FEATURE_STAGE, inputs, compute)
 
 
@@ -258,10 +303,13 @@ def run_selection(config: ApproxConfig) -> Selected:
     config = config.resolve()  # the task (and its data) and the strategy, before any model is loaded
     spec, strategy_cls = config.task_spec, config.strategy_class
     needs = strategy_cls.requires
-    check_model_pair(config.base, config.finetuned, config.params if FEATURES in needs else None)
+    # Fused labels make θf's feature store whatever the strategy, so its parameters are checked then too.
+    extracts = FEATURES in needs or (config.fused_labels and spec.kind == CLASSIFICATION)
+    check_model_pair(config.base, config.finetuned, config.params if extracts else None)
+    fused = _fuses_labels(config, spec)
     corpus = load_corpus(config.corpus, config.corpus_size, config.corpus_seed)
     models = _models_key(config)
-    stages = [_label_stage(config, spec, corpus, models)]
+    stages = [_label_stage(config, spec, corpus, models, fused)]
     labels = np.load(stages[0].path / LABELS_FILE)
     loss_f = np.load(stages[0].path / LOSS_FILE)
     loss_b, stores = None, []
@@ -269,7 +317,7 @@ def run_selection(config: ApproxConfig) -> Selected:
         stages.append(_base_loss_stage(config, spec, corpus, models, stages[0]))
         loss_b = np.load(stages[-1].path / LOSS_FILE)
     if FEATURES in needs:
-        feature_stages = _feature_stages(config, spec, corpus, models, stages[0])
+        feature_stages = _feature_stages(config, spec, corpus, models, stages[0], fused)
         stages += feature_stages
         stores = [store for stage in feature_stages for store in open_feature_stores(stage.path / FEATURE_DIR)]
     targets = None

@@ -515,8 +515,9 @@ def test_html_page_renders_in_headless_chromium(tiny_run, tmp_path):
 def test_estimate_costs_each_stage_at_its_measured_rate():
     from lm_eval_approx.leaderboard.estimate import CPU_RATES, estimate
 
-    def labels_and_features(preset, *overrides):
-        return estimate(load_config(None, preset, list(overrides))).seconds["labels+features"]
+    def labels_and_features(preset, *overrides, fused=False):
+        overrides = [*overrides, f"approx.fused_labels={str(fused).lower()}"]
+        return estimate(load_config(None, preset, overrides)).seconds["labels+features"]
 
     n = load_config(None, "cpu-small", []).corpus.size
     # random needs only pseudo-labels: one forward per choice for AG News, one forward for MS MARCO
@@ -530,6 +531,13 @@ def test_estimate_costs_each_stage_at_its_measured_rate():
     assert changed - head == pytest.approx(n / CPU_RATES["features_changed"] - n / CPU_RATES["features_head"])
     assert three - head == pytest.approx(2 * n / CPU_RATES["features_head"])
     assert both == pytest.approx(three)  # α = 1 is one store, shared by select and select_checkpoints
+    # fused_labels: θf's pseudo-labels come from its head store's forward, whichever strategy runs
+    assert labels_and_features("cpu-small", "strategies=[random]", fused=True) == pytest.approx(
+        n / CPU_RATES["features_head"])
+    assert head - labels_and_features("cpu-small", "strategies=[select]", fused=True) == pytest.approx(
+        n / CPU_RATES["score_choice"])
+    assert labels_and_features("cpu-msmarco", "strategies=[random]", fused=True) == pytest.approx(
+        m / CPU_RATES["label_text"])  # a language-modelling task has no labels to fuse
 
 
 def test_cheaper_lora_recipes_are_costed_at_their_measured_time_ratio():

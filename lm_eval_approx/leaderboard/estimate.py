@@ -207,8 +207,12 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
     if n is None:
         unknown.append("labels and features (corpus.size is null: the whole corpus)")
     elif strategies:
-        seconds["labels+features"] = n / rates["score_choice" if _is_choice_task(config.task, config.include_path)
-                                                else "label_text"]
+        choice_task = _is_choice_task(config.task, config.include_path)
+        # approx.fused_labels: θf's pseudo-labels are read in the forward of its own feature store
+        # (the pipeline's fused pass), so that store is built whatever the strategies need, and no
+        # labelling pass of its own runs.
+        fused = choice_task and bool(config.approx.get("fused_labels"))
+        seconds["labels+features"] = 0.0 if fused else n / rates["score_choice" if choice_task else "label_text"]
         needs = [strategy_registry().get(s.name).obj.requires for s in strategies]
         if any(LOSS_BASE in r for r in needs):
             seconds["labels+features"] += n / rates["loss"]
@@ -217,6 +221,8 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             for s, r in zip(strategies, needs) if FEATURES in r
             for m in [s.approx.get("checkpoints", config.approx.get("checkpoints", 1))] for j in range(1, m + 1)
         }
+        if fused:
+            feature_sets.add((config.approx.get("params", "head"), Fraction(1)))
         seconds["labels+features"] += sum(n / _feature_rate(rates, params) for params, _ in feature_sets)
         seconds["labels+features"] += _target_seconds(config, strategies, needs, rates, n)
     monitored = set()
