@@ -59,6 +59,8 @@ LABELS_FILE = "labels.npy"
 LOSS_FILE = "loss.npy"
 SELECTION_FILE = "selection.jsonl"
 LABEL_STAGE = "labels"
+# In a labels stage's info when θf's own feature store was built in its forward: that store's seconds.
+FUSED_STORE_SECONDS = "fused_store_seconds"
 BASE_LOSS_STAGE = "base_loss"
 FEATURE_STAGE = "features"
 SELECTION_STAGE = "selection"
@@ -142,17 +144,20 @@ def _label_stage(config, spec, corpus, models, fused: bool = False) -> StageReco
         inputs["fused"] = {"params": config.params}
 
     def compute(folder: Path) -> dict:
+        info: dict[str, Any] = {}
         if fused:  # the store's stage takes its own lock and resumes on its own, inside this one's
             stage = _feature_stage(config, spec, corpus, models, (stage_key(LABEL_STAGE, inputs), folder),
                                    Fraction(1), fused=True)
             store = open_feature_stores(stage.path / FEATURE_DIR)[-1]
             labels, loss = np.array(store.labels, dtype=np.int64), np.array(store.loss, dtype=np.float32)
+            # This stage's seconds include the store's; a cell that counts both stages takes them out once.
+            info[FUSED_STORE_SECONDS] = 0.0 if stage.cached else stage.seconds
         else:
             labels, loss = _label_pass(config, spec, corpus)
         np.save(folder / LABELS_FILE, labels)
         np.save(folder / LOSS_FILE, loss)
         counts = np.bincount(labels[labels >= 0], minlength=spec.num_classes).tolist() if spec.num_classes else []
-        return {"label_counts": counts}
+        return {"label_counts": counts, **info}
 
     return run_stage(LABEL_STAGE, inputs, compute)
 

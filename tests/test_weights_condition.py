@@ -249,6 +249,30 @@ def test_selection_cost_counts_each_stage_by_its_definition(monkeypatch):
     assert rds["flops"] == 2 * 10 * (1000 + 50) + 2 * 10 * (800 + 200) and rds["forward_tokens"] == 2000
     dsir = of("dsir", {"labels": "a", "generations": "g", "selection": "b"})
     assert dsir["flops"] == 2 * 10 * (1000 + 50) and np.isfinite(dsir["flops"])
+    # fused labels: θf's labels came from its own store's one forward and backward, counted once
+    monkeypatch.setattr(cost, "_stage_info", lambda name, key: {"fused_store_seconds": 9.0} if name == "labels" else {})
+    fused_random = of("random", {"labels": "a", "selection": "b"})
+    fused_select = of("select", {"labels": "a", "features": "c", "selection": "b"})
+    assert fused_random == fused_select == {
+        "flops": 6 * 10 * 1000.0, "forward_tokens": 0, "backward_tokens": 1000, "generated_tokens": 0}
+    checkpoints = of("select", {"labels": "a", "features": "c", "features@1/2": "d", "selection": "b"})
+    assert checkpoints["backward_tokens"] == 2000  # α = 1/2 is a pass of its own
+
+
+def test_a_fused_labels_stage_is_not_timed_twice_beside_its_store(tmp_path, monkeypatch):
+    import json
+
+    from lm_eval_approx.leaderboard import runner
+
+    monkeypatch.setenv("LM_EVAL_APPROX_CACHE", str(tmp_path))
+    for name, key, seconds, info in (("labels", "a", 100.0, {"fused_store_seconds": 90.0}),
+                                     ("features", "c", 90.0, {}), ("selection", "b", 1.0, {})):
+        folder = tmp_path / "stages" / name / key
+        folder.mkdir(parents=True)
+        (folder / "stage.json").write_text(json.dumps({"seconds": seconds, "info": info}))
+    stages = ("labels", "features", "selection")
+    assert runner._stage_seconds(stages, {"labels": "a", "selection": "b"}) == 101.0  # random paid the pass
+    assert runner._stage_seconds(stages, {"labels": "a", "features": "c", "selection": "b"}) == 101.0
 
 
 @pytest.fixture(scope="module")

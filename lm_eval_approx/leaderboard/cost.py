@@ -6,7 +6,9 @@ cell's selection used is counted with the usual estimates for a dense transforme
 an upper bound for the head parameter set, whose backward stops at the head), 2·P per generated
 token (one forward per token, with a key-value cache). Tokens are counted with θ0's tokenizer:
 
-* pseudo-labels (θf) and θ0's losses: one forward over every pool document in the task's prompt;
+* pseudo-labels (θf) and θ0's losses: one forward over every pool document in the task's prompt
+  (with ``fused_labels``, θf's pseudo-labels come from its own feature store's pass, counted once
+  as that store);
 * gradient features: one forward and backward over the same, per synthetic checkpoint;
 * generations: the tokens the stage recorded (two models' worth for the contrast sampler);
 * θ0's pooled hidden states (``rds``): one forward over the pool's and the targets' raw texts;
@@ -27,6 +29,7 @@ from lm_eval_approx.leaderboard.config import Cell, LeaderboardConfig
 from lm_eval_approx.pipeline import (
     BASE_LOSS_STAGE,
     FEATURE_STAGE,
+    FUSED_STORE_SECONDS,
     LABEL_STAGE,
     STAGE_ALPHA_SEPARATOR,
 )
@@ -103,6 +106,12 @@ def selection_cost(config: LeaderboardConfig, cell: Cell, keys: dict[str, str]) 
                                  config.corpus.seed, max_length)
     params = parameter_count(config.base)
     names = [label.split(STAGE_ALPHA_SEPARATOR)[0] for label in keys]
+    if LABEL_STAGE in keys and FUSED_STORE_SECONDS in _stage_info(LABEL_STAGE, keys[LABEL_STAGE]):
+        # fused labels: θf's pseudo-labels came from its own store's forward and backward, one pass
+        # (counted once, as the α = 1 features, whether or not this cell's strategy reads them)
+        names = [FEATURE_STAGE if name == LABEL_STAGE else name for name in names]
+        if FEATURE_STAGE in keys:
+            names.remove(FEATURE_STAGE)
     forward = prompted * sum(name in (LABEL_STAGE, BASE_LOSS_STAGE) for name in names)
     backward = prompted * names.count(FEATURE_STAGE)
     generated = int(_stage_info(GENERATION_STAGE, keys[GENERATION_STAGE]).get("generated_tokens", 0)) \

@@ -56,6 +56,7 @@ from lm_eval_approx.models.loading import is_adapter, resolve_model
 from lm_eval_approx.pipeline import (
     BASE_LOSS_STAGE,
     FEATURE_STAGE,
+    FUSED_STORE_SECONDS,
     LABEL_STAGE,
     SELECTION_STAGE,
     STAGE_ALPHA_SEPARATOR,
@@ -247,7 +248,11 @@ def _stage_seconds(names: tuple[str, ...], keys: dict[str, str]) -> float:
         name = label.split(STAGE_ALPHA_SEPARATOR)[0]
         if name in names:
             done = cache_path("stages", name, key, DONE_FILE, field=f"{label} stage key")
-            total += float(json.loads(done.read_text(encoding="utf-8")).get("seconds", 0.0))
+            record = json.loads(done.read_text(encoding="utf-8"))
+            total += float(record.get("seconds", 0.0))
+            if name == LABEL_STAGE and FEATURE_STAGE in keys and FEATURE_STAGE in names:
+                # a fused labels stage timed θf's store too, which the features stage also reports
+                total -= float(record.get("info", {}).get(FUSED_STORE_SECONDS, 0.0))
     return total
 
 
