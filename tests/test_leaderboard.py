@@ -541,16 +541,20 @@ def test_estimate_costs_each_stage_at_its_measured_rate():
 
 
 def test_cheaper_lora_recipes_are_costed_at_their_measured_time_ratio():
-    from lm_eval_approx.leaderboard.estimate import HEAD_ONLY_TIME, TOP_BLOCKS_TIME, estimate
+    from lm_eval_approx.leaderboard.estimate import HEAD_ONLY_TIME, PREFIX_EPOCH, PREFIX_ONCE, TOP_BLOCKS_TIME, estimate
 
-    def retraining(*overrides):
-        seconds = estimate(load_config(None, "cpu-small", list(overrides))).seconds
+    def retraining(*overrides):  # the preset's retraining without its prefix cache unless an override sets one
+        seconds = estimate(load_config(None, "cpu-small", ["retraining={}", *overrides])).seconds
         return seconds["retraining"], seconds["expert"]
 
     default = retraining("recipe={epochs: 2}")  # every block adapted (the preset itself adapts 4)
     assert retraining("recipe={epochs: 2, lora_layers: 4}") == pytest.approx([t * TOP_BLOCKS_TIME for t in default])
     assert retraining("recipe={epochs: 2, target_modules: [head]}") == pytest.approx([t * HEAD_ONLY_TIME for t in default])
     assert retraining("recipe={epochs: 2, method: full}") == pytest.approx(default)
+    lora4 = retraining("recipe={epochs: 2, lora_layers: 4}")
+    cached = retraining("recipe={epochs: 2, lora_layers: 4}", "retraining={prefix_cache: true}")
+    assert cached[0] == pytest.approx(lora4[0] * (PREFIX_ONCE + 2 * PREFIX_EPOCH) / 2)  # the states once, then cheaper epochs
+    assert cached[1] == pytest.approx(lora4[1])  # the expert's recipe has no cache
 
 
 def test_a_retraining_on_a_teacher_signal_is_costed_at_its_cap_plus_its_probes():

@@ -1,9 +1,10 @@
-"""``lm-eval-approx leaderboard compare | gains | records``: read a finished (or partial) grid's
+"""``lm-eval-approx leaderboard compare | gains | records | verdict``: read a finished (or partial) grid's
 results JSONs and compute nothing new on a model.
 
     lm-eval-approx leaderboard compare --out OUT --row select_quota --against select
     lm-eval-approx leaderboard gains --out OUT --row random --row select [--row OTHER_OUT:LABEL]
     lm-eval-approx leaderboard records --out OUT [--write]
+    lm-eval-approx leaderboard verdict --out OUT --row select_quota --baseline random --baseline gen_knn [--write]
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lm_eval_approx.leaderboard import document_gains, paired_rows, retraining_records
+from lm_eval_approx.leaderboard import document_gains, paired_rows, retraining_records, verdict
 from lm_eval_approx.leaderboard.outputs import write_outputs
 
-COMPARE, GAINS, RECORDS = "compare", "gains", "records"
-ANALYSES = (COMPARE, GAINS, RECORDS)
+COMPARE, GAINS, RECORDS, VERDICT = "compare", "gains", "records", "verdict"
+ANALYSES = (COMPARE, GAINS, RECORDS, VERDICT)
 DEFAULT_METRIC = "acc"
 METRIC_HELP = "the metric whose per-document scores are read (e.g. word_perplexity); default: acc"
 
 
 def add_parsers(subparsers) -> None:
-    """The three analysis subcommands, under ``leaderboard``."""
+    """The four analysis subcommands, under ``leaderboard``."""
     raw = argparse.RawDescriptionHelpFormatter
     compare = subparsers.add_parser(COMPARE, help="two rows on the same documents: Δ with its paired bootstrap "
                                     "interval, over shared seeds and per seed", description=paired_rows.__doc__,
@@ -56,6 +57,22 @@ def add_parsers(subparsers) -> None:
                          help="add the record to results JSONs saved without one, then regenerate the tables")
     records.set_defaults(func=records_command)
 
+    judged = subparsers.add_parser(VERDICT, help="do the rows beat every baseline, and at what selection cost: "
+                                   "a Markdown table of Δ intervals and cost ratios, one verdict line per row",
+                                   description=verdict.__doc__, formatter_class=raw)
+    judged.add_argument("--out", type=Path, required=True, help="a leaderboard output folder (with results/)")
+    judged.add_argument("--row", action="append", required=True,
+                        help="strategy label of a row to judge, fixed before reading its score (repeatable)")
+    judged.add_argument("--baseline", action="append", required=True,
+                        help="strategy label of a baseline every row must beat, e.g. random, gen_knn, rds, dsir "
+                        "(repeatable; a label the grid planned but has not finished is left out, in a note)")
+    judged.add_argument("--k", type=int, default=None,
+                        help="budget (default: the one budget the rows and baselines were run at)")
+    judged.add_argument("--metric", default=DEFAULT_METRIC, help=METRIC_HELP +
+                        "; its direction (lower is better for a perplexity) comes from the results")
+    judged.add_argument("--write", action="store_true", help=f"also write the text to OUT/{verdict.VERDICT_FILE}")
+    judged.set_defaults(func=verdict_command)
+
 
 def compare_command(args: argparse.Namespace) -> int:
     for line in paired_rows.compare_rows(args.out, args.row, args.against, k=args.k, metric=args.metric,
@@ -77,4 +94,12 @@ def records_command(args: argparse.Namespace) -> int:
     if args.write:
         write_outputs(args.out)
         print(f"{written} results JSONs given a retraining record; tables regenerated in {args.out}")
+    return 0
+
+
+def verdict_command(args: argparse.Namespace) -> int:
+    text = verdict.verdict(args.out, args.row, args.baseline, k=args.k, metric=args.metric)
+    print(text, end="")
+    if args.write:
+        print(f"written to {verdict.write_verdict(args.out, text)}")
     return 0

@@ -92,6 +92,10 @@ HEAD_ONLY_TIME, TOP_BLOCKS_TIME = 0.38, 0.49
 # training loop of a rule cell by benchmarks/cell_cost.py (SmolLM2-135M, 2 cores with AVX512-BF16,
 # 2026-12-06); bf16 also speeds up the monitor probe, which runs under the training's autocast.
 FAST_TIME = {("mixed_precision", "bf16"): 0.75, ("batch_order", "bucketed"): 0.91, ("dropout_sampler", "fast"): 0.92}
+# prefix_cache: the frozen prefix's states cost about 0.6 of an epoch once, then each epoch about 0.4 of
+# one without the cache (benchmarks/prefix_cache.py: 0.6 and 1 / 2.78 at lora_layers 2; the demo's
+# 2-epoch retraining at lora_layers 4 took 0.73 of its time without the cache, 2026-12-07).
+PREFIX_ONCE, PREFIX_EPOCH = 0.6, 0.4
 
 
 @dataclass
@@ -172,6 +176,14 @@ def _train_rate(rates: dict[str, float], recipe, task: str, include_path=None) -
     return rate / TOP_BLOCKS_TIME if recipe.lora_layers else rate
 
 
+def _epochs_paid(recipe) -> float:
+    """The epochs a training costs in full-forward epochs: its epochs, or with the frozen-prefix
+    cache the states' one-off cost plus the cheaper epochs."""
+    if getattr(recipe, "prefix_cache", False) and recipe.lora_layers:
+        return PREFIX_ONCE + PREFIX_EPOCH * recipe.epochs
+    return float(recipe.epochs)
+
+
 def _fast_time(recipe, fields: tuple[str, ...] = ("mixed_precision", "batch_order", "dropout_sampler")) -> float:
     """The measured time factor of the recipe's fast fields (1.0 for the old recipe)."""
     factor = 1.0
@@ -198,7 +210,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             unknown.append("expert training (expert.size is null: the whole corpus)")
         else:
             recipe = config.recipe_for(config.expert.recipe)
-            seconds["expert"] = config.expert.size * recipe.epochs / _train_rate(rates, recipe, config.task,
+            seconds["expert"] = config.expert.size * _epochs_paid(recipe) / _train_rate(rates, recipe, config.task,
                                                                                config.include_path)
     cells = config.chosen_cells(only)
     labels = {cell.label for cell in cells if cell.kind == APPROX and cell.id not in done}
@@ -231,7 +243,7 @@ def estimate(config: LeaderboardConfig, done: frozenset[str] = frozenset(),
             continue
         if cell.kind == APPROX:
             recipe = config.retraining_for(cell.label)
-            seconds["retraining"] += cell.k * recipe.epochs / _train_rate(rates, recipe, config.task, config.include_path)
+            seconds["retraining"] += cell.k * _epochs_paid(recipe) / _train_rate(rates, recipe, config.task, config.include_path)
             if recipe.uses_probe:
                 # Every epoch scores the monitor texts; θ0 (and θf, for a teacher) score them once per
                 # draw of monitor texts, which the cells of one retraining seed share (cached stages).
