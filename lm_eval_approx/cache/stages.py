@@ -33,6 +33,7 @@ from lm_eval_approx.cache.integrity import (
 )
 from lm_eval_approx.cache.keys import CACHE_SCHEMA, record_key
 from lm_eval_approx.cache.paths import cache_dir
+from lm_eval_approx.heap import release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def run_stage(name: str, inputs: dict[str, Any], compute: Callable[[Path], dict[
         start = time.perf_counter()
         info = compute(folder)
         seconds = time.perf_counter() - start
+        release_memory()  # the next stage starts from what is still referenced, not this one's peak
         files = folder_checksums(folder, skip=(DONE_FILE,))
         write_json_atomic(done, {"stage": name, "key": key, "inputs": inputs, "seconds": seconds, "info": info,
                                  FILES_KEY: files})

@@ -19,7 +19,6 @@ out of DIR, raises ``PathEscapeError`` instead of being written through.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import time
@@ -42,6 +41,7 @@ from lm_eval_approx.leaderboard.cost import selection_cost
 from lm_eval_approx.leaderboard.knowledge import row_knowledge
 from lm_eval_approx.leaderboard.intervals import per_doc_values
 from lm_eval_approx.leaderboard.locks import claim_each, expert_lock_path, held, result_stamp
+from lm_eval_approx.heap import release_memory
 from lm_eval_approx.harness.lm_eval_cli import shared_task_manager
 from lm_eval_approx.leaderboard.config import (
     APPROX,
@@ -336,7 +336,7 @@ def run_cell(config: LeaderboardConfig, cell: Cell, out: Path, expert: str, mana
                                         "wall_seconds": round(time.perf_counter() - started, 3),
                                         "per_doc": per_doc}
     del lm
-    gc.collect()
+    release_memory()  # the next cell starts from what is still referenced, not this one's peak
     path = results_path(out, cell)
     write_text_atomic(path, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
     return path
