@@ -50,3 +50,11 @@ def test_a_platform_other_than_linux_has_no_trim(monkeypatch):
         assert heap._malloc_trim() is None
     finally:
         heap._malloc_trim.cache_clear()
+
+
+def test_without_collect_only_the_trim_runs(monkeypatch):
+    collected, trimmed = [], []
+    monkeypatch.setattr(heap, "_malloc_trim", lambda: trimmed.append)
+    monkeypatch.setattr(heap.gc, "collect", lambda: collected.append(True) or 0)
+    assert heap.release_memory(collect=False) is True
+    assert collected == [] and trimmed == [0]

@@ -83,7 +83,9 @@ def run_stage(name: str, inputs: dict[str, Any], compute: Callable[[Path], dict[
         start = time.perf_counter()
         info = compute(folder)
         seconds = time.perf_counter() - start
-        release_memory()  # the next stage starts from what is still referenced, not this one's peak
+        # The next stage starts from what is still referenced, not this one's peak; a stage's
+        # tensors are freed by reference counting, and the collector runs once per leaderboard cell.
+        release_memory(collect=False)
         files = folder_checksums(folder, skip=(DONE_FILE,))
         write_json_atomic(done, {"stage": name, "key": key, "inputs": inputs, "seconds": seconds, "info": info,
                                  FILES_KEY: files})
